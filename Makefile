@@ -1,0 +1,73 @@
+# Verbs of the reproduction repository. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is installed first and pinned: this build is served from local disk on the dev machines.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+SEEDS ?=
+DATA_DIR ?=
+DEVICE ?=
+EXP ?= degradation
+SOURCE ?= snapshot
+EXTRA ?=
+
+# PROFILE defaults to `paper` when a CUDA GPU is visible, else `smoke` (with a notice).
+PROFILE ?= $(shell $(PY) -c "import torch; print('paper' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
+RUN_ARGS = --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(DEVICE),--device $(DEVICE)) $(EXTRA)
+
+.PHONY: help setup test lint ablation-resnetv2 degradation densenet nin seed-claims reproduce \
+        lr-search tables bench mlflow-ui optuna-dashboard clean-stores _notice
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+setup: ## create .venv with pip and install the project (editable, with the dev extra)
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e '.[dev]'
+
+test: ## run the test suite (CPU, skips `slow` and `gpu` markers)
+	$(PY) -m pytest -q
+
+lint: ## ruff over the code
+	$(PY) -m ruff check convnets experiments analysis tests
+
+_notice:
+	@if [ "$(PROFILE)" = "smoke" ]; then echo "NOTICE: PROFILE=smoke (no CUDA GPU visible, or PROFILE=smoke given): CPU, synthetic data, tiny models. Not evidence."; fi
+
+ablation-resnetv2: _notice ## Identity Mappings Table 1 (shortcuts) and Table 2 (orderings)
+	$(PY) -m experiments run resnetv2-shortcuts $(RUN_ARGS)
+	$(PY) -m experiments run resnetv2-orderings $(RUN_ARGS)
+
+degradation: _notice ## He et al. 2015 Fig. 1/6: plain-20/56 vs ResNet-20/56
+	$(PY) -m experiments run degradation $(RUN_ARGS)
+
+densenet: _notice ## DenseNet Table 2 CIFAR variants
+	$(PY) -m experiments run densenet-cifar $(RUN_ARGS)
+
+nin: _notice ## NiN: global average pooling vs fully connected heads
+	$(PY) -m experiments run nin-heads $(RUN_ARGS)
+
+seed-claims: _notice ## the seed documents' own models (d2l DenseNet on Fashion-MNIST, MNIST nets)
+	$(PY) -m experiments run seed-claims $(RUN_ARGS)
+
+reproduce: ablation-resnetv2 degradation densenet nin seed-claims ## every claim
+
+lr-search: _notice ## Optuna learning-rate search: make lr-search EXP=degradation
+	$(PY) -m experiments lr-search $(EXP) $(RUN_ARGS)
+
+tables: ## regenerate paper_tables/ (SOURCE=snapshot|mlflow)
+	$(PY) -m analysis tables --source $(SOURCE)
+
+bench: ## training throughput benchmark -> paper_tables/bench.md (tiny on CPU)
+	$(PY) -m convnets.bench
+
+mlflow-ui: ## serve the MLflow UI on 127.0.0.1:5000 over the local store
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	  --default-artifact-root "file://$(CURDIR)/mlartifacts"
+
+optuna-dashboard: ## serve optuna-dashboard on 127.0.0.1:8080 over optuna.db
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 "$${OPTUNA_STORAGE:-sqlite:///$(CURDIR)/optuna.db}"

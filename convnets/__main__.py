@@ -1,0 +1,78 @@
+"""`python -m convnets info NAME [--option value ...]`: per-stage shapes, parameters and MACs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+from tabulate import tabulate
+
+from convnets.complexity import stage_table
+from convnets.models import build_model, get_entry, list_models
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    """``["--unit", "full_preact", "--gate-bias", "-6"]`` -> ``{"unit": "full_preact", "gate_bias": -6}``."""
+    options, key = {}, None
+    for tok in pairs:
+        if tok.startswith("--") and key is None:
+            key = tok[2:].replace("-", "_")
+            if "=" in key:
+                key, value = key.split("=", 1)
+                options[key] = yaml.safe_load(value)
+                key = None
+        elif key is not None:
+            options[key] = yaml.safe_load(tok)
+            key = None
+        else:
+            raise SystemExit(f"error: expected --option value, got {tok!r}")
+    if key is not None:
+        raise SystemExit(f"error: option --{key} has no value")
+    return options
+
+
+def info(name: str, options: dict, num_classes: int | None = None) -> str:
+    entry = get_entry(name)
+    classes = num_classes or entry.default_classes
+    model = build_model(name, num_classes=classes, **options)
+    rows = stage_table(model, entry.input_size)
+    table = [
+        (r.name, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs / 1e6:,.2f}")
+        for r in rows
+    ]
+    total_params = sum(r.params for r in rows)
+    total_macs = sum(r.macs for r in rows)
+    table.append(("total", "", f"{total_params:,}", f"{total_macs / 1e6:,.2f}"))
+    opts = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "defaults"
+    head = (
+        f"{name} ({opts}; {classes} classes; input {'x'.join(map(str, entry.input_size))})\n"
+        f"follows: {entry.citation}\n"
+    )
+    return head + tabulate(table, headers=["stage", "output (CxHxW)", "params", "MMACs"],
+                           colalign=("left", "right", "right", "right"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convnets")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_info = sub.add_parser("info", help="per-stage table of a registered model")
+    p_info.add_argument("name", help="registered model name (see `python -m convnets list`)")
+    p_info.add_argument("--num-classes", type=int, default=None)
+    sub.add_parser("list", help="registered models")
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "list":
+        for n in list_models():
+            e = get_entry(n)
+            print(f"{n:24s} {e.family:18s} {e.citation}")
+        return 0
+    try:
+        print(info(args.name, _parse_options(rest), args.num_classes))
+    except (KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Model zoo. Importing this package registers every family (one module per family)."""
+
+from convnets.models import densenet, inception, nin, resnet_cifar, resnet_imagenet  # noqa: F401
+from convnets.models.registry import (
+    ModelEntry,
+    build_model,
+    check_options,
+    get_entry,
+    list_models,
+    register_model,
+)
+
+__all__ = [
+    "ModelEntry",
+    "build_model",
+    "check_options",
+    "get_entry",
+    "list_models",
+    "register_model",
+]
