@@ -1,0 +1,203 @@
+"""Read runs from the MLflow store or from the committed snapshot into tidy frames.
+
+Nothing here imports the trainer: the MLflow schema (tags, metrics, artifacts) is the contract.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
+
+TAG_COLS = ["experiment", "claim", "citation", "group", "variant", "baseline", "profile",
+            "dataset", "dataset_label", "eval_split", "paper_error", "expected", "config_hash",
+            "git_commit", "device", "failure_reason"]
+STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
+                       "predictions_uri"]
+FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s"]
+RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", "final_error",
+                "eval_split", "final_train_error", "final_train_loss", "wall_time_s",
+                "paper_error", "expected", "claim", "citation", "profile", "dataset",
+                "dataset_label", "config_hash", "git_commit", "git_dirty", "device",
+                "failure_reason", "run_id", "run_name", "start_time", "curve_uri",
+                "predictions_uri"])
+CURVE_COLUMNS = ["run_id", "epoch", "iteration", "train_loss", "train_error", "eval_error", "lr",
+                 "images_per_sec", "epoch_time_s"]
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set, else the repository's sqlite store (absolute path)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+@dataclass
+class RunData:
+    """Everything the tables and figures need; comes from MLflow or from the snapshot."""
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CURVE_COLUMNS))
+    preds: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> predicted labels
+    targets: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> true labels
+
+
+def normalise_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast every column explicitly (MLflow tags and CSV cells are strings) and sort stably."""
+    df = df.reindex(columns=RUN_COLUMNS).copy()
+    for c in STR_COLS:
+        df[c] = df[c].astype(object).fillna("").astype(str)
+    for c in FLOAT_COLS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    df["git_dirty"] = df["git_dirty"].astype(str).str.lower().isin(["true", "1"])
+    return df.sort_values(["experiment", "start_time", "run_id"], ignore_index=True)
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"no MLflow store at {uri}; use the snapshot (--source snapshot)")
+    return MlflowClient(uri)
+
+
+def _all_runs(client, experiment_id: str):
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _row(client, run, experiment_name: str) -> dict:
+    tags, metrics = run.data.tags, run.data.metrics
+    split = tags.get("eval_split") or "test"
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    art = run.info.artifact_uri.rstrip("/")
+    row = {c: tags.get(c, "") for c in TAG_COLS}
+    row.update(
+        experiment=tags.get("experiment") or experiment_name, eval_split=split,
+        seed=tags.get("seed"), git_dirty=tags.get("git_dirty", ""), status=run.info.status,
+        final_error=metrics.get(f"final_{split}_error"),
+        final_train_error=metrics.get("final_train_error"),
+        final_train_loss=metrics.get("final_train_loss"), wall_time_s=metrics.get("wall_time_s"),
+        run_id=run.info.run_id, run_name=run.info.run_name or "",
+        start_time=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").isoformat(),
+        curve_uri=f"{art}/curve.csv" if "curve.csv" in names else "",
+        predictions_uri=f"{art}/predictions.npz" if "predictions.npz" in names else "",
+    )
+    return row
+
+
+def collect(uri: str | None = None) -> pd.DataFrame:
+    """One row per FINISHED or FAILED run with the runner's tags; KILLED runs are dropped."""
+    client = _client(uri or tracking_uri())
+    rows = [_row(client, run, exp.name)
+            for exp in client.search_experiments()
+            for run in _all_runs(client, exp.experiment_id)
+            if run.info.status in ("FINISHED", "FAILED") and "variant" in run.data.tags]
+    return normalise_runs(pd.DataFrame(rows, columns=RUN_COLUMNS))
+
+
+def _download(artifact_uri: str, uri: str, dst: str) -> Path:
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=dst,
+                                                    tracking_uri=uri))
+
+
+def _curve(path: Path, run_id: str) -> pd.DataFrame:
+    df = pd.read_csv(path).rename(columns={"test_error": "eval_error", "val_error": "eval_error"})
+    return df.assign(run_id=run_id).reindex(columns=CURVE_COLUMNS)
+
+
+def load_mlflow(uri: str | None = None) -> RunData:
+    """Runs, their curves and their test-set predictions, straight from the store."""
+    uri = uri or tracking_uri()
+    data = RunData(collect(uri))
+    curves = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, r in enumerate(data.runs.itertuples()):
+            if r.curve_uri:
+                curves.append(_curve(_download(r.curve_uri, uri, f"{tmp}/{i}c"), r.run_id))
+            if r.predictions_uri:
+                with np.load(_download(r.predictions_uri, uri, f"{tmp}/{i}p")) as npz:
+                    data.preds[r.run_id] = np.asarray(npz["pred"])
+                    data.targets[r.run_id] = np.asarray(npz["target"])
+    if curves:
+        data.curves = pd.concat(curves, ignore_index=True)
+    return data
+
+
+def _target_key(run) -> str:
+    return f"target__{run.dataset}__{run.eval_split}"
+
+
+def export_snapshot(data: RunData, out: Path = SNAPSHOT_DIR) -> list[Path]:
+    """runs.csv, curves.csv and one compressed predictions.npz (uint8 per run, shared targets)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data.runs.to_csv(out / "runs.csv", index=False)
+    data.curves.reindex(columns=CURVE_COLUMNS).to_csv(out / "curves.csv", index=False,
+                                                       float_format="%.6g")
+    arrays: dict[str, np.ndarray] = {}
+    for run in data.runs.itertuples():
+        if run.run_id not in data.preds:
+            continue
+        pred, target = data.preds[run.run_id], data.targets[run.run_id]
+        dtype = np.uint8 if max(pred.max(initial=0), target.max(initial=0)) < 256 else np.uint16
+        arrays[f"pred__{run.run_id}"] = pred.astype(dtype)
+        key = _target_key(run)
+        if key not in arrays:
+            arrays[key] = target.astype(dtype)
+        elif not np.array_equal(arrays[key], target):  # a different test set: keep its own targets
+            arrays[f"target__{run.run_id}"] = target.astype(dtype)
+    np.savez_compressed(out / "predictions.npz", **arrays)
+    return [out / "runs.csv", out / "curves.csv", out / "predictions.npz"]
+
+
+def load_snapshot(path: Path = SNAPSHOT_DIR) -> RunData:
+    path = Path(path)
+    if not (path / "runs.csv").exists():
+        raise FileNotFoundError(f"no snapshot at {path}; run `python -m analysis export` first")
+    runs = normalise_runs(pd.read_csv(path / "runs.csv", dtype=str, keep_default_na=False))
+    data = RunData(runs)
+    if (path / "curves.csv").exists():
+        data.curves = pd.read_csv(path / "curves.csv", dtype={"run_id": str})
+    if (path / "predictions.npz").exists():
+        with np.load(path / "predictions.npz") as npz:
+            for run in runs.itertuples():
+                if f"pred__{run.run_id}" in npz.files:
+                    data.preds[run.run_id] = npz[f"pred__{run.run_id}"].astype(np.int64)
+                    own = f"target__{run.run_id}"
+                    key = own if own in npz.files else _target_key(run)
+                    data.targets[run.run_id] = npz[key].astype(np.int64)
+    return data
+
+
+def log_to_analysis_run(uri: str, experiment: str, paths: list[Path]) -> str | None:
+    """Log files as artifacts of the run named `analysis` in `experiment` (reused if present)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], "attributes.run_name = 'analysis'",
+                               max_results=1)
+    run_id = (found[0] if found else client.create_run(
+        exp.experiment_id, run_name="analysis", tags={"analysis": "true"})).info.run_id
+    for p in paths:
+        sub = "figures" if p.suffix in (".png", ".pdf") else "tables"
+        client.log_artifact(run_id, str(p), artifact_path=sub)
+    client.set_terminated(run_id)
+    return run_id

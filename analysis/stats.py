@@ -1,0 +1,195 @@
+"""Seed-level statistics, comparisons against a group's baseline, and verdicts.
+
+Errors are in percent; a difference is variant minus baseline in percentage points.
+The primary test is Welch's t-test over seeds; rank tests cannot reach p < 0.05 with 3 seeds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.meta_analysis import effectsize_smd
+from statsmodels.stats.multitest import multipletests
+
+ALPHA = 0.05
+LEVEL = 0.95
+BOOTSTRAP_LABEL = "test-set noise only, not seed-to-seed variance"
+NAN = float("nan")
+
+
+def describe(x) -> dict:
+    """n, mean, sd, median and the 95% t-interval of the mean."""
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    out = dict(n=n, mean=NAN, sd=NAN, median=NAN, ci_low=NAN, ci_high=NAN)
+    if n:
+        out.update(mean=float(x.mean()), median=float(np.median(x)))
+    if n > 1:
+        sem = stats.sem(x)
+        lo, hi = stats.t.interval(LEVEL, n - 1, loc=x.mean(), scale=sem) if sem > 0 else (
+            x.mean(), x.mean())
+        out.update(sd=float(x.std(ddof=1)), ci_low=float(lo), ci_high=float(hi))
+    return out
+
+
+def welch(a, b) -> dict:
+    """Welch's t-test of mean(a) - mean(b) with its Welch-Satterthwaite 95% CI."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(LEVEL)
+    return dict(diff=float(a.mean() - b.mean()), diff_ci_low=float(ci.low),
+                diff_ci_high=float(ci.high), t=float(res.statistic), df=float(res.df),
+                p=float(res.pvalue))
+
+
+def hedges_g(a, b) -> float:
+    """Bias-corrected standardised mean difference of a - b (pooled sd)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    g, _ = effectsize_smd(a.mean(), a.std(ddof=1), len(a), b.mean(), b.std(ddof=1), len(b))
+    return float(g)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-adjusted p-values; NaN entries are left out of the family and stay NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, NAN)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], alpha=ALPHA, method="holm")[1]
+    return out
+
+
+def mcnemar_exact(pred_a, pred_b, target) -> dict:
+    """Exact McNemar test on the examples exactly one of two runs gets right."""
+    ok_a, ok_b = np.asarray(pred_a) == target, np.asarray(pred_b) == target
+    table = [[np.sum(ok_a & ok_b), np.sum(ok_a & ~ok_b)],
+             [np.sum(~ok_a & ok_b), np.sum(~ok_a & ~ok_b)]]
+    return dict(only_a=int(table[0][1]), only_b=int(table[1][0]),
+                p=float(mcnemar(table, exact=True).pvalue))
+
+
+def paired_bootstrap(pred_a, pred_b, target, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Percentile bootstrap (resampling test examples) of error(a) - error(b) in points.
+
+    The error difference is minus the accuracy difference. It reflects test-set noise only,
+    not seed-to-seed variance.
+    """
+    d = 100.0 * ((np.asarray(pred_a) != target).astype(float)
+                 - (np.asarray(pred_b) != target).astype(float))
+    res = stats.bootstrap((d,), np.mean, n_resamples=n_resamples, method="percentile",
+                          batch=200, rng=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return dict(diff=float(d.mean()), ci_low=float(ci.low), ci_high=float(ci.high),
+                label=BOOTSTRAP_LABEL)
+
+
+def paper_direction(paper_error: str, expected: str) -> str:
+    """'higher', 'lower' or ''; a variant the paper reports as 'fail' expects higher error."""
+    if str(paper_error).strip().lower() == "fail":
+        return "higher"
+    return str(expected).strip().lower()
+
+
+def verdict(direction: str, n_variant: int, n_baseline: int, diff: float, p_holm: float) -> str:
+    if direction not in ("higher", "lower"):
+        return "no paper direction"
+    if min(n_variant, n_baseline) < 2:
+        return f"insufficient seeds (n={min(n_variant, n_baseline)})"
+    if not p_holm < ALPHA:  # also NaN, e.g. zero variance in both groups
+        return "inconclusive"
+    agrees = diff > 0 if direction == "higher" else diff < 0
+    return "reproduced" if agrees else "contradicted"
+
+
+def compare(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant of one claim: summary, comparison with its group's baseline, verdict.
+
+    `runs` holds the claim's runs of one profile, one per (group, variant, seed), FINISHED and
+    FAILED; groups and variants keep their order of first appearance, baseline first.
+    """
+    rows = []
+    for group, g in runs.groupby("group", sort=False):
+        base_name = g["baseline"].mode().iloc[0]
+        ok = g[(g["status"] == "FINISHED") & g["final_error"].notna()]
+        base = ok.loc[ok["variant"] == base_name, "final_error"].to_numpy()
+        variants = list(dict.fromkeys([base_name, *g["variant"]]))
+        for variant in variants:
+            v = g[g["variant"] == variant]
+            x = ok.loc[ok["variant"] == variant, "final_error"].to_numpy()
+            paper = next((p for p in v["paper_error"] if p), "")
+            row = dict(group=group, variant=variant, baseline=base_name, n_baseline=len(base),
+                       paper_error=paper,
+                       expected=paper_direction(paper, next((e for e in v["expected"] if e), "")),
+                       **describe(x), n_failed=int((v["status"] == "FAILED").sum()),
+                       diff=NAN, diff_ci_low=NAN, diff_ci_high=NAN, t=NAN, df=NAN, p=NAN,
+                       hedges_g=NAN)
+            if variant != base_name and len(x) and len(base):
+                row["diff"] = float(x.mean() - base.mean())
+                if len(x) > 1 and len(base) > 1:
+                    row.update(welch(x, base), hedges_g=hedges_g(x, base))
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_holm"] = holm(table["p"])
+    table["verdict"] = [
+        "baseline" if r.variant == r.baseline
+        else f"all runs diverged (n_failed={r.n_failed})" if r.n == 0 and r.n_failed
+        else verdict(r.expected, r.n, r.n_baseline, r.diff, r.p_holm)
+        for r in table.itertuples()]
+    return table
+
+
+def claim_verdict(table: pd.DataFrame) -> str:
+    """One line summarising the comparisons of a claim."""
+    v = table.loc[table["verdict"] != "baseline", "verdict"] if len(table) else pd.Series([])
+    directional = v[v != "no paper direction"]
+    counts = {k: int((directional == k).sum()) for k in ("reproduced", "contradicted",
+                                                         "inconclusive")}
+    other = len(directional) - sum(counts.values())
+    if not len(directional):
+        overall = "not testable"
+    elif counts["contradicted"]:
+        overall = "mixed" if counts["reproduced"] else "contradicted"
+    elif counts["reproduced"] == len(directional):
+        overall = "reproduced"
+    elif counts["reproduced"]:
+        overall = "partly reproduced"
+    else:
+        overall = "inconclusive"
+    parts = [f"{k} {n}" for k, n in counts.items()]
+    if other:
+        parts.append(f"untestable {other} (too few seeds or diverged)")
+    if len(v) - len(directional):
+        parts.append(f"no paper direction {len(v) - len(directional)}")
+    return (f"{overall}: {len(directional)} directional comparison(s), "
+            f"Holm-adjusted Welch p < {ALPHA}: " + ", ".join(parts))
+
+
+def paired_tests(runs: pd.DataFrame, preds: dict, targets: dict) -> pd.DataFrame:
+    """McNemar and paired bootstrap for each variant vs baseline pair run with the same seed."""
+    ok = runs[runs["status"] == "FINISHED"]
+    rows = []
+    for _, g in ok.groupby("group", sort=False):
+        for variant in dict.fromkeys(g["variant"]):
+            for r in g[g["variant"] == variant].sort_values("seed").itertuples():
+                base = g[(g["variant"] == r.baseline) & (g["seed"] == r.seed)]
+                if variant == r.baseline or base.empty:
+                    continue
+                rows.append(_paired_row(r, base.iloc[0], preds, targets))
+    return pd.DataFrame([r for r in rows if r])
+
+
+def _paired_row(r, b, preds: dict, targets: dict) -> dict | None:
+    if r.run_id not in preds or b.run_id not in preds:
+        return None
+    pa, pb, target = preds[r.run_id], preds[b.run_id], targets[r.run_id]
+    if len(pa) != len(pb) or not np.array_equal(target, targets[b.run_id]):
+        return None
+    m, bs = mcnemar_exact(pa, pb, target), paired_bootstrap(pa, pb, target)
+    return dict(group=r.group, variant=r.variant, baseline=r.baseline, seed=r.seed,
+                only_variant_right=m["only_a"], only_baseline_right=m["only_b"],
+                mcnemar_p=m["p"], diff=bs["diff"], boot_ci_low=bs["ci_low"],
+                boot_ci_high=bs["ci_high"])

@@ -1,0 +1,158 @@
+"""MLflow tracking: where runs go, what they record, and how a run is found again.
+
+Store: ``MLFLOW_TRACKING_URI`` if set, else SQLite ``mlflow.db`` at the repository root through an
+absolute ``sqlite:///`` URI, with artifacts under ``mlartifacts/`` (MLflow 3 refuses the old
+``./mlruns`` file store, so none is ever created). SQLite costs milliseconds per call, so a run
+logs once per epoch, in one batched call.
+
+What a run records (the analysis package reads exactly this):
+
+* tags: experiment, claim, citation, group, variant, baseline, paper_error, expected, seed,
+  profile, config_hash, dataset, dataset_label, dataset_checksum, eval_split, lr_source,
+  git_commit, git_dirty, torch_version, cuda_version, device (+ failure_reason on failure);
+* params: the resolved config, flattened with dots (``optim.lr``);
+* metrics per epoch at step = iteration: train_loss, train_error, test_error | val_error, lr,
+  images_per_sec, epoch_time_s, epoch; final: final_test_error | final_val_error,
+  final_train_error, final_train_loss, wall_time_s. Errors are in percent;
+* artifacts: config.yaml, curve.csv, predictions.npz (``pred`` and ``target``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return os.environ.get("CONVNETS_ARTIFACTS") or (REPO_ROOT / "mlartifacts").as_uri()
+
+
+def client():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def experiment_id(cl, name: str, tags: dict[str, str] | None = None) -> str:
+    """The id of experiment ``name``, created (with artifacts under ``artifact_root``) if new."""
+    exp = cl.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return cl.create_experiment(name, artifact_location=f"{artifact_root()}/{name}",
+                                    tags=tags or {})
+    except Exception:  # another process created it first
+        exp = cl.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_info() -> tuple[str, bool | None]:
+    """(commit, dirty) from ``git``, else ``$CONVNETS_GIT_COMMIT``, else "unknown"."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=REPO_ROOT, check=True, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        return commit, bool(status)
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("CONVNETS_GIT_COMMIT", "unknown"), None
+
+
+def environment_tags() -> dict[str, str]:
+    commit, dirty = git_info()
+    return {
+        "git_commit": commit,
+        "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda),
+    }
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def find_runs(cl, exp_id: str, config_hash: str, seed: int) -> list:
+    """Runs of this config and seed, newest first."""
+    return cl.search_runs(
+        [exp_id],
+        filter_string=f"tags.config_hash = '{config_hash}' and tags.seed = '{seed}'",
+        order_by=["attributes.start_time DESC"],
+    )
+
+
+class RunLogger:
+    """Batched logging into one MLflow run (the trainer calls ``log_epoch`` once per epoch)."""
+
+    def __init__(self, cl, run_id: str):
+        self.client, self.run_id = cl, run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        )
+
+    def log_result(self, result, cfg: dict) -> None:
+        """Final metrics and the artifacts: resolved config, curve CSV, predictions."""
+        self.log_epoch(result.history[-1]["iteration"], result.final)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            split = result.eval_split
+            cols = ["epoch", "iteration", "train_loss", "train_error", f"{split}_error", "lr",
+                    "images_per_sec", "epoch_time_s"]
+            with open(tmp / "curve.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(result.history)
+            dtype = np.uint8 if result.predictions.max(initial=0) < 256 else np.int16
+            np.savez_compressed(tmp / "predictions.npz", pred=result.predictions.astype(dtype),
+                                target=result.targets.astype(dtype))
+            for name in ("config.yaml", "curve.csv", "predictions.npz"):
+                self.client.log_artifact(self.run_id, str(tmp / name))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,537 @@
+"""One training run: data on the device, the papers' SGD and step schedule, checkpoints.
+
+``fit(config)`` knows nothing of spec files or MLflow: it takes a resolved config dict and an
+optional logger (see ``convnets.tracking.RunLogger``), and returns the run's results. The same
+code runs on CPU and GPU; the fast-path switches (``runtime.*``) never change what is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from convnets.augment import crop_flip, draw_crop_flip, to_float
+from convnets.data import channel_stats, load_dataset, stratified_split
+from convnets.models import build_model
+
+# ---------------------------------------------------------------------------------------------
+# Config: every key documented; `resolve_config` fills defaults and rejects unknown keys.
+# ---------------------------------------------------------------------------------------------
+
+DEFAULTS: dict[str, Any] = {
+    "model": {
+        "name": None,  # registered model name (convnets.list_models())
+        "options": {},  # keyword options of the builder (unit=, shortcut=, head=, ...)
+    },
+    "data": {
+        "name": "cifar10",  # cifar10 | cifar100 | fashion_mnist | mnist | imagefolder:PATH | synthetic
+        "data_dir": None,  # None: $CONVNETS_DATA or ~/.cache/convnets/data
+        "options": {},  # dataset options (synthetic sizes, imagefolder label)
+        "val_size": 0,  # >0: hold out a stratified validation split and never touch the test set
+        "split_seed": 0,  # the split is fixed across runs and seeds
+        "augment": True,  # pad 4 + random crop + horizontal flip (He et al. 2015, Sec. 4.2)
+        "pad": 4,
+        "normalize": True,  # per-channel mean/std of the training set; False: scale to [0, 1]
+        "resize": None,  # int: bilinear upsampling to resize x resize (d2l Fashion-MNIST: 96)
+    },
+    "optim": {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+    },
+    "schedule": {
+        "unit": "iterations",  # iterations | epochs (the unit of `length`)
+        "length": 64000,  # He et al. 2015: stop at 64k iterations
+        "drops": [0.5, 0.75],  # lr /10 at these fractions of length (32k, 48k of 64k)
+        "gamma": 0.1,
+        "warmup_iterations": 0,  # Identity Mappings: 400 iterations at lr 0.01
+        "warmup_lr": 0.01,
+    },
+    "batch_size": 128,
+    "eval_batch_size": 1000,
+    "eval_every": 1,  # epochs between evaluations (the last epoch is always evaluated)
+    "seed": 0,
+    "runtime": {  # how, not what: excluded from the config hash
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+        "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+        "channels_last": "auto",  # auto (on for CUDA) | true | false
+        "compile": "auto",  # auto (off; see bench) | true | false
+        "fused_sgd": "auto",  # auto (on for CUDA) | true | false
+        "cudnn_benchmark": True,
+        "deterministic": "auto",  # auto: deterministic algorithms on CPU
+    },
+}
+
+RUNTIME_KEYS = ("runtime",)
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the dotted key."""
+
+
+class DivergedError(RuntimeError):
+    """The training loss became non-finite."""
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        dotted = f"{path}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {', '.join(base)}")
+        if isinstance(base[key], dict) and key not in ("options",):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} must be a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_config(cfg: dict) -> dict:
+    """Defaults filled in, unknown keys and bad values rejected (ConfigError names the key)."""
+    c = _merge(DEFAULTS, cfg)
+    if not c["model"]["name"]:
+        raise ConfigError("config key 'model.name' is required")
+    o, s = c["optim"], c["schedule"]
+    if not (isinstance(o["lr"], (int, float)) and o["lr"] > 0):
+        raise ConfigError(f"'optim.lr' must be a positive number, got {o['lr']!r}")
+    for key in ("momentum", "weight_decay"):
+        if o[key] < 0:
+            raise ConfigError(f"'optim.{key}' must be >= 0, got {o[key]!r}")
+    if s["unit"] not in ("iterations", "epochs"):
+        raise ConfigError(f"'schedule.unit' must be iterations or epochs, got {s['unit']!r}")
+    if not (isinstance(s["length"], (int, float)) and s["length"] > 0):
+        raise ConfigError(f"'schedule.length' must be positive, got {s['length']!r}")
+    for d in s["drops"]:
+        if not 0 < d < 1:
+            raise ConfigError(
+                f"'schedule.drops' are fractions of the length in (0, 1); {d!r} is past the end"
+            )
+    if s["warmup_iterations"] < 0 or s["warmup_lr"] <= 0:
+        raise ConfigError("'schedule.warmup_iterations' must be >= 0 and 'warmup_lr' > 0")
+    for key in ("batch_size", "eval_batch_size", "eval_every"):
+        if not (isinstance(c[key], int) and c[key] > 0):
+            raise ConfigError(f"'{key}' must be a positive integer, got {c[key]!r}")
+    if c["runtime"]["precision"] not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"'runtime.precision' must be auto, fp32 or bf16")
+    return c
+
+
+def config_hash(cfg: dict) -> str:
+    """Hash of what is trained: the resolved config minus seed, runtime and the data path."""
+    c = copy.deepcopy(resolve_config(cfg))
+    for key in RUNTIME_KEYS + ("seed",):
+        c.pop(key, None)
+    c["data"].pop("data_dir", None)
+    blob = json.dumps(c, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Step learning-rate schedule in iterations, with an optional constant warm-up."""
+
+    base_lr: float
+    total: int
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+    warmup_iterations: int = 0
+    warmup_lr: float = 0.01
+
+    def lr(self, iteration: int) -> float:
+        """Learning rate used for the update of (0-based) ``iteration``."""
+        if iteration < self.warmup_iterations:
+            return self.warmup_lr
+        drops = sum(iteration >= m for m in self.milestones)
+        return self.base_lr * self.gamma**drops
+
+
+def make_schedule(cfg: dict, steps_per_epoch: int) -> StepSchedule:
+    s = cfg["schedule"]
+    per = steps_per_epoch if s["unit"] == "epochs" else 1
+    total = int(round(s["length"] * per))
+    milestones = tuple(int(round(d * s["length"] * per)) for d in s["drops"])
+    return StepSchedule(
+        base_lr=float(cfg["optim"]["lr"]),
+        total=total,
+        milestones=milestones,
+        gamma=float(s["gamma"]),
+        warmup_iterations=int(s["warmup_iterations"]),
+        warmup_lr=float(s["warmup_lr"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    fused_sgd: bool
+
+    @property
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+
+def resolve_runtime(rt: dict) -> Runtime:
+    dev = rt["device"]
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"'runtime.device' is {dev!r} but no CUDA device is visible")
+    cuda = device.type == "cuda"
+
+    def flag(key: str, auto: bool) -> bool:
+        v = rt[key]
+        return auto if v == "auto" else bool(v)
+
+    precision = rt["precision"]
+    bf16 = (precision == "bf16") or (precision == "auto" and cuda)
+    if cuda:
+        torch.backends.cudnn.benchmark = bool(rt["cudnn_benchmark"])
+    if flag("deterministic", not cuda):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return Runtime(
+        device=device,
+        bf16=bf16,
+        channels_last=flag("channels_last", cuda),
+        compile=flag("compile", False),
+        fused_sgd=flag("fused_sgd", cuda),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data on the device
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceData:
+    """Training and evaluation images as uint8 on the training device, plus normalisation."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    eval_x: torch.Tensor
+    eval_y: torch.Tensor
+    eval_split: str  # "test" or "val"
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+    num_classes: int
+    info: dict[str, Any]
+
+
+def prepare_data(cfg: dict, device: torch.device, dataset=None) -> DeviceData:
+    """Load the dataset and move it to ``device``.
+
+    With ``data.val_size > 0`` the evaluation set is a fixed stratified split of the training
+    set, and the test set is not read at all (tuning and selection never see it).
+    """
+    d = cfg["data"]
+    ds = dataset or load_dataset(d["name"], d["data_dir"], **d["options"])
+    tr_x, tr_y = ds.train.images, ds.train.labels
+    if d["val_size"] > 0:
+        tr_idx, val_idx = stratified_split(tr_y, d["val_size"], d["split_seed"])
+        ev_x, ev_y = tr_x[val_idx], tr_y[val_idx]
+        tr_x, tr_y = tr_x[tr_idx], tr_y[tr_idx]
+        split = "val"
+    else:
+        ev_x, ev_y = ds.test.images, ds.test.labels
+        split = "test"
+    mean = std = None
+    info = {"dataset": ds.name, "dataset_label": ds.label, "dataset_checksum": ds.checksum}
+    if d["normalize"]:
+        m, s = channel_stats(tr_x)
+        mean = torch.tensor(m, dtype=torch.float32, device=device)
+        std = torch.tensor(s, dtype=torch.float32, device=device)
+        info["train_mean"] = [round(v, 4) for v in m]
+        info["train_std"] = [round(v, 4) for v in s]
+    return DeviceData(
+        train_x=tr_x.to(device),
+        train_y=tr_y.to(device),
+        eval_x=ev_x.to(device),
+        eval_y=ev_y.to(device),
+        eval_split=split,
+        mean=mean,
+        std=std,
+        num_classes=ds.num_classes,
+        info=info,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    history: list[dict[str, float]]
+    final: dict[str, float]
+    predictions: np.ndarray  # predicted class per evaluation example, dataset order
+    targets: np.ndarray
+    eval_split: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class NullLogger:
+    """Logger used when none is given: does nothing."""
+
+    def log_params_once(self, info: dict) -> None: ...
+    def log_epoch(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(model, data: DeviceData, rt: Runtime, cfg: dict) -> tuple[float, torch.Tensor]:
+    """Error (%) and predictions on the evaluation set; model left in train mode."""
+    model.eval()
+    preds = []
+    with torch.no_grad(), rt.autocast:
+        for i in range(0, data.eval_x.shape[0], cfg["eval_batch_size"]):
+            x = to_float(data.eval_x[i : i + cfg["eval_batch_size"]], data.mean, data.std,
+                         cfg["data"]["resize"], rt.channels_last)
+            preds.append(model(x).argmax(1))
+    model.train()
+    pred = torch.cat(preds)
+    err = (pred != data.eval_y).float().mean().item() * 100.0
+    return err, pred
+
+
+def fit(
+    cfg: dict,
+    *,
+    logger=None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    dataset=None,
+) -> RunResult:
+    """Train one run as ``cfg`` says and return its curve, final metrics and predictions.
+
+    Args:
+        cfg: config (see ``DEFAULTS``); resolved and validated here.
+        logger: receives ``log_epoch(step, metrics)`` once per epoch (batched, one call).
+        checkpoint: file written atomically at every epoch end; if it exists, the run resumes
+            from it and ends with the same metrics as an uninterrupted run (bitwise on CPU).
+        progress: a progress bar on a terminal, plain lines otherwise.
+        on_epoch_end: called with the epoch's metrics (tests use it to interrupt a run).
+        dataset: an already loaded ``convnets.data.Dataset`` (skips loading).
+
+    Raises:
+        DivergedError: the training loss became non-finite (the checkpoint is kept).
+    """
+    cfg = resolve_config(cfg)
+    logger = logger or NullLogger()
+    rt = resolve_runtime(cfg["runtime"])
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    data = prepare_data(cfg, rt.device, dataset)
+    model = build_model(cfg["model"]["name"], num_classes=data.num_classes,
+                        **cfg["model"]["options"]).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    o = cfg["optim"]
+    sgd_kwargs = {"fused": True} if rt.fused_sgd else {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"],
+                                nesterov=o["nesterov"], weight_decay=o["weight_decay"],
+                                **sgd_kwargs)
+    n_train = data.train_x.shape[0]
+    batch = cfg["batch_size"]
+    if batch > n_train:
+        raise ConfigError(f"'batch_size' {batch} exceeds the {n_train} training images")
+    # Iteration-based sampling with full batches only: an epoch is n_train // batch steps over
+    # a fresh permutation (the remainder of each permutation is skipped, so shapes are static).
+    steps_per_epoch = n_train // batch
+    sched = make_schedule(cfg, steps_per_epoch)
+    n_epochs = math.ceil(sched.total / steps_per_epoch)
+    data_gen = torch.Generator().manual_seed(seed * 7919 + 17)
+
+    history: list[dict[str, float]] = []
+    start_epoch, iteration = 0, 0
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=rt.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        data_gen.set_state(state["data_gen"])
+        torch.set_rng_state(state["cpu_rng"])
+        if rt.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], rt.device)
+        start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
+
+    step_model = torch.compile(model) if rt.compile else model
+    bar = _Progress(sched.total, progress, initial=iteration)
+    pred = None
+    wall0 = time.perf_counter()
+    pad = cfg["data"]["pad"] if cfg["data"]["augment"] else 0
+    try:
+        for epoch in range(start_epoch, n_epochs):
+            t0 = time.perf_counter()
+            steps = min(steps_per_epoch, sched.total - iteration)
+            perm = torch.randperm(n_train, generator=data_gen)[: steps * batch]
+            x_all = data.train_x[perm.to(rt.device)]
+            if cfg["data"]["augment"]:
+                dy, dx, flip = draw_crop_flip(x_all.shape[0], pad, data_gen)
+                x_all = crop_flip(x_all, dy, dx, flip, pad)
+            y_all = data.train_y[perm.to(rt.device)]
+            loss_sum = torch.zeros((), device=rt.device)
+            wrong = torch.zeros((), device=rt.device, dtype=torch.long)
+            for s in range(steps):
+                lr = sched.lr(iteration)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                xb = to_float(x_all[s * batch : (s + 1) * batch], data.mean, data.std,
+                              cfg["data"]["resize"], rt.channels_last)
+                yb = y_all[s * batch : (s + 1) * batch]
+                with rt.autocast:
+                    out = step_model(xb)
+                    loss = F.cross_entropy(out, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach().float()
+                wrong += (out.argmax(1) != yb).sum()
+                iteration += 1
+            # one host synchronisation per epoch
+            train_loss = loss_sum.item() / steps
+            train_err = wrong.item() * 100.0 / (steps * batch)
+            dt = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                raise DivergedError(
+                    f"training loss became non-finite ({train_loss}) in epoch {epoch + 1} "
+                    f"(iterations {iteration - steps}-{iteration}, lr {lr:g})"
+                )
+            metrics = {
+                "epoch": epoch + 1,
+                "iteration": iteration,
+                "train_loss": train_loss,
+                "train_error": train_err,
+                "lr": lr,
+                "images_per_sec": steps * batch / dt,
+                "epoch_time_s": dt,
+            }
+            last = epoch == n_epochs - 1
+            if last or (epoch + 1) % cfg["eval_every"] == 0:
+                err, pred = evaluate(model, data, rt, cfg)
+                metrics[f"{data.eval_split}_error"] = err
+            history.append(metrics)
+            logger.log_epoch(iteration, metrics)
+            bar.update(steps, metrics, data.eval_split)
+            if ckpt_path:
+                _atomic_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "data_gen": data_gen.get_state(),
+                        "cpu_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(rt.device)
+                        if rt.device.type == "cuda" else None,
+                        "epoch": epoch + 1,
+                        "iteration": iteration,
+                        "history": history,
+                        "config": cfg,
+                    },
+                    ckpt_path,
+                )
+            if on_epoch_end:
+                on_epoch_end(metrics)
+    finally:
+        bar.close()
+    if pred is None:  # resumed from a checkpoint of the finished run
+        err, pred = evaluate(model, data, rt, cfg)
+    last = history[-1]
+    final = {
+        f"final_{data.eval_split}_error": err,
+        "final_train_error": last["train_error"],
+        "final_train_loss": last["train_loss"],
+        "wall_time_s": time.perf_counter() - wall0,
+    }
+    info = dict(data.info, eval_split=data.eval_split, steps_per_epoch=steps_per_epoch,
+                total_iterations=sched.total, device=_device_name(rt.device),
+                precision="bf16" if rt.bf16 else "fp32", channels_last=rt.channels_last,
+                compile=rt.compile, fused_sgd=rt.fused_sgd)
+    return RunResult(history=history, final=final, predictions=pred.cpu().numpy(),
+                     targets=data.eval_y.cpu().numpy(), eval_split=data.eval_split, info=info)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+class _Progress:
+    """tqdm bar on a terminal (updated once per epoch: no host sync inside an epoch), else lines."""
+
+    def __init__(self, total: int, enabled: bool, initial: int = 0):
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = None
+        self.total = total
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="it", leave=False,
+                            dynamic_ncols=True)
+
+    def update(self, n: int, m: dict, split: str) -> None:
+        ev = m.get(f"{split}_error")
+        ev_s = f" {split}_err {ev:5.2f}%" if ev is not None else ""
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix_str(
+                f"loss {m['train_loss']:.3f} err {m['train_error']:.2f}%{ev_s} "
+                f"{m['images_per_sec']:.0f} img/s"
+            )
+        elif self.enabled:
+            print(
+                f"  epoch {m['epoch']:>4d} it {m['iteration']:>6d}/{self.total} "
+                f"loss {m['train_loss']:.4f} train_err {m['train_error']:5.2f}%{ev_s} "
+                f"lr {m['lr']:.4g} {m['images_per_sec']:.0f} img/s",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,1 @@
+"""Declarative claim specs and the runner that turns them into MLflow runs."""

@@ -1,0 +1,108 @@
+"""`python -m experiments run NAME --profile P [--seeds N] [--set key=value ...]`, `list`, `validate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec
+
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+
+
+def _parse_set(items: list[str]) -> list[tuple[str, object]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
+        key, value = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(value)))
+    return out
+
+
+def tuned_lrs(name: str) -> dict[str, float]:
+    path = TUNED_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise SpecError(f"--lr tuned: no {path}; run `python -m experiments lr-search {name}` first")
+    data = yaml.safe_load(path.read_text()) or {}
+    return {k: float(v["lr"]) for k, v in data.get("best", {}).items()}
+
+
+def _jobs(args):
+    spec = load_spec(args.name)
+    return spec, expand(
+        spec,
+        args.profile,
+        seeds=args.seeds,
+        sets=_parse_set(args.set),
+        only=args.variant or None,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        device=args.device,
+        tuned_lr=tuned_lrs(args.name) if args.lr == "tuned" else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the claim specs")
+    p_val = sub.add_parser("validate", help="validate specs (all, or the named ones)")
+    p_val.add_argument("names", nargs="*")
+    p_run = sub.add_parser("run", help="run a claim's grid x seeds into MLflow")
+    p_run.add_argument("name", help="spec name, e.g. resnetv2-orderings")
+    p_run.add_argument("--profile", choices=PROFILES, default="smoke")
+    p_run.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
+    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override for every run, e.g. --set optim.lr=0.05")
+    p_run.add_argument("--variant", action="append", default=[],
+                       help="only this variant ('group/variant' or 'variant'); repeatable")
+    p_run.add_argument("--dataset", default=None, help="e.g. imagefolder:/data/cifar10-jpeg-q75")
+    p_run.add_argument("--data-dir", default=None)
+    p_run.add_argument("--device", default=None)
+    p_run.add_argument("--lr", choices=["spec", "tuned"], default="spec",
+                       help="tuned: use experiments/tuned/NAME.yaml from lr-search")
+    p_run.add_argument("--force", action="store_true", help="rerun FINISHED runs too")
+    p_run.add_argument("--parallel", type=int, default=1, help="K runs at once (processes)")
+    p_run.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.cmd == "list":
+            for name in list_specs():
+                spec = load_spec(name)
+                print(f"{name:22s} {spec['citation']}")
+            return 0
+        if args.cmd == "validate":
+            for name in args.names or list_specs():
+                spec = load_spec(name)
+                n = {p: len(expand(spec, p)) for p in spec["profiles"]}
+                print(f"{name}: ok ({', '.join(f'{p} {k} runs' for p, k in n.items())})")
+            return 0
+        spec, jobs = _jobs(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{spec['name']}: {len(jobs)} runs, profile {args.profile}", flush=True)
+    if args.dry_run:
+        for job in jobs:
+            print(f"  {job.key} config {job.config_hash}")
+        return 0
+    from experiments.runner import run_jobs, summary_table
+
+    try:
+        rows = run_jobs(jobs, force=args.force, parallel=args.parallel)
+    except KeyboardInterrupt:
+        return 130
+    split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"
+    print(summary_table(rows, split))
+    failed = sum(r["status"].startswith("FAILED") for r in rows)
+    print(f"{len(rows) - failed} finished or skipped, {failed} failed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Run a list of jobs: skip finished ones, resume interrupted ones, go on past failed ones.
+
+A job is identified by (experiment, config hash, seed). Before training, the runner looks the
+job up in MLflow: a FINISHED run is skipped (``force`` reruns it), an unfinished run with a
+checkpoint is resumed into the same MLflow run, anything else starts a new run. A diverging
+run ends FAILED with its reason and the next job starts; Ctrl-C marks the run KILLED, keeps its
+checkpoint and stops.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from tabulate import tabulate
+
+from convnets import tracking
+from convnets.train import DivergedError, fit
+from experiments.spec import Job
+
+
+def checkpoint_dir() -> Path:
+    return Path(os.environ.get("CONVNETS_CHECKPOINTS") or tracking.REPO_ROOT / "checkpoints")
+
+
+def checkpoint_path(job: Job) -> Path:
+    return checkpoint_dir() / job.experiment / f"{job.config_hash}-seed{job.seed}.pt"
+
+
+def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
+    """Run (or skip, or resume) one job; returns its summary row."""
+    cl = tracking.client()
+    exp_id = tracking.experiment_id(cl, job.experiment, {"claim": job.tags.get("claim", "")})
+    h = job.config_hash
+    row = {"group": job.group, "variant": job.variant, "seed": job.seed, "config": h}
+    ckpt = checkpoint_path(job)
+    existing = tracking.find_runs(cl, exp_id, h, job.seed)
+    finished = [r for r in existing if r.info.status == "FINISHED"]
+    err_key = f"final_{'val' if job.config['data']['val_size'] else 'test'}_error"
+    if finished and not force:
+        run = finished[0]
+        return dict(row, status="FINISHED (skipped)", error=run.data.metrics.get(err_key),
+                    run_id=run.info.run_id)
+    resumable = [r for r in existing if r.info.status in ("RUNNING", "KILLED", "FAILED")
+                 and r.data.tags.get("failure_kind") != "diverged"]
+    if force and ckpt.exists():
+        ckpt.unlink()
+    if resumable and ckpt.exists() and not force:
+        run_id = resumable[0].info.run_id
+        cl.update_run(run_id, status="RUNNING")
+        action = "resumed"
+    else:
+        if existing and not force:
+            diverged = [r for r in existing if r.data.tags.get("failure_kind") == "diverged"]
+            if diverged:  # deterministic: it would diverge again; --force retries
+                return dict(row, status="FAILED (diverged earlier)", error=None,
+                            run_id=diverged[0].info.run_id)
+        run_name = f"{job.group}/{job.variant}/seed{job.seed}"
+        tags = dict(job.tags, config_hash=h, **tracking.environment_tags())
+        run_id = cl.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        action = "new"
+    logger = tracking.RunLogger(cl, run_id)
+    if action == "new":
+        logger.log_params(tracking.flatten(job.config))
+    print(f"[{job.experiment}] {job.key} ({action}, run {run_id[:8]}, config {h})", flush=True)
+    try:
+        result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress)
+    except DivergedError as err:
+        logger.set_tags({"failure_reason": str(err), "failure_kind": "diverged"})
+        logger.finish("FAILED")
+        print(f"  FAILED: {err}", flush=True)
+        return dict(row, status="FAILED (diverged)", error=None, run_id=run_id)
+    except KeyboardInterrupt:
+        logger.set_tags({"failure_reason": "interrupted (Ctrl-C); checkpoint kept"})
+        logger.finish("KILLED")
+        raise
+    except Exception as err:  # a crash: record it, keep the checkpoint, go on
+        logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000],
+                         "failure_kind": "error"})
+        logger.finish("FAILED")
+        traceback.print_exc()
+        return dict(row, status=f"FAILED ({type(err).__name__})", error=None, run_id=run_id)
+    logger.set_tags({k: v for k, v in result.info.items()
+                     if k in ("dataset", "dataset_label", "dataset_checksum", "eval_split",
+                              "device", "precision")})
+    logger.log_params({f"resolved.{k}": str(v) for k, v in result.info.items()
+                       if k not in ("dataset", "dataset_label", "dataset_checksum")}
+                      if action == "new" else {})
+    logger.log_result(result, job.config)
+    logger.finish("FINISHED")
+    ckpt.unlink(missing_ok=True)
+    return dict(row, status="FINISHED", error=result.final[err_key], run_id=run_id)
+
+
+def _run_job_quiet(job: Job, force: bool) -> dict:
+    return run_job(job, force=force, progress=True)
+
+
+def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
+             progress: bool = True) -> list[dict]:
+    """Run every job (``parallel`` at a time, in separate processes); returns summary rows."""
+    rows: list[dict] = []
+    if parallel <= 1:
+        try:
+            for job in jobs:
+                rows.append(run_job(job, force=force, progress=progress))
+        except KeyboardInterrupt:
+            print("\ninterrupted: the current run is marked KILLED and its checkpoint kept; "
+                  "rerun the same command to resume.", flush=True)
+            raise
+        return rows
+    # Separate processes share the GPU; each keeps its own batch size and CUDA context.
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_run_job_quiet, job, force): job for job in jobs}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                rows.append(fut.result())
+            except Exception as err:  # the worker itself died
+                rows.append({"group": job.group, "variant": job.variant, "seed": job.seed,
+                             "config": job.config_hash, "status": f"FAILED ({err})",
+                             "error": None, "run_id": ""})
+    order = {j.key: i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[f"{r['group']}/{r['variant']}/seed{r['seed']}"])
+    return rows
+
+
+def summary_table(rows: list[dict], split: str = "test") -> str:
+    table = [
+        (r["group"], r["variant"], r["seed"], r["status"],
+         "" if r.get("error") is None else f"{r['error']:.2f}")
+        for r in rows
+    ]
+    return tabulate(table, headers=["group", "variant", "seed", "status", f"final {split} err %"])

@@ -1,0 +1,281 @@
+"""Claim specs: one YAML file per paper claim, validated in full before anything trains.
+
+A spec names the claim and its citation, the recipe (a ``convnets.train`` config), groups of
+variants (each group compares its variants with one baseline, as a paper table does), the
+paper's number per variant, and three profiles (``paper``, ``quick``, ``smoke``). ``expand``
+turns a spec + profile into jobs: one resolved trainer config per variant and seed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from convnets.models import build_model, check_options, get_entry
+from convnets.train import ConfigError, config_hash, resolve_config
+
+SPEC_DIR = Path(__file__).resolve().parent
+PROFILES = ("paper", "quick", "smoke")
+
+# Every key a spec may hold, with what it means (unknown keys are errors).
+SPEC_KEYS = {
+    "name": "the spec's name (= file stem = MLflow experiment)",
+    "claim": "one sentence: what the paper claims",
+    "citation": "paper, section, table/figure",
+    "notes": "free text: recipe choices not from the paper, and why",
+    "recipe": "base convnets.train config for every run",
+    "groups": "list of comparison groups",
+    "profiles": "paper / quick / smoke: seeds, overrides, model replacements, variant subsets",
+}
+GROUP_KEYS = {
+    "name": "group label, e.g. ResNet-110",
+    "model": "registered model for the group's variants",
+    "baseline": "variant the others are compared with",
+    "recipe": "config overrides for this group",
+    "variants": "mapping variant name -> variant",
+    "profile_overrides": "per-profile config overrides for this group only (applied last)",
+}
+VARIANT_KEYS = {
+    "model": "registered model (overrides the group's)",
+    "options": "builder options (unit=, shortcut=, ...)",
+    "paper": "paper's test error in %, or 'fail' (> 20%), or null",
+    "expect": "higher | lower: paper's direction vs baseline when it gives no number",
+    "recipe": "config overrides for this variant",
+    "note": "free text",
+}
+PROFILE_KEYS = {
+    "seeds": "number of seeds (0..seeds-1)",
+    "overrides": "config overrides for every run in this profile",
+    "models": "model replacements: {registered name: {name: ..., options: {...}}}",
+    "variants": "list of 'group/variant' or 'variant' to run (default: all)",
+}
+
+
+class SpecError(ValueError):
+    """A spec is malformed; the message names the file and the key."""
+
+
+@dataclass
+class Job:
+    experiment: str
+    group: str
+    variant: str
+    seed: int
+    config: dict
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.variant}/seed{self.seed}"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
+    """``set_dotted(cfg, "optim.lr", 0.05)``."""
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def spec_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = SPEC_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(list_specs())
+        raise SpecError(f"no experiment spec {name!r} (looked for {path}); known: {known}")
+    return path
+
+
+def list_specs() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+
+
+def _check_keys(where: str, mapping: Any, allowed: dict) -> None:
+    if not isinstance(mapping, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in allowed:
+            raise SpecError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+
+
+def load_spec(name: str) -> dict:
+    """Read and structurally validate a spec (keys, models, options, paper numbers)."""
+    path = spec_path(name)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    _check_keys(str(path), spec, SPEC_KEYS)
+    for key in ("name", "claim", "citation", "groups", "profiles"):
+        if key not in spec:
+            raise SpecError(f"{path}: missing required key {key!r}")
+    if spec["name"] != path.stem:
+        raise SpecError(f"{path}: name {spec['name']!r} must equal the file stem {path.stem!r}")
+    spec["_path"] = str(path)
+    for gi, group in enumerate(spec["groups"]):
+        where = f"{path}: groups[{gi}]"
+        _check_keys(where, group, GROUP_KEYS)
+        for key in ("name", "baseline", "variants"):
+            if key not in group:
+                raise SpecError(f"{where}: missing required key {key!r}")
+        if group["baseline"] not in group["variants"]:
+            raise SpecError(f"{where}.baseline: {group['baseline']!r} is not one of its variants")
+        for vname, var in group["variants"].items():
+            vwhere = f"{where}.variants.{vname}"
+            var = var or {}
+            group["variants"][vname] = var
+            _check_keys(vwhere, var, VARIANT_KEYS)
+            model = var.get("model", group.get("model"))
+            if not model:
+                raise SpecError(f"{vwhere}: no model (set group.model or variant.model)")
+            try:
+                get_entry(model)
+                check_options(model, var.get("options", {}))
+            except (KeyError, ValueError) as err:
+                raise SpecError(f"{vwhere}: {err.args[0]}") from None
+            paper = var.get("paper")
+            if not (paper is None or paper == "fail" or isinstance(paper, (int, float))):
+                raise SpecError(f"{vwhere}.paper: {paper!r} is not a number, 'fail' or null")
+            if var.get("expect") not in (None, "higher", "lower"):
+                raise SpecError(f"{vwhere}.expect: {var['expect']!r} is not higher or lower")
+    for pname, prof in spec["profiles"].items():
+        where = f"{path}: profiles.{pname}"
+        if pname not in PROFILES:
+            raise SpecError(f"{where}: unknown profile; profiles are {', '.join(PROFILES)}")
+        _check_keys(where, prof, PROFILE_KEYS)
+        seeds = prof.get("seeds", 1)
+        if not (isinstance(seeds, int) and seeds > 0):
+            raise SpecError(f"{where}.seeds: must be a positive integer, got {seeds!r}")
+        for repl_from, repl in (prof.get("models") or {}).items():
+            _check_keys(f"{where}.models.{repl_from}", repl, {"name": "", "options": ""})
+            try:
+                get_entry(repl_from)
+                get_entry(repl["name"])
+            except KeyError as err:
+                raise SpecError(f"{where}.models.{repl_from}: {err.args[0]}") from None
+    return spec
+
+
+def expected_direction(var: dict, base: dict, is_baseline: bool) -> str:
+    """'higher' / 'lower' / '': the paper's direction of this variant's error vs the baseline."""
+    if is_baseline:
+        return ""
+    if var.get("expect"):
+        return var["expect"]
+    p, b = var.get("paper"), base.get("paper")
+    if p == "fail" and b != "fail":
+        return "higher"
+    if isinstance(p, (int, float)) and isinstance(b, (int, float)) and p != b:
+        return "higher" if p > b else "lower"
+    return ""
+
+
+def expand(
+    spec: dict,
+    profile: str,
+    *,
+    seeds: int | None = None,
+    sets: list[tuple[str, Any]] = (),
+    only: list[str] | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    device: str | None = None,
+    tuned_lr: dict[str, float] | None = None,
+) -> list[Job]:
+    """Grid x seeds for one profile; every config is resolved and its model built on the meta
+    device, so a bad depth or option value fails here, before any run starts."""
+    path = spec["_path"]
+    if profile not in spec["profiles"]:
+        raise SpecError(f"{path}: profile {profile!r} not defined; has {', '.join(spec['profiles'])}")
+    prof = spec["profiles"][profile]
+    n_seeds = seeds or prof.get("seeds", 1)
+    wanted = prof.get("variants")
+    replacements = prof.get("models") or {}
+    jobs: list[Job] = []
+    all_variants = {f"{g['name']}/{v}" for g in spec["groups"] for v in g["variants"]}
+    for gi, group in enumerate(spec["groups"]):
+        base_var = group["variants"][group["baseline"]]
+        for vname, var in group["variants"].items():
+            full = f"{group['name']}/{vname}"
+            if wanted and full not in wanted and vname not in wanted:
+                continue
+            if only and full not in only and vname not in only:
+                continue
+            where = f"{path}: groups[{gi}].variants.{vname}"
+            cfg = deep_merge(spec.get("recipe", {}), group.get("recipe", {}))
+            cfg = deep_merge(cfg, var.get("recipe", {}))
+            cfg = deep_merge(cfg, prof.get("overrides", {}))
+            cfg = deep_merge(cfg, (group.get("profile_overrides") or {}).get(profile, {}))
+            model = var.get("model", group.get("model"))
+            options = dict(var.get("options", {}))
+            if model in replacements:
+                repl = replacements[model]
+                model, options = repl["name"], {**repl.get("options", {}), **options}
+            cfg["model"] = {"name": model, "options": options}
+            lr_source = "spec"
+            if tuned_lr is not None:
+                if full not in tuned_lr:
+                    raise SpecError(f"{where}: --lr tuned but no tuned lr recorded for {full!r}")
+                cfg.setdefault("optim", {})["lr"] = tuned_lr[full]
+                lr_source = "tuned"
+            for key, value in sets:
+                set_dotted(cfg, key, value)
+                if key == "optim.lr":
+                    lr_source = "command line"
+            if dataset:
+                set_dotted(cfg, "data.name", dataset)
+            if data_dir:
+                set_dotted(cfg, "data.data_dir", data_dir)
+            if device:
+                set_dotted(cfg, "runtime.device", device)
+            try:
+                resolved = resolve_config(cfg)
+                with torch.device("meta"):
+                    build_model(model, **options)
+            except (ConfigError, ValueError, KeyError, TypeError) as err:
+                raise SpecError(f"{where}: {err.args[0] if err.args else err}") from None
+            paper = var.get("paper")
+            tags = {
+                "experiment": spec["name"],
+                "claim": spec["claim"].strip(),
+                "citation": spec["citation"].strip(),
+                "group": group["name"],
+                "variant": vname,
+                "baseline": group["baseline"],
+                "paper_error": "" if paper is None else str(paper),
+                "expected": expected_direction(var, base_var, vname == group["baseline"]),
+                "profile": profile,
+                "lr_source": lr_source,
+            }
+            for seed in range(n_seeds):
+                c = copy.deepcopy(resolved)
+                c["seed"] = seed
+                jobs.append(Job(spec["name"], group["name"], vname, seed, c,
+                                dict(tags, seed=str(seed))))
+    for name in (only or []) + (wanted or []):
+        if not any(name == v or v.endswith("/" + name) for v in all_variants):
+            have = ", ".join(sorted(all_variants))
+            raise SpecError(f"{path}: no variant {name!r} (have: {have})")
+    return jobs

@@ -1,0 +1,519 @@
+"""Tests of convnets.data: every format is built tiny, in its real on-disk layout, in tmp_path.
+
+Nothing here reads the network or a shared data copy: downloads are made to fail.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import stat
+import struct
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convnets import data as D
+from convnets.data import (
+    Dataset,
+    DatasetError,
+    channel_stats,
+    default_data_dir,
+    list_datasets,
+    load_dataset,
+    stratified_split,
+)
+
+# ---------------------------------------------------------------------------------------------
+# fixtures and writers of the real formats
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """No network, and the default data dir (cache fallback) lives in tmp_path."""
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("CONVNETS_DATA", str(tmp_path / "default-data"))
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def write_cifar10(root: Path, per_batch: int = 10, bytes_keys: bool = True) -> dict:
+    """cifar-10-batches-py with 5 train batches and a test batch of ``per_batch`` images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = _rng(0)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]
+    key = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
+    out = {"train_x": [], "train_y": [], "classes": names}
+    for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        batch = {key("batch_label"): key(f"batch {fname}"), key("data"): x, key("labels"): y,
+                 key("filenames"): [key(f"{i}.png") for i in range(per_batch)]}
+        with open(folder / fname, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        if fname == "test_batch":
+            out["test_x"], out["test_y"] = x, y
+        else:
+            out["train_x"].append(x)
+            out["train_y"] += y
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({key("label_names"): [key(n) for n in names], key("num_vis"): 3072}, f,
+                    protocol=2)
+    out["train_x"] = np.concatenate(out["train_x"])
+    return out
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = (b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+           + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def write_mnist(root: Path, cls_name: str, gz: bool, n_train: int = 12, n_test: int = 7,
+                size: int = 28) -> dict:
+    rng = _rng(1)
+    raw = root / cls_name / "raw"
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for name, arr in arrays.items():
+        write_idx(raw / (name + (".gz" if gz else "")), arr, gz=gz)
+    return arrays
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def write_imagefolder(root: Path, size: int = 8) -> dict:
+    """train/{dog,cat}/{1,2,10}.png and test/{cat,dog}/{3,20}.png, random RGB."""
+    rng = _rng(2)
+    expected: dict = {"train": [], "test": []}
+    for split, numbers in (("train", (10, 2, 1)), ("test", (20, 3))):
+        for cls in ("dog", "cat"):  # written out of order on purpose
+            for num in numbers:
+                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                write_png(root / split / cls / f"{num}.png", arr)
+                expected[split].append((cls, num, arr))
+    for split in expected:  # classes sorted, files by number
+        expected[split].sort(key=lambda t: (t[0], t[1]))
+    return expected
+
+
+def as_nchw(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bytes_keys", [True, False])
+def test_cifar10_reads_pickle_batches_exactly(tmp_path, bytes_keys):
+    ref = write_cifar10(tmp_path, bytes_keys=bytes_keys)
+    ds = load_dataset("cifar10", tmp_path)  # download=True, but the folder is present
+    assert isinstance(ds, Dataset)
+    assert ds.name == "cifar10" and ds.label == "CIFAR-10"
+    assert ds.classes == ref["classes"] and ds.num_classes == 10
+    assert ds.in_channels == 3 and ds.image_size == (32, 32)
+    assert ds.train.images.dtype == torch.uint8 and ds.train.labels.dtype == torch.int64
+    assert ds.train.images.is_contiguous() and ds.test.images.is_contiguous()
+    assert torch.equal(ds.train.images, torch.from_numpy(ref["train_x"]).reshape(50, 3, 32, 32))
+    assert ds.train.labels.tolist() == ref["train_y"]
+    assert torch.equal(ds.test.images, torch.from_numpy(ref["test_x"]).reshape(10, 3, 32, 32))
+    assert ds.test.labels.tolist() == ref["test_y"]
+    assert len(ds.checksum) >= 16 and int(ds.checksum, 16) >= 0
+    # pixel (c, y, x) of an image is data[c * 1024 + y * 32 + x]
+    assert ds.train.images[3, 1, 2, 5].item() == ref["train_x"][3, 1024 + 2 * 32 + 5]
+
+
+def test_cifar100_reads_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = _rng(3)
+    x_tr = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
+    x_te = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+    y_tr, y_te = [0, 99, 5, 5, 42, 7], [1, 2, 3, 99]
+    for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x, b"fine_labels": y, b"coarse_labels": [0] * len(y)}, f, 2)
+    names = [f"c{i}" for i in range(100)]
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [n.encode() for n in names],
+                     b"coarse_label_names": [b"x"] * 20}, f, 2)
+    ds = load_dataset("cifar100", tmp_path, label="mine")
+    assert ds.label == "mine" and ds.classes == names
+    assert ds.train.labels.tolist() == y_tr and ds.test.labels.tolist() == y_te
+    assert torch.equal(ds.test.images, torch.from_numpy(x_te).reshape(4, 3, 32, 32))
+
+
+def test_cifar_truncated_batch_names_the_file(tmp_path):
+    write_cifar10(tmp_path)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    bad.write_bytes(bad.read_bytes()[:700])
+    with pytest.raises(DatasetError, match="data_batch_3"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_cifar_label_count_mismatch(tmp_path):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with open(path, "rb") as f:
+        batch = pickle.load(f)
+    batch[b"labels"] = batch[b"labels"][:-1]
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(DatasetError, match=r"test_batch.*10 images but 9 labels"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_cifar_pickle_with_foreign_objects_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({"data": Path("x"), "labels": []}, f)
+    with pytest.raises(DatasetError, match="data_batch_1"):
+        load_dataset("cifar10", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cache_written_reused_and_verified(tmp_path, monkeypatch):
+    write_cifar10(tmp_path)
+    first = load_dataset("cifar10", tmp_path)
+    cache = tmp_path / ".convnets-cache" / "cifar10.pt"
+    assert cache.is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    with monkeypatch.context() as m:
+        m.setattr(D, "_read_pickle", fail)
+        second = load_dataset("cifar10", tmp_path)
+    assert torch.equal(first.train.images, second.train.images)
+    assert first.checksum == second.checksum and first.classes == second.classes
+
+    blob = torch.load(cache, weights_only=True)
+    blob["train_images"][0, 0, 0, 0] ^= 1
+    torch.save(blob, cache)
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*delete"):
+        load_dataset("cifar10", tmp_path)
+
+    blob["train_images"] = blob["train_images"][:-1].clone()  # shape no longer matches
+    torch.save(blob, cache)
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*delete"):
+        load_dataset("cifar10", tmp_path)
+
+    cache.write_bytes(b"not a torch file")
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*unreadable.*delete"):
+        load_dataset("cifar10", tmp_path)
+
+    cache.unlink()
+    assert load_dataset("cifar10", tmp_path).checksum == first.checksum
+    assert load_dataset("cifar10", tmp_path, cache=False).checksum == first.checksum
+
+
+def test_cache_invalidated_when_sources_change(tmp_path):
+    write_cifar10(tmp_path)
+    first = load_dataset("cifar10", tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with open(path, "rb") as f:
+        batch = pickle.load(f)
+    batch[b"data"] = 255 - batch[b"data"]
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    second = load_dataset("cifar10", tmp_path)
+    assert torch.equal(second.test.images, 255 - first.test.images)
+    assert second.checksum != first.checksum
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST / Fashion-MNIST
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "cls_name", "gz"),
+                         [("mnist", "MNIST", False), ("fashion_mnist", "FashionMNIST", True)])
+def test_mnist_idx_read_exactly(tmp_path, name, cls_name, gz):
+    ref = write_mnist(tmp_path, cls_name, gz=gz)
+    ds = load_dataset(name, tmp_path)
+    assert ds.name == name and ds.label == {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[name]
+    assert ds.num_classes == 10 and ds.in_channels == 1 and ds.image_size == (28, 28)
+    assert torch.equal(ds.train.images[:, 0], torch.from_numpy(ref["train-images-idx3-ubyte"]))
+    assert torch.equal(ds.test.images[:, 0], torch.from_numpy(ref["t10k-images-idx3-ubyte"]))
+    assert ds.train.labels.tolist() == ref["train-labels-idx1-ubyte"].tolist()
+    assert ds.test.labels.tolist() == ref["t10k-labels-idx1-ubyte"].tolist()
+    assert ds.train.labels.dtype == torch.int64
+    if name == "fashion_mnist":
+        assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
+    assert (tmp_path / ".convnets-cache" / f"{name}.pt").is_file()
+
+
+def test_idx_wrong_magic(tmp_path):
+    write_mnist(tmp_path, "MNIST", gz=False)
+    bad = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    bad.write_bytes(b"\x12\x34" + bad.read_bytes()[2:])
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte.*not an IDX file"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_idx_wrong_length(tmp_path):
+    write_mnist(tmp_path, "MNIST", gz=False)
+    bad = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:-5])
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte.*truncated"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_idx_truncated_gzip(tmp_path):
+    write_mnist(tmp_path, "FashionMNIST", gz=True)
+    bad = tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz"):
+        load_dataset("fashion_mnist", tmp_path)
+
+
+def test_idx_label_count_mismatch(tmp_path):
+    write_mnist(tmp_path, "MNIST", gz=False)
+    write_idx(tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.zeros(11, np.uint8))
+    with pytest.raises(DatasetError, match="12 images but 11 labels"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_read_only_data_dir_caches_elsewhere(tmp_path):
+    shared = tmp_path / "shared"
+    write_mnist(shared, "FashionMNIST", gz=True)
+    modes = {}
+    for p in [shared, *shared.rglob("*")]:
+        modes[p] = p.stat().st_mode
+        p.chmod(stat.S_IMODE(modes[p]) & ~0o222)
+    try:
+        first = load_dataset("fashion_mnist", shared)
+        second = load_dataset("fashion_mnist", shared)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(stat.S_IMODE(mode))
+    assert not (shared / ".convnets-cache").exists()
+    cached = list((default_data_dir() / ".convnets-cache").glob("fashion_mnist-*.pt"))
+    assert len(cached) == 1
+    assert first.checksum == second.checksum
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders
+# ---------------------------------------------------------------------------------------------
+
+
+def test_imagefolder_png_exact_with_class_and_numeric_order(tmp_path):
+    root = tmp_path / "pets"
+    ref = write_imagefolder(root)
+    ds = load_dataset(f"imagefolder:{root}")
+    assert ds.name == f"imagefolder:{root.resolve()}"
+    assert ds.label == "ImageFolder (pets)"
+    assert ds.classes == ["cat", "dog"]
+    for split, images in (("train", ds.train), ("test", ds.test)):
+        expected = ref[split]
+        assert images.labels.tolist() == [ds.classes.index(c) for c, _, _ in expected]
+        assert torch.equal(images.images, torch.stack([as_nchw(a) for _, _, a in expected]))
+    assert [n for _, n, _ in ref["train"][:3]] == [1, 2, 10]
+    assert (root / ".convnets-cache").is_dir()
+    again = load_dataset(f"imagefolder:{root}", label="custom")
+    assert again.label == "custom" and again.checksum == ds.checksum
+
+
+def test_imagefolder_cifar_jpeg_label_and_jpeg_decoding(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "cifar10-jpeg-q75"
+    rng = _rng(4)
+    for split in ("train", "test"):
+        for cls in ("airplane", "bird"):
+            for i in range(3):
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+                arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(root / split / cls / f"{i:04d}.jpg", quality=75)
+    ds = load_dataset(f"imagefolder:{root}")
+    assert ds.label == "CIFAR-10 (JPEG q75 copy)"
+    assert ds.train.images.shape == (6, 3, 32, 32) and ds.test.images.shape == (6, 3, 32, 32)
+    assert ds.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_imagefolder_shape_mismatch_names_file(tmp_path):
+    root = tmp_path / "mixed"
+    write_imagefolder(root)
+    write_png(root / "test" / "dog" / "7.png", np.zeros((9, 8, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"7\.png.*share one shape"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_imagefolder_undecodable_file_named(tmp_path):
+    root = tmp_path / "broken"
+    write_imagefolder(root)
+    (root / "train" / "cat" / "5.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(DatasetError, match=r"5\.jpg"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_imagefolder_cache_follows_file_changes(tmp_path):
+    root = tmp_path / "grow"
+    write_imagefolder(root)
+    first = load_dataset(f"imagefolder:{root}")
+    write_png(root / "train" / "cat" / "11.png", np.full((8, 8, 3), 7, np.uint8))
+    second = load_dataset(f"imagefolder:{root}")
+    assert len(second.train) == len(first.train) + 1
+    assert int(second.train.images[3].float().mean()) == 7  # cat: 1, 2, 10, 11
+
+
+def test_imagefolder_missing_layout(tmp_path):
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DatasetError, match="train"):
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}")
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# offline, names, options
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "fashion_mnist"])
+def test_offline_download_gives_ways_out(tmp_path, name):
+    with pytest.raises(DatasetError) as info:
+        load_dataset(name, tmp_path / "empty", download=True)
+    msg = str(info.value)
+    assert "--data-dir" in msg and "synthetic" in msg and "CONVNETS_DATA" in msg
+
+
+def test_missing_without_download(tmp_path):
+    with pytest.raises(DatasetError, match=r"(?s)download=False.*--data-dir.*synthetic"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+def test_unknown_name_and_bad_options(tmp_path):
+    with pytest.raises(DatasetError, match=r"(?s)imagenet.*cifar10.*synthetic"):
+        load_dataset("imagenet", tmp_path)
+    with pytest.raises(DatasetError, match="n_trian"):
+        load_dataset("synthetic", n_trian=10)
+    with pytest.raises(DatasetError, match="noise"):
+        load_dataset("cifar10", tmp_path, noise=0.5)
+    with pytest.raises(DatasetError, match="n_train"):
+        load_dataset("synthetic", n_train=0)
+    with pytest.raises(DatasetError, match="mode"):
+        load_dataset(f"imagefolder:{tmp_path}", mode="cmyk")
+
+
+def test_list_and_default_dir(tmp_path, monkeypatch):
+    names = list_datasets()
+    for n in ("cifar10", "cifar100", "mnist", "fashion_mnist", "synthetic"):
+        assert n in names
+    assert any(n.startswith("imagefolder:") for n in names)
+    assert default_data_dir() == tmp_path / "default-data"
+    monkeypatch.delenv("CONVNETS_DATA")
+    assert default_data_dir() == Path.home() / ".cache" / "convnets" / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# split and statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stratified_split_balanced():
+    labels = torch.arange(50_000) % 10
+    labels = labels[torch.randperm(50_000, generator=torch.Generator().manual_seed(1))]
+    tr, val = stratified_split(labels, 5000, seed=0)
+    assert tr.dtype == torch.int64 and val.dtype == torch.int64
+    assert len(tr) == 45_000 and len(val) == 5000
+    assert torch.equal(torch.sort(torch.cat([tr, val])).values, torch.arange(50_000))
+    assert torch.all(tr[1:] > tr[:-1]) and torch.all(val[1:] > val[:-1])
+    assert torch.bincount(labels[val], minlength=10).tolist() == [500] * 10
+    tr2, val2 = stratified_split(labels, 5000, seed=0)
+    assert torch.equal(tr, tr2) and torch.equal(val, val2)
+    _, val3 = stratified_split(labels, 5000, seed=1)
+    assert not torch.equal(val, val3)
+
+
+def test_stratified_split_proportional_and_edges():
+    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
+    _, val = stratified_split(labels, 100, seed=3)
+    assert torch.bincount(labels[val]).tolist() == [60, 30, 10]
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    tr, val = stratified_split(labels, 4)
+    assert len(val) == 4 and len(tr) == 5
+    assert sorted(torch.bincount(labels[val], minlength=3).tolist()) == [1, 1, 2]
+    tr, val = stratified_split(labels, 0)
+    assert len(val) == 0 and len(tr) == 9
+    with pytest.raises(ValueError):
+        stratified_split(labels, 10)
+    with pytest.raises(ValueError):
+        stratified_split(labels.float(), 2)
+
+
+def test_channel_stats_matches_float64_reference():
+    x = torch.randint(0, 256, (37, 3, 9, 7), generator=torch.Generator().manual_seed(5),
+                      dtype=torch.uint8)
+    mean, std = channel_stats(x)
+    ref = x.to(torch.float64).permute(1, 0, 2, 3).reshape(3, -1)
+    assert len(mean) == 3 and all(isinstance(v, float) for v in mean + std)
+    assert mean == pytest.approx(ref.mean(1).tolist(), abs=1e-9)
+    assert std == pytest.approx(ref.std(1, unbiased=False).tolist(), abs=1e-9)
+    fmean, fstd = channel_stats(x.to(torch.float32))
+    assert fmean == pytest.approx(mean, abs=1e-6) and fstd == pytest.approx(std, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic
+# ---------------------------------------------------------------------------------------------
+
+
+def test_synthetic_deterministic_and_shaped():
+    a = load_dataset("synthetic")
+    b = load_dataset("synthetic", seed=0)
+    assert a.name == "synthetic" and a.label == "synthetic (smoke)"
+    assert a.train.images.shape == (512, 3, 32, 32) and a.test.images.shape == (256, 3, 32, 32)
+    assert a.train.images.dtype == torch.uint8 and a.train.labels.dtype == torch.int64
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    assert a.checksum == b.checksum
+    assert torch.bincount(a.train.labels).tolist() == [52] * 2 + [51] * 8
+    c = load_dataset("synthetic", seed=1)
+    assert not torch.equal(a.train.images, c.train.images) and a.checksum != c.checksum
+    # the test split does not depend on the training size
+    d = load_dataset("synthetic", n_train=64)
+    assert torch.equal(a.test.images, d.test.images)
+    g = load_dataset("synthetic", n_train=30, n_test=12, num_classes=3, image_size=28, channels=1)
+    assert g.train.images.shape == (30, 1, 28, 28) and g.num_classes == 3 and g.in_channels == 1
+
+
+def test_synthetic_is_class_separable():
+    ds = load_dataset("synthetic")
+    x = ds.train.images.flatten(1).double()
+    means = torch.stack([x[ds.train.labels == c].mean(0) for c in range(ds.num_classes)])
+    pred = torch.cdist(ds.test.images.flatten(1).double(), means).argmin(1)
+    accuracy = (pred == ds.test.labels).double().mean().item()
+    assert accuracy > 0.5, accuracy

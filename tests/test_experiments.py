@@ -1,0 +1,163 @@
+"""Runner and specs: grid x seeds into MLflow, skip/resume/fail semantics, spec validation."""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from convnets import tracking
+from experiments.__main__ import main
+from experiments.spec import SpecError, expand, list_specs, load_spec
+
+TINY = textwrap.dedent(
+    """
+    name: {name}
+    claim: Tiny claim for the tests.
+    citation: Nobody 2026, Table 0
+    recipe:
+      data: {{name: synthetic, options: {{n_train: 128, n_test: 64, image_size: 12}}}}
+      optim: {{lr: 0.05}}
+      schedule: {{unit: epochs, length: 2, drops: [0.5]}}
+      batch_size: 32
+    groups:
+      - name: G
+        model: cifar_resnet
+        baseline: base
+        variants:
+          base: {{options: {{depth: 8}}, paper: 10.0}}
+          wide: {{options: {{depth: 8, unit: full_preact}}, paper: 9.0}}
+          boom: {{options: {{depth: 8}}, recipe: {{optim: {{lr: 1.0e+30, weight_decay: 0.0}}}}, paper: fail}}
+    profiles:
+      smoke: {{seeds: 2}}
+    """
+)
+
+
+def _write(tmp_path, name="tiny", text=None):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text if text is not None else TINY.format(name=name))
+    return str(path)
+
+
+def _runs(name):
+    return mlflow.search_runs(experiment_names=[name], output_format="pandas")
+
+
+def test_run_logs_every_variant_and_seed_then_skips(mlflow_store, tmp_path):
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    spec = _write(tmp_path)
+    assert main(["run", spec, "--profile", "smoke"]) == 0
+    runs = _runs("tiny")
+    assert len(runs) == 6
+    status = runs.groupby("tags.variant")["status"].apply(set).to_dict()
+    assert status == {"base": {"FINISHED"}, "wide": {"FINISHED"}, "boom": {"FAILED"}}
+    boom = runs[runs["tags.variant"] == "boom"].iloc[0]
+    assert "non-finite" in boom["tags.failure_reason"]
+    # tags, params, metric history and artifacts read back
+    run = runs[(runs["tags.variant"] == "wide") & (runs["tags.seed"] == "1")].iloc[0]
+    assert run["tags.expected"] == "lower" and run["tags.baseline"] == "base"
+    assert run["tags.paper_error"] == "9.0" and run["tags.profile"] == "smoke"
+    assert run["tags.dataset_label"].startswith("synthetic")
+    assert run["params.model.options.depth"] == "8"
+    assert run["params.model.options.unit"] == "full_preact"
+    assert run["params.optim.lr"] == "0.05"
+    cl = MlflowClient(tracking.tracking_uri())
+    hist = cl.get_metric_history(run["run_id"], "train_loss")
+    assert [m.step for m in hist] == [4, 8]  # 128 // 32 = 4 iterations per epoch
+    assert 0.0 <= run["metrics.final_test_error"] <= 100.0
+    names = {a.path for a in cl.list_artifacts(run["run_id"])}
+    assert names == {"config.yaml", "curve.csv", "predictions.npz"}
+    local = cl.download_artifacts(run["run_id"], "predictions.npz", str(tmp_path))
+    with np.load(local) as z:
+        assert z["pred"].shape == z["target"].shape == (64,)
+        err = (z["pred"] != z["target"]).mean() * 100
+    assert err == pytest.approx(run["metrics.final_test_error"])
+    # rerun: nothing new (finished are skipped, diverged are not retried)
+    assert main(["run", spec, "--profile", "smoke"]) == 0
+    assert len(_runs("tiny")) == 6
+    # --force reruns
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1",
+                 "--force"]) == 0
+    assert len(_runs("tiny")) == 7
+
+
+def test_interrupted_run_resumes_into_the_same_mlflow_run(mlflow_store, tmp_path, monkeypatch):
+    import experiments.runner as runner
+    from convnets.train import fit
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    spec = _write(tmp_path, "resume")
+
+    def interrupt(metrics):
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "fit", functools.partial(fit, on_epoch_end=interrupt))
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 130
+    killed = _runs("resume")
+    assert list(killed["status"]) == ["KILLED"]
+    monkeypatch.setattr(runner, "fit", fit)
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
+    done = _runs("resume")
+    assert len(done) == 1 and done["status"].iloc[0] == "FINISHED"
+    assert done["run_id"].iloc[0] == killed["run_id"].iloc[0]
+    # the resumed run ends exactly where an uninterrupted one does
+    job = expand(load_spec(spec), "smoke", seeds=1, only=["base"])[0]
+    ref = fit(job.config, progress=False)
+    assert done["metrics.final_test_error"].iloc[0] == ref.final["final_test_error"]
+    cl = MlflowClient(tracking.tracking_uri())
+    assert [m.step for m in cl.get_metric_history(done["run_id"].iloc[0], "train_loss")] == [4, 8]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("claim:", "claims: x\nclaim:"), "unknown key 'claims'"),
+        (("model: cifar_resnet", "model: resnet_nope"), "unknown model 'resnet_nope'"),
+        (("depth: 8}, paper: 10.0", "depth: 21}, paper: 10.0"), "depth=21"),
+        (("optim: {lr: 0.05}", "optim: {lr: -0.05}"), "optim.lr"),
+        (("drops: [0.5]", "drops: [1.5]"), "schedule.drops"),
+        (("smoke: {seeds: 2}", "smoke: {seeds: 2, sedes: 3}"), "unknown key 'sedes'"),
+        (("baseline: base", "baseline: nope"), "baseline"),
+        (("paper: 10.0", "paper: ten"), "paper"),
+    ],
+)
+def test_malformed_specs_are_rejected_naming_file_and_key(tmp_path, edit, message):
+    text = TINY.format(name="bad")
+    old, new = edit
+    assert old in text, old
+    path = _write(tmp_path, "bad", text.replace(old, new, 1))
+    with pytest.raises(SpecError) as err:
+        expand(load_spec(path), "smoke")
+    assert message in str(err.value)
+    assert "bad.yaml" in str(err.value)
+    # and the CLI runs nothing
+    assert main(["run", path, "--profile", "smoke"]) == 2
+
+
+@pytest.mark.parametrize("name", list_specs())
+def test_shipped_specs_expand_for_every_profile(name):
+    spec = load_spec(name)
+    for profile in ("paper", "quick", "smoke"):
+        jobs = expand(spec, profile)
+        assert jobs, profile
+        assert len({(j.config_hash, j.seed) for j in jobs}) == len(jobs)
+    smoke = expand(spec, "smoke")
+    assert all(j.config["data"]["name"] == "synthetic" for j in smoke)
+    assert len({j.seed for j in smoke}) == 2
+
+
+def test_paper_numbers_and_directions_in_shipped_specs():
+    jobs = {(j.group, j.variant): j.tags for j in expand(load_spec("resnetv2-orderings"), "paper")}
+    assert jobs[("ResNet-110", "full_preact")]["paper_error"] == "6.37"
+    assert jobs[("ResNet-110", "full_preact")]["expected"] == "lower"
+    assert jobs[("ResNet-164", "bn_after_add")]["expected"] == "higher"
+    short = {j.variant: j.tags for j in expand(load_spec("resnetv2-shortcuts"), "paper")}
+    assert short["dropout"]["paper_error"] == "fail" and short["dropout"]["expected"] == "higher"
+    deg = {j.variant: j.tags for j in expand(load_spec("degradation"), "paper")}
+    assert deg["plain56"]["expected"] == "higher" and deg["resnet56"]["expected"] == "lower"
