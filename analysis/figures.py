@@ -31,6 +31,12 @@ def _save(fig, stem: Path) -> list[Path]:
     return paths
 
 
+def _clip(ax) -> None:
+    """Errors are percentages: keep wide t-bands (few seeds) from stretching the axis."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, 0), min(hi, 100))
+
+
 def _title(text: str, smoke: bool) -> str:
     return f"{SMOKE}. {text}" if smoke else text
 
@@ -50,7 +56,8 @@ def errors_figure(runs: pd.DataFrame, table: pd.DataFrame, stem: Path, title: st
             sns.stripplot(data=d, x="variant", y="final_error", order=order, color="0.6",
                           size=4, jitter=0.1, ax=ax)
             sns.pointplot(data=d, x="variant", y="final_error", order=order, errorbar=t_band,
-                          linestyle="none", capsize=0.2, color="C0", ax=ax)
+                          linestyle="none", capsize=0.15, color="C0", err_kws={"linewidth": 1.5},
+                          ax=ax)
         for i, paper in enumerate(t["paper_error"]):
             if paper.strip().lower() == "fail":
                 ax.annotate("paper: fail", (i, 1), xycoords=("data", "axes fraction"),
@@ -59,6 +66,7 @@ def errors_figure(runs: pd.DataFrame, table: pd.DataFrame, stem: Path, title: st
                 ax.scatter([i], [float(paper)], marker="X", s=70, color="C3", zorder=5)
         ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
         ax.set(title=group, xlabel="", ylabel=f"{split} error (%)")
+        _clip(ax)
     axes[0][0].legend(handles=[
         Line2D([], [], color="0.6", marker="o", ls="none", label="seeds"),
         Line2D([], [], color="C0", marker="o", label="mean, 95% t-interval"),
@@ -87,6 +95,7 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
                      style="curve", style_order=[split, "train"],
                      dashes={split: "", "train": (4, 2)}, errorbar=t_band, ax=ax)
         ax.set(title=group, ylabel="error (%)")
+        ax.set_ylim(0, min(100, 1.05 * long["error"].max()))
         ax.legend(fontsize=7)
     fig.suptitle(_title(f"training (dashed) and {split} (solid) error; mean and 95% t-band "
                         "over seeds", smoke), fontsize=9)

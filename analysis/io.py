@@ -18,7 +18,7 @@ SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
 
 TAG_COLS = ["experiment", "claim", "citation", "group", "variant", "baseline", "profile",
             "dataset", "dataset_label", "eval_split", "paper_error", "expected", "config_hash",
-            "git_commit", "device", "failure_reason"]
+            "git_commit", "device", "failure_reason", "failure_kind"]
 STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
                        "predictions_uri"]
 FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s"]
@@ -26,7 +26,7 @@ RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", 
                 "eval_split", "final_train_error", "final_train_loss", "wall_time_s",
                 "paper_error", "expected", "claim", "citation", "profile", "dataset",
                 "dataset_label", "config_hash", "git_commit", "git_dirty", "device",
-                "failure_reason", "run_id", "run_name", "start_time", "curve_uri",
+                "failure_reason", "failure_kind", "run_id", "run_name", "start_time", "curve_uri",
                 "predictions_uri"])
 CURVE_COLUMNS = ["run_id", "epoch", "iteration", "train_loss", "train_error", "eval_error", "lr",
                  "images_per_sec", "epoch_time_s"]
@@ -79,12 +79,12 @@ def _all_runs(client, experiment_id: str):
 
 def _row(client, run, experiment_name: str) -> dict:
     tags, metrics = run.data.tags, run.data.metrics
-    split = tags.get("eval_split") or "test"
+    split = tags.get("eval_split") or ("val" if "final_val_error" in metrics else "test")
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     art = run.info.artifact_uri.rstrip("/")
     row = {c: tags.get(c, "") for c in TAG_COLS}
     row.update(
-        experiment=tags.get("experiment") or experiment_name, eval_split=split,
+        experiment=tags.get("experiment") or experiment_name,
         seed=tags.get("seed"), git_dirty=tags.get("git_dirty", ""), status=run.info.status,
         final_error=metrics.get(f"final_{split}_error"),
         final_train_error=metrics.get("final_train_error"),
@@ -98,7 +98,11 @@ def _row(client, run, experiment_name: str) -> dict:
 
 
 def collect(uri: str | None = None) -> pd.DataFrame:
-    """One row per FINISHED or FAILED run with the runner's tags; KILLED runs are dropped."""
+    """One row per FINISHED or FAILED run with the runner's tags; KILLED runs are dropped.
+
+    A FAILED run stays a row: one that diverged is a result (failure_kind 'diverged', or no
+    failure_kind); one that crashed (failure_kind 'error') is left out of the tables.
+    """
     client = _client(uri or tracking_uri())
     rows = [_row(client, run, exp.name)
             for exp in client.search_experiments()

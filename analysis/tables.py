@@ -42,13 +42,18 @@ def slug(name: str) -> str:
 
 
 def select(runs: pd.DataFrame, experiment: str, profile: str | None = None):
-    """The experiment's runs of one profile (most faithful present unless given), keeping the
-    latest run per (group, variant, seed) so a rerun replaces rather than duplicates a seed."""
-    r = runs[runs["experiment"] == experiment]
+    """The experiment's runs of one profile (most faithful present unless given), without crashed
+    runs, keeping the latest run per (group, variant, seed) so a rerun replaces a seed."""
+    r = runs[(runs["experiment"] == experiment) & ~crashed(runs)]
     present = list(dict.fromkeys(r["profile"]))
     profile = profile or next((p for p in PROFILES if p in present), present[0] if present else "")
     r = r[r["profile"] == profile].sort_values(["start_time", "run_id"])
     return r.drop_duplicates(["group", "variant", "seed"], keep="last"), profile
+
+
+def crashed(runs: pd.DataFrame) -> pd.Series:
+    """FAILED runs that did not diverge (a crash is not a result)."""
+    return (runs["status"] == "FAILED") & ~runs["failure_kind"].isin(["", "diverged"])
 
 
 def _join(values) -> str:
@@ -68,9 +73,12 @@ def provenance(sel: pd.DataFrame, all_runs: pd.DataFrame, profile: str, today: s
              f"Runs: {len(sel)} ({len(sel) - n_fail} finished, {n_fail} failed); "
              f"device(s): {_join(sel['device'])}",
              f"Commits: {span}", f"Generated: {today}"]
-    unused = all_runs[all_runs["profile"] != profile]["profile"].value_counts()
-    if len(unused):
-        lines.append("Not used here: " + ", ".join(f"{n} {p} run(s)" for p, n in unused.items()))
+    unused = [f"{n} {p} run(s)" for p, n in
+              all_runs.loc[all_runs["profile"] != profile, "profile"].value_counts().items()]
+    n_crashed = int((crashed(all_runs) & (all_runs["profile"] == profile)).sum())
+    unused += [f"{n_crashed} crashed run(s)"] if n_crashed else []
+    if unused:
+        lines.append("Not used here: " + ", ".join(unused))
     hashes = sel.groupby("variant")["config_hash"].nunique()
     if (hashes > 1).any():
         lines.append("Warning: several config hashes for " + ", ".join(hashes[hashes > 1].index))
@@ -105,7 +113,7 @@ def to_markdown(name: str, table, paired, head: list[str], verdict: str, smoke: 
     for group, g in table.groupby("group", sort=False):
         rows = [[_md(c) for c in _row_cells(r)] for r in g.itertuples()]
         out += [f"## {_md(group or 'all variants')}\n",
-                tabulate(rows, HEADERS, tablefmt="github"), ""]
+                tabulate(rows, HEADERS, tablefmt="github", disable_numparse=True), ""]
     out += [f"_{NOTES}_\n"]
     if len(paired):
         out += [f"## Per-example paired tests ({stats.BOOTSTRAP_LABEL})\n",
@@ -115,7 +123,7 @@ def to_markdown(name: str, table, paired, head: list[str], verdict: str, smoke: 
         for group, g in paired.groupby("group", sort=False):
             rows = [[_md(c) for c in _paired_cells(r)] for r in g.itertuples()]
             out += [f"### {_md(group or 'all variants')}\n",
-                    tabulate(rows, PAIRED_HEADERS, tablefmt="github"), ""]
+                    tabulate(rows, PAIRED_HEADERS, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(out)
 
 
@@ -204,6 +212,6 @@ def write_all(data: RunData, out: Path, profile: str | None = None,
               "(paper vs our mean error in %; verdict from Holm-adjusted Welch tests). "
               "Each table states its provenance.\n",
               tabulate(rows, ["Experiment", "Claim", "Profile", "Paper", "Ours", "Verdict",
-                              "Files"], tablefmt="github") if rows else "No runs yet.", ""]
+                              "Files"], tablefmt="github", disable_numparse=True) if rows else "No runs yet.", ""]
     (out / "README.md").write_text("\n".join(readme))
     return [*written, out / "README.md"]

@@ -196,6 +196,8 @@ def stratified_split(
         raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} "
                          f"{tuple(labels.shape)}")
     n = int(labels.numel())
+    if isinstance(val_size, bool) or not hasattr(val_size, "__index__"):
+        raise ValueError(f"val_size must be an integer count of samples, got {val_size!r}")
     val_size = int(val_size)
     if not 0 <= val_size <= n:
         raise ValueError(f"val_size={val_size} must be between 0 and the number of samples ({n})")
@@ -443,8 +445,16 @@ def _ways_out(extra: str = "") -> str:
     )
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or repr(exc)
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def _download(what: str, where: Path, fetch: Callable[[], Any], extra: str = "") -> None:
     """Run a torchvision download; any network or file failure becomes a DatasetError."""
+    if not _is_writable_dir(where):
+        raise DatasetError(f"{what} was not found in {where}, and that folder is read-only, so "
+                           "it cannot be downloaded there. " + _ways_out(extra))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -452,27 +462,33 @@ def _download(what: str, where: Path, fetch: Callable[[], Any], extra: str = "")
     except (OSError, RuntimeError, ValueError, EOFError) as e:
         # URLError is an OSError; torchvision reports failed mirrors and bad md5s as RuntimeError
         raise DatasetError(
-            f"{what} was not found in {where} and could not be downloaded "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}). "
+            f"{what} was not found in {where} and could not be downloaded ({_one_line(e)}). "
             + _ways_out(extra)
         ) from e
 
 
 def _missing(what: str, where: str, extra: str = "") -> DatasetError:
     return DatasetError(f"{what} was not found (looked for {where}) and download=False. "
-                        "Allow the download, or: " + _ways_out(extra))
+                        "Allow the download (download=True), or: " + _ways_out(extra))
+
+
+def _nearby_hint(root: Path, keyword: str) -> str:
+    """Names in ``root`` that look like the wanted data set (an archive not extracted, ...)."""
+    try:
+        near = sorted(p.name for p in root.iterdir()
+                      if keyword in p.name.lower() and not p.name.startswith("."))
+    except OSError:
+        return ""
+    if not near:
+        return ""
+    tail = " (extract archives first)." if any(".tar" in n or n.endswith(".zip")
+                                               for n in near) else "."
+    return f" Found in {root}: {', '.join(near)}{tail}"
 
 
 def _cifar_hint(root: Path) -> str:
-    hint = (" For CIFAR-10 an ImageFolder copy also works: dataset=imagefolder:PATH with "
-            "PATH/{train,test}/<class>/*.jpg.")
-    try:
-        near = sorted(p.name for p in root.iterdir() if "cifar" in p.name.lower())
-    except OSError:
-        near = []
-    if near:
-        hint += f" Found in {root}: {', '.join(near)}."
-    return hint
+    return (" For CIFAR-10 an ImageFolder copy also works: dataset=imagefolder:PATH with "
+            "PATH/{train,test}/<class>/*.jpg." + _nearby_hint(root, "cifar"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,6 +705,7 @@ def _load_mnist(variant: str, root: Path, download: bool, **opts: Any) -> Datase
     cls_name, label = {"mnist": ("MNIST", "MNIST"),
                        "fashion_mnist": ("FashionMNIST", "Fashion-MNIST")}[variant]
     what = f"{label} (IDX files in {cls_name}/raw/)"
+    hint = _nearby_hint(root, cls_name.lower())
     found, searched = _find_idx(root, cls_name)
     if len(found) < len(_IDX_FILES):
         if download:
@@ -698,15 +715,15 @@ def _load_mnist(variant: str, root: Path, download: bool, **opts: Any) -> Datase
                 getattr(torchvision.datasets, cls_name)(root=str(root), train=False,
                                                         download=True)
 
-            _download(what, root, fetch)
+            _download(what, root, fetch, hint)
             found, searched = _find_idx(root, cls_name)
         if len(found) < len(_IDX_FILES):
             missing = [b for k, (b, _) in _IDX_FILES.items() if k not in found]
             if download:
                 raise DatasetError(f"{what}: still missing {', '.join(missing)} (.gz or not) "
-                                   f"in {searched[0]} after the download. " + _ways_out())
+                                   f"in {searched[0]} after the download. " + _ways_out(hint))
             raise _missing(what, f"{', '.join(missing)}[.gz] in "
-                                 f"{' or '.join(map(str, searched))}")
+                                 f"{' or '.join(map(str, searched))}", hint)
     files = [found[k] for k in _SPLIT_KEYS]
     classes = list(_MNIST_CLASSES[variant])
 
@@ -865,7 +882,7 @@ def _load_imagefolder(path: str, data_dir: Path | None, **opts: Any) -> Dataset:
     if extra:
         raise DatasetError(f"{root / 'test'} has class folders absent from train/: "
                            f"{', '.join(extra)}")
-    listing: dict[str, list[tuple[Path, int]]] = {}
+    listing: dict[str, list[tuple[str, int]]] = {}
     entries = []
     for split in ("train", "test"):
         items = []
@@ -924,8 +941,9 @@ def _load_synthetic(root: Path, download: bool, **opts: Any) -> Dataset:
     ints = ("n_train", "n_test", "num_classes", "image_size", "channels", "seed")
     for k in ints:
         v = cfg[k]
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
             raise DatasetError(f"synthetic option {k}={v!r} must be an integer")
+        cfg[k] = int(v)
     for k, lo in (("n_train", 1), ("n_test", 1), ("num_classes", 2), ("image_size", 4),
                   ("channels", 1)):
         if cfg[k] < lo:

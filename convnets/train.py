@@ -70,7 +70,8 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
         "channels_last": "auto",  # auto (on for CUDA) | true | false
-        "compile": "auto",  # auto (off; see bench) | true | false
+        "compile": "auto",  # auto (off on CPU) | false | true (= "default") | "default" |
+        # "reduce-overhead" (CUDA graphs) | "max-autotune-no-cudagraphs"
         "fused_sgd": "auto",  # auto (on for CUDA) | true | false
         "cudnn_benchmark": True,
         "deterministic": "auto",  # auto: deterministic algorithms on CPU
@@ -129,7 +130,7 @@ def resolve_config(cfg: dict) -> dict:
         if not (isinstance(c[key], int) and c[key] > 0):
             raise ConfigError(f"'{key}' must be a positive integer, got {c[key]!r}")
     if c["runtime"]["precision"] not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"'runtime.precision' must be auto, fp32 or bf16")
+        raise ConfigError("'runtime.precision' must be auto, fp32 or bf16")
     return c
 
 
@@ -187,12 +188,17 @@ def make_schedule(cfg: dict, steps_per_epoch: int) -> StepSchedule:
 # ---------------------------------------------------------------------------------------------
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+#: what ``compile: auto`` means on CUDA (chosen from `make bench`; see paper_tables/bench.md)
+AUTO_COMPILE_CUDA: str | None = None
+
+
 @dataclass
 class Runtime:
     device: torch.device
     bf16: bool
     channels_last: bool
-    compile: bool
+    compile: str | None  # None (eager) or a torch.compile mode
     fused_sgd: bool
 
     @property
@@ -217,6 +223,15 @@ def resolve_runtime(rt: dict) -> Runtime:
 
     precision = rt["precision"]
     bf16 = (precision == "bf16") or (precision == "auto" and cuda)
+    comp = rt["compile"]
+    if comp == "auto":
+        comp = AUTO_COMPILE_CUDA if cuda else None
+    elif comp is True:
+        comp = "default"
+    elif comp is False or comp is None:
+        comp = None
+    elif comp not in COMPILE_MODES:
+        raise ConfigError(f"'runtime.compile' must be auto, true, false or one of {COMPILE_MODES}")
     if cuda:
         torch.backends.cudnn.benchmark = bool(rt["cudnn_benchmark"])
     if flag("deterministic", not cuda):
@@ -225,7 +240,7 @@ def resolve_runtime(rt: dict) -> Runtime:
         device=device,
         bf16=bf16,
         channels_last=flag("channels_last", cuda),
-        compile=flag("compile", False),
+        compile=comp,
         fused_sgd=flag("fused_sgd", cuda),
     )
 
@@ -338,6 +353,58 @@ def evaluate(model, data: DeviceData, rt: Runtime, cfg: dict) -> tuple[float, to
     return err, pred
 
 
+def make_step(model, optimizer, rt: Runtime, mean, std, resize: int | None):
+    """The training step shared by ``fit`` and ``convnets.bench``.
+
+    ``step(x_uint8, y, lr)`` does one SGD update and returns the batch loss and the number of
+    misclassified examples as device tensors (no host synchronisation). Normalisation, the
+    forward pass, the loss and the error count form one function, compiled as a whole when
+    ``rt.compile`` is set (so the uint8 -> float conversion fuses into it).
+    """
+
+    def forward_loss(xb: torch.Tensor, yb: torch.Tensor):
+        x = to_float(xb, mean, std, resize, rt.channels_last)
+        with rt.autocast:
+            out = model(x)
+            loss = F.cross_entropy(out, yb)
+        return loss, (out.argmax(1) != yb).sum()
+
+    fwd = torch.compile(forward_loss, mode=rt.compile) if rt.compile else forward_loss
+    cudagraphs = rt.compile == "reduce-overhead"
+
+    def step(xb: torch.Tensor, yb: torch.Tensor, lr: float):
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        loss, wrong = fwd(xb, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach().float(), wrong
+
+    return step
+
+
+def make_optimizer(model, cfg: dict, rt: Runtime) -> torch.optim.SGD:
+    o = cfg["optim"]
+    extra = {"fused": True} if rt.fused_sgd else {}
+    return torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"],
+                           nesterov=o["nesterov"], weight_decay=o["weight_decay"], **extra)
+
+
+def epoch_data(train_x, train_y, n_samples: int, pad: int, augment: bool,
+               generator: torch.Generator):
+    """One epoch's training data in bulk: a fresh permutation (drawn on CPU, applied on the
+    device), then pad/crop/flip of every image in one gather. Batches are slices of it."""
+    perm = torch.randperm(train_x.shape[0], generator=generator)[:n_samples].to(train_x.device)
+    x = train_x[perm]
+    if augment:
+        dy, dx, flip = draw_crop_flip(x.shape[0], pad, generator)
+        x = crop_flip(x, dy, dx, flip, pad)
+    return x, train_y[perm]
+
+
 def fit(
     cfg: dict,
     *,
@@ -371,11 +438,7 @@ def fit(
                         **cfg["model"]["options"]).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    o = cfg["optim"]
-    sgd_kwargs = {"fused": True} if rt.fused_sgd else {}
-    optimizer = torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"],
-                                nesterov=o["nesterov"], weight_decay=o["weight_decay"],
-                                **sgd_kwargs)
+    optimizer = make_optimizer(model, cfg, rt)
     n_train = data.train_x.shape[0]
     batch = cfg["batch_size"]
     if batch > n_train:
@@ -400,7 +463,7 @@ def fit(
             torch.cuda.set_rng_state(state["cuda_rng"], rt.device)
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
 
-    step_model = torch.compile(model) if rt.compile else model
+    step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
     bar = _Progress(sched.total, progress, initial=iteration)
     pred = None
     wall0 = time.perf_counter()
@@ -409,29 +472,16 @@ def fit(
         for epoch in range(start_epoch, n_epochs):
             t0 = time.perf_counter()
             steps = min(steps_per_epoch, sched.total - iteration)
-            perm = torch.randperm(n_train, generator=data_gen)[: steps * batch]
-            x_all = data.train_x[perm.to(rt.device)]
-            if cfg["data"]["augment"]:
-                dy, dx, flip = draw_crop_flip(x_all.shape[0], pad, data_gen)
-                x_all = crop_flip(x_all, dy, dx, flip, pad)
-            y_all = data.train_y[perm.to(rt.device)]
+            x_all, y_all = epoch_data(data.train_x, data.train_y, steps * batch, pad,
+                                      cfg["data"]["augment"], data_gen)
             loss_sum = torch.zeros((), device=rt.device)
             wrong = torch.zeros((), device=rt.device, dtype=torch.long)
             for s in range(steps):
                 lr = sched.lr(iteration)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                xb = to_float(x_all[s * batch : (s + 1) * batch], data.mean, data.std,
-                              cfg["data"]["resize"], rt.channels_last)
-                yb = y_all[s * batch : (s + 1) * batch]
-                with rt.autocast:
-                    out = step_model(xb)
-                    loss = F.cross_entropy(out, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach().float()
-                wrong += (out.argmax(1) != yb).sum()
+                loss, n_wrong = step(x_all[s * batch : (s + 1) * batch],
+                                     y_all[s * batch : (s + 1) * batch], lr)
+                loss_sum += loss
+                wrong += n_wrong
                 iteration += 1
             # one host synchronisation per epoch
             train_loss = loss_sum.item() / steps

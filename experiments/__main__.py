@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import yaml
 from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+
+
+def tuned_dir() -> Path:
+    """Where lr-search records best learning rates ($CONVNETS_TUNED_DIR overrides)."""
+    return Path(os.environ.get("CONVNETS_TUNED_DIR") or TUNED_DIR)
 
 
 def _parse_set(items: list[str]) -> list[tuple[str, object]]:
@@ -24,7 +30,7 @@ def _parse_set(items: list[str]) -> list[tuple[str, object]]:
 
 
 def tuned_lrs(name: str) -> dict[str, float]:
-    path = TUNED_DIR / f"{name}.yaml"
+    path = tuned_dir() / f"{name}.yaml"
     if not path.exists():
         raise SpecError(f"--lr tuned: no {path}; run `python -m experiments lr-search {name}` first")
     data = yaml.safe_load(path.read_text()) or {}

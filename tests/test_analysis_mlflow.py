@@ -16,7 +16,8 @@ VARIANTS = [("plain", "plain-20", "plain-20", "", "", 8.0),
             ("ResNet", "resnet-56", "resnet-20", "6.97", "lower", 7.0)]
 
 
-def _log_run(client, exp_id, tmp, group, variant, base, paper, expected, mu, seed, status):
+def _log_run(client, exp_id, tmp, group, variant, base, paper, expected, mu, seed, status,
+             kind="diverged"):
     rng = np.random.default_rng(seed * 10 + len(variant))
     tags = dict(experiment="degradation", claim="Deeper plain nets train worse; ResNets do not.",
                 citation="He et al. 2016, CVPR", variant=variant, group=group, baseline=base,
@@ -49,7 +50,8 @@ def _log_run(client, exp_id, tmp, group, variant, base, paper, expected, mu, see
         np.savez(tmp / "predictions.npz", pred=pred, target=target)
         client.log_artifact(run_id, str(tmp / "predictions.npz"))
     else:
-        client.set_tag(run_id, "failure_reason", "diverged")
+        client.set_tag(run_id, "failure_reason", "loss is nan")
+        client.set_tag(run_id, "failure_kind", kind)
     client.set_terminated(run_id, status)
     return run_id
 
@@ -66,6 +68,7 @@ def store(tmp_path_factory):
         for spec in VARIANTS:
             _log_run(client, exp_id, tmp, *spec, seed, "FINISHED")
     _log_run(client, exp_id, tmp, *VARIANTS[1], 3, "FAILED")
+    _log_run(client, exp_id, tmp, *VARIANTS[3], 3, "FAILED", kind="error")  # a crash
     _log_run(client, exp_id, tmp, *VARIANTS[1], 4, "KILLED")
     return uri, tmp
 
@@ -80,15 +83,15 @@ def test_tracking_uri(monkeypatch):
 
 def test_collect_casts_and_counts(store):
     runs = io.collect(store[0])
-    assert len(runs) == 13  # 12 finished + 1 failed; the KILLED run is dropped
-    assert runs["status"].value_counts().to_dict() == {"FINISHED": 12, "FAILED": 1}
+    assert len(runs) == 14  # 12 finished + 2 failed; the KILLED run is dropped
+    assert runs["status"].value_counts().to_dict() == {"FINISHED": 12, "FAILED": 2}
     assert str(runs["seed"].dtype) == "Int64" and runs["final_error"].dtype == float
     assert runs["git_dirty"].dtype == bool
     ok = runs[runs["status"] == "FINISHED"]
     assert ok["curve_uri"].str.endswith("/curve.csv").all()
     assert ok["predictions_uri"].str.endswith("/predictions.npz").all()
     failed = runs[runs["status"] == "FAILED"].iloc[0]
-    assert failed["failure_reason"] == "diverged" and np.isnan(failed["final_error"])
+    assert failed["failure_kind"] == "diverged" and np.isnan(failed["final_error"])
 
 
 def test_snapshot_tables_equal_mlflow_tables(store, tmp_path, capsys):
@@ -112,8 +115,10 @@ def test_snapshot_tables_equal_mlflow_tables(store, tmp_path, capsys):
     assert not mismatch and not errors
     table = pd.read_csv(tmp_path / "from_mlflow" / "degradation.csv").set_index("variant")
     assert table.loc["plain-56", "n_failed"] == 1 and table.loc["plain-56", "n"] == 3
+    assert table.loc["resnet-56", "n_failed"] == 0  # a crash is not a result
     md = (tmp_path / "from_mlflow" / "degradation.md").read_text()
     assert "Profile: quick" in md and "CIFAR-10 (JPEG q75 copy)" in md
+    assert "Runs: 13 (12 finished, 1 failed)" in md and "1 crashed run(s)" in md
     assert (tmp_path / "from_mlflow" / "figures" / "degradation_curves.pdf").stat().st_size > 0
 
     # the figures went to a run named `analysis`, which collect ignores
@@ -125,10 +130,12 @@ def test_snapshot_tables_equal_mlflow_tables(store, tmp_path, capsys):
     assert len(found) == 1
     logged = {f.path for f in client.list_artifacts(found[0].info.run_id, "figures")}
     assert "figures/degradation_curves.png" in logged
-    assert len(io.collect(uri)) == 13
+    assert len(io.collect(uri)) == 14
 
     # the CLI over the same store and snapshot
     main(["--tracking-uri", uri, "collect"])
     assert "plain-56" in capsys.readouterr().out
-    main(["tables", "--snapshot", str(tmp_path / "data"), "--out", str(tmp_path / "cli")])
-    assert (tmp_path / "cli" / "README.md").exists()
+    main(["--tracking-uri", uri, "export", "--out", str(tmp_path / "cli")])
+    assert (tmp_path / "cli" / "runs.csv").read_text() == (tmp_path / "data" / "runs.csv").read_text()
+    with pytest.raises(SystemExit):  # no snapshot there: a clear error, not a traceback
+        main(["tables", "--snapshot", str(tmp_path / "none"), "--out", str(tmp_path / "x")])

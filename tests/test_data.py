@@ -411,6 +411,18 @@ def test_offline_download_gives_ways_out(tmp_path, name):
     assert "--data-dir" in msg and "synthetic" in msg and "CONVNETS_DATA" in msg
 
 
+def test_no_download_into_read_only_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(DatasetError, match=r"(?s)read-only.*--data-dir.*synthetic"):
+            load_dataset("cifar10", ro, download=True)
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
 def test_missing_without_download(tmp_path):
     with pytest.raises(DatasetError, match=r"(?s)download=False.*--data-dir.*synthetic"):
         load_dataset("cifar10", tmp_path, download=False)

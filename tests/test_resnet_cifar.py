@@ -104,7 +104,9 @@ def test_param_counts_option_a(name, params):
         assert n_params(build_model(name.replace("resnet", "plain"))) == params
 
 
-@pytest.mark.parametrize("name, mmacs", [("resnet20", 40.55), ("resnet56", 125.49), ("resnet110", 252.89)])
+@pytest.mark.parametrize(
+    "name, mmacs", [("resnet20", 40.55), ("resnet56", 125.49), ("resnet110", 252.89)]
+)
 def test_macs(name, mmacs):
     model = build_model(name).eval()
     counter = FlopCounterMode(display=False)
@@ -132,8 +134,11 @@ def test_option_b_adds_exactly_the_projections():
     assert isinstance(a.stage2[0].shortcut, ZeroPadShortcut)
     assert types(b.stage2[0].shortcut) == ["Conv2d", "BatchNorm2d"]
     assert b.stage2[0].shortcut.conv.stride == (2, 2)
-    assert all(isinstance(u.shortcut, nn.Identity) for u in all_units(b) if u is not b.stage2[0]
-               and u is not b.stage3[0])
+    assert all(
+        isinstance(u.shortcut, nn.Identity)
+        for u in all_units(b)
+        if u is not b.stage2[0] and u is not b.stage3[0]
+    )
 
 
 def test_option_a_subsamples_and_zero_pads():
@@ -158,13 +163,23 @@ def test_downsample_defaults_and_bottleneck_first_stage():
     assert net.stage2[0].branch.conv2.stride == (1, 1)
     # widths: stem 16, bottleneck out/4, stage outputs 64/128/256
     assert net.stem.conv.out_channels == 16
-    assert [s[0].branch.conv1.out_channels for s in (net.stage1, net.stage2, net.stage3)] == [16, 32, 64]
+    assert [s[0].branch.conv1.out_channels for s in (net.stage1, net.stage2, net.stage3)] == [
+        16,
+        32,
+        64,
+    ]
     assert net.head.fc.in_features == 256
     net_a = cifar_resnet(depth=11, bottleneck=True, downsample="A")
     assert isinstance(net_a.stage1[0].shortcut, ZeroPadShortcut)
     # downsample stays fixed when the unit / shortcut variant changes
-    for opts in ({"unit": "full_preact"}, {"shortcut": "exclusive_gating"}, {"shortcut": "dropout"}):
-        assert isinstance(cifar_resnet(depth=8, **opts).stage3[0].shortcut, (ZeroPadShortcut, nn.Sequential))
+    for opts in (
+        {"unit": "full_preact"},
+        {"shortcut": "exclusive_gating"},
+        {"shortcut": "dropout"},
+    ):
+        assert isinstance(
+            cifar_resnet(depth=8, **opts).stage3[0].shortcut, (ZeroPadShortcut, nn.Sequential)
+        )
         assert n_params(cifar_resnet(depth=8, downsample="A", **opts)) == n_params(
             cifar_resnet(depth=8, **opts)
         )
@@ -332,7 +347,9 @@ def test_constant_scaling(bottleneck):
     model = small(shortcut="constant_scaling", bottleneck=bottleneck)
     for u in (model.stage1[0], model.stage2[0]):
         r = record(model, u)
-        torch.testing.assert_close(r["unit"], torch.relu(0.5 * r["shortcut"] + 0.5 * r["branch"]), **TOL)
+        torch.testing.assert_close(
+            r["unit"], torch.relu(0.5 * r["shortcut"] + 0.5 * r["branch"]), **TOL
+        )
     model = small(shortcut="constant_scaling", scale_shortcut=0.0, scale_branch=1.0)
     r = record(model, model.stage1[1])
     torch.testing.assert_close(r["unit"], torch.relu(r["branch"]), **TOL)
@@ -488,8 +505,9 @@ SUPPORTED = [(u, "identity") for u in UNITS] + [
 @pytest.mark.parametrize("unit, shortcut", SUPPORTED)
 @pytest.mark.parametrize("bottleneck", [False, True])
 def test_supported_combinations_train(unit, shortcut, bottleneck):
-    model = cifar_resnet(depth=11 if bottleneck else 8, bottleneck=bottleneck, unit=unit,
-                         shortcut=shortcut).train()
+    model = cifar_resnet(
+        depth=11 if bottleneck else 8, bottleneck=bottleneck, unit=unit, shortcut=shortcut
+    ).train()
     out = model(torch.randn(2, 3, 16, 16))
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())

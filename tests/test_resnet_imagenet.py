@@ -77,7 +77,10 @@ def test_stride_placement():
         assert stage[0].conv1.stride == (1, 1) and stage[0].conv2.stride == (2, 2)
     # stage1 of a bottleneck net: a stride-1 projection 64 -> 256
     assert v1.stage1[0].shortcut.conv.stride == (1, 1)
-    assert (v1.stage1[0].shortcut.conv.in_channels, v1.stage1[0].shortcut.conv.out_channels) == (64, 256)
+    assert (v1.stage1[0].shortcut.conv.in_channels, v1.stage1[0].shortcut.conv.out_channels) == (
+        64,
+        256,
+    )
     # basic nets: identity in stage1, projections where dimensions change
     r18 = imagenet_resnet(depth=18)
     assert isinstance(r18.stage1[0].shortcut, nn.Identity)
@@ -85,9 +88,7 @@ def test_stride_placement():
     assert [type(m).__name__ for m in r18.stage2[0].shortcut] == ["Conv2d", "BatchNorm2d"]
 
 
-@pytest.mark.parametrize(
-    "depth, gmacs", [(18, 1.8), (34, 3.6), (50, 3.8), (101, 7.6), (152, 11.3)]
-)
+@pytest.mark.parametrize("depth, gmacs", [(18, 1.8), (34, 3.6), (50, 3.8), (101, 7.6), (152, 11.3)])
 def test_macs_match_paper_table1(depth, gmacs):
     # He et al. 2015 Table 1 (FLOPs = multiply-adds), V1 stride placement, 224x224
     model = imagenet_resnet(depth=depth).to("meta")
@@ -110,7 +111,13 @@ def test_stages_and_head():
 
 
 def test_registry_entries():
-    assert list_models("imagenet-resnet") == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    assert list_models("imagenet-resnet") == [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+    ]
     for name in list_models("imagenet-resnet"):
         entry = get_entry(name)
         assert entry.default_classes == 1000 and entry.input_size == (3, 224, 224)

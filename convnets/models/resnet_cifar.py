@@ -171,9 +171,7 @@ class ResidualUnit(nn.Module):
 class CifarResNet(nn.Module):
     """stem -> stage1 -> stage2 -> stage3 -> head, applied in order."""
 
-    def __init__(
-        self, stem: nn.Module, stages: list[nn.Sequential], head: nn.Module
-    ) -> None:
+    def __init__(self, stem: nn.Module, stages: list[nn.Sequential], head: nn.Module) -> None:
         super().__init__()
         self.stem = stem
         self.stage1, self.stage2, self.stage3 = stages
@@ -265,7 +263,12 @@ def cifar_resnet(
             ``full_preact`` (e). Pre-activation units (d, e) follow the IM appendix: the
             first unit's activation comes right after the stem conv, before the split; the
             last unit gets an extra activation after its addition; a projection shortcut in a
-            dimension-increasing unit reads the pre-activated input.
+            dimension-increasing unit reads the pre-activated input, an option-A shortcut the
+            raw input. Our choices for (d), which IM leaves open: the stem is conv-BN (every
+            (d) conv has its BN; the first unit's ReLU then acts before the split), the last
+            unit's extra activation is a ReLU alone (the pre-activation of a (d) unit), and
+            projections are conv-BN. For (e): bare-conv stem, extra BN-ReLU, bare-conv
+            projections (IM authors' release). See the table in the module docstring.
         shortcut: IM Fig. 2 / Table 1 shortcut variant: ``identity`` (a), ``constant_scaling``
             (b), ``exclusive_gating`` (c), ``shortcut_only_gating`` (d), ``conv1x1`` (e: a
             1x1 conv + BN on every shortcut), ``dropout`` (f: dropout on the shortcut
@@ -273,7 +276,9 @@ def cifar_resnet(
             IM Table 1); basic and bottleneck units both work.
         downsample: shortcut where dimensions change (He et al. 2015 Sec. 3.3 / 4.2):
             ``"A"`` (stride-2 subsampling plus zero channels, no parameters) or ``"B"`` (1x1
-            conv projection, stride 2, or stride 1 in the 16->64 first bottleneck unit).
+            conv projection, stride 2, or stride 1 in the 16->64 first bottleneck unit). A
+            projection ends like the residual branch: conv-BN for units (a), (c), (d), a bare
+            conv for (b) and (e), whose branches end in a conv.
             ``None`` takes the family default: A for basic units (He et al. 2015 Sec. 4.2),
             B for bottleneck units (IM appendix). It does not change with ``unit`` or
             ``shortcut``, except that ``shortcut="conv1x1"`` already puts a 1x1 projection
@@ -353,23 +358,34 @@ def cifar_resnet(
             first, last = index == 1, index == total_units
             units.append(
                 _make_unit(
-                    cin, cout, stride,
-                    unit=unit, bottleneck=bool(bottleneck), plain=bool(plain),
-                    shortcut=shortcut, downsample=downsample,
-                    first=first, last=last,
-                    scale_shortcut=scale_shortcut, scale_branch=scale_branch,
+                    cin,
+                    cout,
+                    stride,
+                    unit=unit,
+                    bottleneck=bool(bottleneck),
+                    plain=bool(plain),
+                    shortcut=shortcut,
+                    downsample=downsample,
+                    first=first,
+                    last=last,
+                    scale_shortcut=scale_shortcut,
+                    scale_branch=scale_branch,
                     shortcut_dropout=shortcut_dropout,
                 )
-            )  # fmt: skip
+            )
             cin = cout
         stages.append(nn.Sequential(*units))
 
     head = _seq(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1), fc=nn.Linear(cin, num_classes))
     model = CifarResNet(stem, stages, head)
     model.config = dict(
-        depth=depth, bottleneck=bool(bottleneck), plain=bool(plain), unit=unit,
-        shortcut=shortcut, downsample=downsample,
-    )  # fmt: skip
+        depth=depth,
+        bottleneck=bool(bottleneck),
+        plain=bool(plain),
+        unit=unit,
+        shortcut=shortcut,
+        downsample=downsample,
+    )
     he_init(model)
     for m in model.modules():  # IM Sec. 3.1: b_g set after the generic init
         if isinstance(m, Gate):
@@ -414,7 +430,7 @@ def _make_unit(
         post = _seq(relu=nn.ReLU(inplace=True))
     elif unit == "bn_after_add":
         post = _seq(bn=nn.BatchNorm2d(cout), relu=nn.ReLU(inplace=True))
-    elif unit == "full_preact" and False:
+    elif unit == "full_preact" and last:
         # IM appendix: the last unit gets an extra BN-ReLU after its addition (before pooling)
         post = _seq(bn=nn.BatchNorm2d(cout), relu=nn.ReLU(inplace=True))
     elif unit == "relu_only_preact" and last:
@@ -472,9 +488,15 @@ def _make_unit(
     else:
         scales = {}
     return ResidualUnit(
-        pre, branch, sc, post,
-        shortcut_takes_preact=takes_preact, mode=shortcut, gate=gate, **scales,
-    )  # fmt: skip
+        pre,
+        branch,
+        sc,
+        post,
+        shortcut_takes_preact=takes_preact,
+        mode=shortcut,
+        gate=gate,
+        **scales,
+    )
 
 
 # --------------------------------------------------------------------------- registration
