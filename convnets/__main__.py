@@ -53,18 +53,33 @@ def info(name: str, options: dict, num_classes: int | None = None) -> str:
                            colalign=("left", "right", "right", "right"))
 
 
+def model_table() -> str:
+    """Markdown table of the registry: name, family, input, classes, params, MACs, source."""
+    from convnets.complexity import complexity
+
+    rows = []
+    for n in list_models():
+        e = get_entry(n)
+        c = complexity(build_model(n, num_classes=e.default_classes), e.input_size)
+        rows.append((f"`{n}`", e.family, "x".join(map(str, e.input_size)), e.default_classes,
+                     f"{c['params']:,}", f"{c['macs'] / 1e6:,.2f}", e.citation))
+    return tabulate(rows, headers=["name", "family", "input", "classes", "params", "MMACs",
+                                   "follows"], tablefmt="github")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convnets")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_info = sub.add_parser("info", help="per-stage table of a registered model")
     p_info.add_argument("name", help="registered model name (see `python -m convnets list`)")
     p_info.add_argument("--num-classes", type=int, default=None)
-    sub.add_parser("list", help="registered models")
+    p_list = sub.add_parser("list", help="registered models")
+    p_list.add_argument("--markdown", action="store_true",
+                        help="a Markdown table with parameters and MACs (for the README)")
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "list":
-        for n in list_models():
-            e = get_entry(n)
-            print(f"{n:24s} {e.family:18s} {e.citation}")
+        print(model_table() if args.markdown else "\n".join(
+            f"{n:24s} {get_entry(n).family:18s} {get_entry(n).citation}" for n in list_models()))
         return 0
     try:
         print(info(args.name, _parse_options(rest), args.num_classes))

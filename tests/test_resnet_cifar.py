@@ -511,3 +511,25 @@ def test_supported_combinations_train(unit, shortcut, bottleneck):
     out = model(torch.randn(2, 3, 16, 16))
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_orderings_differ_with_two_units_per_stage():
+    """With one unit per stage (depth 11) the IM special cases make (a)=(d) and (b)=(e)
+    algebraically; from two units per stage on, all five orderings compute different functions.
+    The smoke profile relies on this (it uses depth 20)."""
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for unit in ("original", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact"):
+        torch.manual_seed(0)
+        m = build_model("cifar_resnet", depth=20, bottleneck=True, unit=unit).eval()
+        with torch.no_grad():
+            # non-trivial BN statistics so every BN matters
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.running_mean.uniform_(-0.5, 0.5)
+                    mod.running_var.uniform_(0.5, 2.0)
+            outs[unit] = m(x)
+    units = list(outs)
+    for i, a in enumerate(units):
+        for b in units[i + 1:]:
+            assert not torch.allclose(outs[a], outs[b]), (a, b)

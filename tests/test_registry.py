@@ -1,0 +1,56 @@
+"""Every registered model builds, runs forward and backward, and the registry rejects typos."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convnets import complexity
+from convnets.models import build_model, get_entry, list_models
+
+
+def _input(name):
+    entry = get_entry(name)
+    c, h, w = entry.input_size
+    if "heavy" in entry.tags and h >= 224:  # the architecture is size-agnostic (global pooling)
+        h = w = 112
+    return torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_every_registered_model(name):
+    torch.manual_seed(0)
+    classes = 7  # not the default, so a hard-coded class count would show
+    model = build_model(name, num_classes=classes)
+    out = model(_input(name))
+    assert out.shape == (2, classes)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_registry_has_the_papers_models():
+    names = set(list_models())
+    assert {f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202, 164, 1001)} <= names
+    assert {f"plain{d}" for d in (20, 32, 44, 56, 110)} <= names
+    assert {f"resnet{d}" for d in (18, 34, 50, 101, 152)} <= names
+    assert {f"densenet{d}" for d in (121, 169, 201, 264, 161)} <= names
+    assert {"densenet40_k12", "densenet100_k12", "densenet100_k24", "densenet_bc100_k12",
+            "densenet_bc250_k24", "densenet_bc190_k40", "d2l_densenet"} <= names
+    assert {"nin", "nin_d2l", "mnist_inception", "mnist_resnet"} <= names
+
+
+def test_unknown_model_and_option_are_named():
+    with pytest.raises(KeyError, match="resnet11.*Did you mean"):
+        build_model("resnet11")
+    with pytest.raises(ValueError, match="no option 'unti'.*did you mean 'unit'"):
+        build_model("resnet20", unti="full_preact")
+    with pytest.raises(ValueError, match="fixes depth=20"):
+        build_model("resnet20", depth=56)
+
+
+def test_complexity_counts_macs_like_the_paper():
+    c = complexity(build_model("resnet56"), (3, 32, 32))
+    assert c["params"] == 853_018
+    assert abs(c["macs"] / 1e6 - 125.49) < 0.01
