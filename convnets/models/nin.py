@@ -43,6 +43,7 @@ correctly; see :func:`nin_d2l`.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 from torch import nn
@@ -105,6 +106,8 @@ def nin(
     dropout: float = 0.5,
     fc_dropout: float = 0.0,
     init: str = "gaussian",
+    width: float = 1.0,
+    input_size: int = 32,
 ) -> NiN:
     """NiN for 32x32 CIFAR images (author's ``cifar-10_def``).
 
@@ -120,6 +123,10 @@ def nin(
             dropout"); must be 0 with ``head="gap"``.
         init: ``"gaussian"`` (N(0, 0.05^2), zero bias: ``initW=0.05`` of ``cifar-10_def``),
             ``"he"`` (``common.he_init``) or ``"xavier"`` (xavier-uniform weights).
+        width: multiplier on every channel count but the class maps (1.0 is the paper's
+            network; smaller values exist only for fast CPU smoke runs).
+        input_size: image side the FC head is sized for (32 for CIFAR; the GAP head works
+            at any size).
     """
     check_choice("head", head, ("gap", "fc"))
     check_choice("init", init, ("gaussian", "he", "xavier"))
@@ -127,6 +134,15 @@ def nin(
     fc_dropout = _check_rate("fc_dropout", fc_dropout)
     if head == "gap" and fc_dropout > 0:
         raise ValueError(f"fc_dropout={fc_dropout!r} needs head='fc' (the GAP head has no FC)")
+    if not width > 0:
+        raise ValueError(f"width={width!r} must be positive")
+
+    def ch(n: int) -> int:
+        return max(1, round(n * width))
+
+    side = input_size
+    for _ in range(2):  # two 3x3/2 max pools with ceil_mode, as cuda-convnet sizes them
+        side = math.ceil((side - 3) / 2) + 1
 
     def pool_drop() -> list[tuple[str, nn.Module]]:
         out: list[tuple[str, nn.Module]] = [("pool", nn.MaxPool2d(3, 2, ceil_mode=True))]
@@ -134,17 +150,17 @@ def nin(
             out.append(("drop", nn.Dropout(dropout)))
         return out
 
-    last = num_classes if head == "gap" else 192
+    last = num_classes if head == "gap" else ch(192)
     stages: list[tuple[str, nn.Module]] = [
         (
             "mlpconv1",
-            nn.Sequential(OrderedDict(mlpconv(3, (192, 160, 96), 5, padding=2) + pool_drop())),
+            nn.Sequential(OrderedDict(mlpconv(3, (ch(192), ch(160), ch(96)), 5, padding=2) + pool_drop())),
         ),
         (
             "mlpconv2",
-            nn.Sequential(OrderedDict(mlpconv(96, (192, 192, 192), 5, padding=2) + pool_drop())),
+            nn.Sequential(OrderedDict(mlpconv(ch(96), (ch(192), ch(192), ch(192)), 5, padding=2) + pool_drop())),
         ),
-        ("mlpconv3", nn.Sequential(OrderedDict(mlpconv(192, (192, 192, last), 3, padding=1)))),
+        ("mlpconv3", nn.Sequential(OrderedDict(mlpconv(ch(192), (ch(192), ch(192), last), 3, padding=1)))),
     ]
     if head == "gap":
         head_layers: list[tuple[str, nn.Module]] = [
@@ -155,7 +171,7 @@ def nin(
         head_layers = [("flatten", nn.Flatten(1))]
         if fc_dropout > 0:
             head_layers.append(("drop", nn.Dropout(fc_dropout)))
-        head_layers.append(("fc", nn.Linear(192 * 8 * 8, num_classes)))
+        head_layers.append(("fc", nn.Linear(last * side * side, num_classes)))
     stages.append(("head", nn.Sequential(OrderedDict(head_layers))))
     return _init(NiN(OrderedDict(stages)), init)
 

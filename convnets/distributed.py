@@ -1,0 +1,466 @@
+"""Data-parallel training of one run: torchrun + DistributedDataParallel.
+
+    torchrun --nproc_per_node=2 -m convnets.distributed --config cfg.yaml [--experiment NAME]
+
+``ddp_fit`` is ``convnets.train.fit`` for K processes, built from the trainer's pieces
+(``resolve_config``, ``prepare_data``, ``make_optimizer``, ``make_step``, ``make_schedule``,
+``epoch_data``, ``evaluate``), so K processes train what one process would:
+
+* every rank draws the epoch's permutation and augmentation from the same seeded CPU generator
+  (the one ``fit`` uses) and takes its own contiguous slice of each global batch: rank r of K
+  trains on samples ``[s*B + r*B/K, s*B + (r+1)*B/K)`` of step s (B = ``batch_size``, the global
+  batch; it must be divisible by K);
+* gradients are averaged by DDP, and batch norm is synchronised, so the statistics are those of
+  the global batch (2 processes x 64 normalise like 1 x 128). On CUDA this is
+  ``torch.nn.SyncBatchNorm``; ``SyncBatchNorm`` refuses CPU tensors (torch 2.11-2.14: "expected
+  input tensor to be on GPU"), so on CPU/gloo the layers become :class:`CPUSyncBatchNorm`, which
+  all-reduces the per-channel sums with a differentiable all-reduce. Either way 2 x 16 matches
+  1 x 32 to float rounding (``tests/test_distributed.py``);
+* the per-epoch train loss / error are all-reduced; rank 0 evaluates (on the unwrapped model),
+  logs to MLflow and writes checkpoints; every rank can resume from the checkpoint.
+
+Backend: nccl on CUDA (one GPU per rank, ``cuda:$LOCAL_RANK``), gloo on CPU.
+
+Launch with torchrun (above), or from Python with :func:`launch` (``torch.multiprocessing``,
+one node), which the experiment runner can use for ``--ddp K``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from convnets.train import (
+    ConfigError,
+    DivergedError,
+    NullLogger,
+    RunResult,
+    _atomic_save,
+    _device_name,
+    _Progress,
+    epoch_data,
+    evaluate,
+    make_optimizer,
+    make_schedule,
+    make_step,
+    prepare_data,
+    resolve_config,
+    resolve_runtime,
+    seed_everything,
+)
+
+
+def data_seed(seed: int) -> int:
+    """Seed of the epoch-data generator; the same expression as in ``convnets.train.fit``."""
+    return seed * 7919 + 17
+
+
+# ---------------------------------------------------------------------------------------------
+# Process group
+# ---------------------------------------------------------------------------------------------
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def init_from_env() -> torch.device:
+    """Join the process group torchrun (or :func:`launch`) describes in the environment; returns
+    this rank's device (``cuda:$LOCAL_RANK`` when CUDA is visible, else CPU)."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# Synchronised batch norm on CPU
+# ---------------------------------------------------------------------------------------------
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the backward pass sums the gradients over ranks (d(sum_r L_r)/dx)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CPUSyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics are those of the global batch (all ranks).
+
+    Same parameters, buffers and state-dict keys as ``BatchNorm{1,2,3}d``. Two all-reduces per
+    layer (the sums, then the squared deviations: a two-pass variance, as precise as the local
+    kernel); gradients flow through both. Outside training, or in a single process, it is plain
+    batch norm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world_size() > 1):
+            return super().forward(input)
+        self._check_input_dim(input)
+        c = input.shape[1]
+        dims = [0, *range(2, input.dim())]
+        shape = [1, c] + [1] * (input.dim() - 2)
+        x = input.float()
+        count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
+        tot = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
+        n = tot[c]
+        mean = tot[:c] / n
+        xc = x - mean.view(shape)
+        var = _AllReduceSum.apply((xc * xc).sum(dims)) / n
+        y = xc * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
+                unbiased = var.detach() * (n / (n - 1)).clamp_min(0)
+                self.running_var.mul_(1 - f).add_(unbiased, alpha=f)
+        return y.to(input.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every batch-norm layer synchronised over the process group (CUDA: torch's
+    ``SyncBatchNorm``; CPU: :class:`CPUSyncBatchNorm`). Parameters and buffers are kept."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def convert(module: nn.Module) -> nn.Module:
+        if isinstance(module, _BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+            new = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum,
+                                   module.affine, module.track_running_stats)
+            if module.affine:
+                with torch.no_grad():
+                    new.weight = module.weight
+                    new.bias = module.bias
+            new.running_mean = module.running_mean
+            new.running_var = module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
+            new.train(module.training)
+            return new
+        for name, child in module.named_children():
+            module.add_module(name, convert(child))
+        return module
+
+    return convert(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def ddp_fit(
+    cfg: dict,
+    *,
+    logger=None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    on_epoch_end=None,
+    dataset=None,
+    trace: list | None = None,
+) -> RunResult | None:
+    """Train one run on all ranks of the (initialised) process group; like ``fit``.
+
+    Args:
+        cfg: trainer config; ``batch_size`` is the global batch (divisible by the world size).
+        logger: used on rank 0 only (``log_epoch`` once per epoch).
+        checkpoint: written by rank 0 at every epoch end; read by every rank on start.
+        trace: if a list, the training-set indices of this rank's slice of every step are
+            appended to it (the tests compare them with a single process).
+
+    Returns:
+        rank 0: the ``RunResult`` (predictions on the evaluation set); other ranks: None.
+        Without an initialised process group this is a single-process run (world size 1).
+    """
+    cfg = resolve_config(cfg)
+    world, me = world_size(), rank()
+    logger = logger if (logger is not None and me == 0) else NullLogger()
+    runtime = copy.deepcopy(cfg["runtime"])
+    if torch.cuda.is_available() and world > 1:
+        runtime["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', me))}"
+    rt = resolve_runtime(runtime)
+    batch = cfg["batch_size"]
+    if batch % world:
+        raise ConfigError(f"'batch_size' {batch} (the global batch) is not divisible by the "
+                          f"{world} processes")
+    per = batch // world
+    seed = int(cfg["seed"])
+    seed_everything(seed)  # the same init on every rank (DDP also broadcasts rank 0's weights)
+    data = prepare_data(cfg, rt.device, dataset)
+    from convnets.models import build_model
+
+    model = build_model(cfg["model"]["name"], num_classes=data.num_classes,
+                        **cfg["model"]["options"]).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1:
+        model = convert_sync_batchnorm(model, rt.device)
+    module = model
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    optimizer = make_optimizer(model, cfg, rt)
+    n_train = data.train_x.shape[0]
+    if batch > n_train:
+        raise ConfigError(f"'batch_size' {batch} exceeds the {n_train} training images")
+    steps_per_epoch = n_train // batch
+    sched = make_schedule(cfg, steps_per_epoch)
+    n_epochs = math.ceil(sched.total / steps_per_epoch)
+    data_gen = torch.Generator().manual_seed(data_seed(seed))
+    index = torch.arange(n_train, device=rt.device)
+
+    history: list[dict[str, float]] = []
+    start_epoch, iteration = 0, 0
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=rt.device, weights_only=False)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        data_gen.set_state(state["data_gen"])
+        torch.set_rng_state(state["cpu_rng"])
+        start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
+
+    step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
+    bar = _Progress(sched.total, progress and me == 0, initial=iteration)
+    pred, err = None, None
+    wall0 = time.perf_counter()
+    augment = cfg["data"]["augment"]
+    pad = cfg["data"]["pad"] if augment else 0
+    try:
+        for epoch in range(start_epoch, n_epochs):
+            t0 = time.perf_counter()
+            steps = min(steps_per_epoch, sched.total - iteration)
+            # the whole epoch as fit draws it; the "labels" are the sample indices
+            x_all, idx_all = epoch_data(data.train_x, index, steps * batch, pad, augment,
+                                        data_gen)
+            y_all = data.train_y[idx_all]
+            loss_sum = torch.zeros((), device=rt.device)
+            wrong = torch.zeros((), device=rt.device, dtype=torch.long)
+            for s in range(steps):
+                lo = s * batch + me * per
+                lr = sched.lr(iteration)
+                loss, n_wrong = step(x_all[lo : lo + per], y_all[lo : lo + per], lr)
+                if trace is not None:
+                    trace.append(idx_all[lo : lo + per].cpu())
+                loss_sum += loss
+                wrong += n_wrong
+                iteration += 1
+            totals = torch.stack([loss_sum.double(), wrong.double()])
+            if world > 1:
+                dist.all_reduce(totals)
+            train_loss = totals[0].item() / (steps * world)
+            train_err = totals[1].item() * 100.0 / (steps * batch)
+            dt = time.perf_counter() - t0
+            if not math.isfinite(train_loss):  # all-reduced: every rank stops together
+                raise DivergedError(
+                    f"training loss became non-finite ({train_loss}) in epoch {epoch + 1} "
+                    f"(iterations {iteration - steps}-{iteration}, lr {lr:g})")
+            metrics = {"epoch": epoch + 1, "iteration": iteration, "train_loss": train_loss,
+                       "train_error": train_err, "lr": lr, "images_per_sec": steps * batch / dt,
+                       "epoch_time_s": dt}
+            last = epoch == n_epochs - 1
+            if me == 0 and (last or (epoch + 1) % cfg["eval_every"] == 0):
+                err, pred = evaluate(module, data, rt, cfg)
+                metrics[f"{data.eval_split}_error"] = err
+            history.append(metrics)
+            logger.log_epoch(iteration, metrics)
+            bar.update(steps, metrics, data.eval_split)
+            if ckpt_path and me == 0:
+                _atomic_save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                              "data_gen": data_gen.get_state(),
+                              "cpu_rng": torch.get_rng_state(), "cuda_rng": None,
+                              "epoch": epoch + 1, "iteration": iteration, "history": history,
+                              "config": cfg, "world_size": world}, ckpt_path)
+            if on_epoch_end:
+                on_epoch_end(metrics)
+    finally:
+        bar.close()
+    if me != 0:
+        return None
+    if pred is None:  # resumed from a checkpoint of the finished run
+        err, pred = evaluate(module, data, rt, cfg)
+    last = history[-1]
+    final = {f"final_{data.eval_split}_error": err, "final_train_error": last["train_error"],
+             "final_train_loss": last["train_loss"], "wall_time_s": time.perf_counter() - wall0}
+    info = dict(data.info, eval_split=data.eval_split, steps_per_epoch=steps_per_epoch,
+                total_iterations=sched.total, device=_device_name(rt.device),
+                precision="bf16" if rt.bf16 else "fp32", channels_last=rt.channels_last,
+                compile=rt.compile, fused_sgd=rt.fused_sgd, world_size=world,
+                per_rank_batch=per)
+    return RunResult(history=history, final=final, predictions=pred.cpu().numpy(),
+                     targets=data.eval_y.cpu().numpy(), eval_split=data.eval_split, info=info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(local_rank: int, nprocs: int, port: int, cfg: dict, run_id: str | None,
+             checkpoint: str | None, progress: bool, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
+                      LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nprocs))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
+    init_from_env()
+    logger = None
+    if run_id and local_rank == 0:
+        from convnets import tracking
+
+        logger = tracking.RunLogger(tracking.client(), run_id)
+    try:
+        result = ddp_fit(cfg, logger=logger, checkpoint=checkpoint, progress=progress)
+        payload: dict[str, Any] = {"result": result}
+    except DivergedError as err:
+        payload = {"diverged": str(err)}
+    finally:
+        dist.destroy_process_group()
+    if local_rank == 0:
+        torch.save(payload, out)
+
+
+def launch(cfg: dict, nprocs: int, *, run_id: str | None = None,
+           checkpoint: str | Path | None = None, progress: bool = True) -> RunResult:
+    """Train ``cfg`` on ``nprocs`` local processes (one per GPU on CUDA); rank 0 logs epochs into
+    MLflow run ``run_id`` if given. Returns rank 0's result; raises ``DivergedError`` as ``fit``.
+    The caller logs the final result and ends the run (as the experiment runner does)."""
+    import torch.multiprocessing as mp
+
+    if torch.cuda.is_available() and nprocs > torch.cuda.device_count():
+        raise ConfigError(f"--ddp {nprocs} needs {nprocs} GPUs, {torch.cuda.device_count()} "
+                          "visible")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "result.pt")
+        mp.spawn(_spawned, nprocs=nprocs, join=True,
+                 args=(nprocs, free_port(), resolve_config(cfg), run_id,
+                       str(checkpoint) if checkpoint else None, progress, out))
+        payload = torch.load(out, weights_only=False)
+    if "diverged" in payload:
+        raise DivergedError(payload["diverged"])
+    return payload["result"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun entry: ``torchrun --nproc_per_node=K -m convnets.distributed --config C``."""
+    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node=K -m convnets.distributed")
+    p.add_argument("--config", required=True, help="trainer config (YAML), as convnets.train")
+    p.add_argument("--experiment", default="ddp", help="MLflow experiment (default: ddp)")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--run-id", default=None, help="log into this existing MLflow run")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (resumes if present)")
+    p.add_argument("--no-mlflow", action="store_true", help="log nothing")
+    p.add_argument("--trace", default=None,
+                   help="folder: every rank writes rank<R>.pt with its sample indices per step")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    import yaml
+
+    cfg = resolve_config(yaml.safe_load(Path(args.config).read_text()) or {})
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(
+            "LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))))
+    init_from_env()
+    me, world = rank(), world_size()
+    logger, cl, run_id = None, None, None
+    if me == 0 and not args.no_mlflow:
+        from convnets import tracking
+
+        cl = tracking.client()
+        if args.run_id:
+            run_id = args.run_id
+        else:
+            exp_id = tracking.experiment_id(cl, args.experiment)
+            tags = {"ddp_world_size": str(world), "config_source": str(args.config),
+                    **tracking.environment_tags()}
+            run_id = cl.create_run(exp_id, run_name=args.run_name or f"ddp-{world}x",
+                                   tags=tags).info.run_id
+            tracking.RunLogger(cl, run_id).log_params(tracking.flatten(cfg))
+        logger = tracking.RunLogger(cl, run_id)
+    trace: list | None = [] if args.trace else None
+    status, code, result = "FINISHED", 0, None
+    try:
+        result = ddp_fit(cfg, logger=logger, checkpoint=args.checkpoint,
+                         progress=not args.no_progress, trace=trace)
+    except DivergedError as err:
+        result, status, code = None, "FAILED", 1
+        if logger:
+            logger.set_tags({"failure_reason": str(err), "failure_kind": "diverged"})
+        print(f"rank {me}: {err}", file=sys.stderr, flush=True)
+    except BaseException as err:
+        if logger:
+            logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000],
+                             "failure_kind": "error"})
+            logger.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    finally:
+        if args.trace:
+            Path(args.trace).mkdir(parents=True, exist_ok=True)
+            torch.save({"indices": trace, "rank": me, "world_size": world,
+                        "history": result.history if result else None,
+                        "final": result.final if result else None},
+                       Path(args.trace) / f"rank{me}.pt")
+        dist.destroy_process_group()
+    if logger:
+        if result is not None:
+            logger.set_tags({k: v for k, v in result.info.items()
+                             if k in ("dataset", "dataset_label", "dataset_checksum",
+                                      "eval_split", "device", "precision")})
+            logger.log_result(result, cfg)
+        logger.finish(status)
+    if me == 0 and result is not None:
+        split = result.eval_split
+        print(f"done: {world} processes, final {split} error "
+              f"{result.final[f'final_{split}_error']:.2f}%, train loss "
+              f"{result.final['final_train_loss']:.4f}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
