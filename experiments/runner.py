@@ -95,10 +95,6 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
     return dict(row, status="FINISHED", error=result.final[err_key], run_id=run_id)
 
 
-def _run_job_quiet(job: Job, force: bool) -> dict:
-    return run_job(job, force=force, progress=True)
-
-
 def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
              progress: bool = True) -> list[dict]:
     """Run every job (``parallel`` at a time, in separate processes); returns summary rows."""
@@ -112,9 +108,15 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
                   "rerun the same command to resume.", flush=True)
             raise
         return rows
+    # Create the store's schema and the experiments here, once: workers racing to initialise
+    # a fresh SQLite store fail with "table already exists".
+    cl = tracking.client()
+    for name in dict.fromkeys(j.experiment for j in jobs):
+        claim = next(j.tags.get("claim", "") for j in jobs if j.experiment == name)
+        tracking.experiment_id(cl, name, {"claim": claim})
     # Separate processes share the GPU; each keeps its own batch size and CUDA context.
     with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_job_quiet, job, force): job for job in jobs}
+        futures = {pool.submit(run_job, job, force=force): job for job in jobs}
         for fut in as_completed(futures):
             job = futures[fut]
             try:
