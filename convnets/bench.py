@@ -121,22 +121,26 @@ def _peak(device):
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+class CIFARStyle(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 does per sample: HWC uint8 -> PIL -> transforms."""
+
+    def __init__(self, x, y, transform):
+        self.x = x.permute(0, 2, 3, 1).numpy()  # HWC uint8, as torchvision's CIFAR10 holds it
+        self.y = y.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.x[i])), self.y[i]
+
+
 def bench_baseline(name, options, batch, data, device, warmup, iters, windows) -> Result:
     """torchvision Dataset + DataLoader, eager fp32: how public reproductions train."""
     import torchvision.transforms as T
-    from PIL import Image
-
-    class CIFARStyle(torch.utils.data.Dataset):
-        def __init__(self, x, y, transform):
-            self.x = x.permute(0, 2, 3, 1).numpy()  # HWC uint8, as torchvision's CIFAR10 holds it
-            self.y = y.tolist()
-            self.transform = transform
-
-        def __len__(self):
-            return len(self.y)
-
-        def __getitem__(self, i):
-            return self.transform(Image.fromarray(self.x[i])), self.y[i]
 
     mean = (125.3 / 255, 123.0 / 255, 113.9 / 255)
     std = (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -231,10 +235,11 @@ def bench_fast(name, options, batch, data, device, flags, warmup, iters, windows
 
 def _concurrent_worker(name, options, batch, flags, warmup, iters, windows, barrier, queue):
     device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True  # as in the single-run measurements
     data = synthetic_cifar(10000)
     # warm up (and compile) before the barrier, so all K processes time the same window
     res = bench_fast(name, options, batch, data, device, flags, warmup, 1, 1, "warm")
-    barrier.wait()
+    barrier.wait(timeout=600)
     res = bench_fast(name, options, batch, data, device, flags, 2, iters, windows, "k")
     queue.put(res.images_per_sec)
 
@@ -245,14 +250,19 @@ def bench_concurrent(k, name, options, batch, flags, warmup, iters, windows) -> 
 
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=_concurrent_worker,
+    procs = [ctx.Process(target=_concurrent_worker, daemon=True,
                          args=(name, options, batch, flags, warmup, iters, windows, barrier,
                                queue)) for _ in range(k)]
     for p in procs:
         p.start()
-    rates = [queue.get(timeout=900) for _ in procs]
-    for p in procs:
-        p.join()
+    try:
+        rates = [queue.get(timeout=900) for _ in procs]
+    finally:
+        for p in procs:  # a worker that died must not leave the others waiting
+            if p.is_alive():
+                p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
     return sum(rates)
 
 
@@ -322,11 +332,11 @@ def run(args) -> str:
             print(f"   {r.config:45s} {r.images_per_sec:10.0f} img/s", flush=True)
         except Exception as err:  # keep going: one failing config must not lose the rest
             print(f"   baseline failed: {err}", flush=True)
-        rungs = ladder if (label in args.ladder_models or tiny) else [LADDER[0], ladder[-1]]
+        usable = [r_ for r_ in ladder if args.cuda_graphs
+                  or r_[1]["compile"] != "reduce-overhead"]
+        rungs = usable if (label in args.ladder_models or tiny) else [usable[0], usable[-1]]
         for rung, flags in rungs:
             if flags["compile"] and tiny:
-                continue
-            if not args.cuda_graphs and flags["compile"] == "reduce-overhead":
                 continue
             try:
                 r = bench_fast(name, options, batch, data, device, flags, warmup, iters,

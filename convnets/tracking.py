@@ -100,11 +100,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def find_runs(cl, exp_id: str, config_hash: str, seed: int) -> list:
-    """Runs of this config and seed, newest first."""
+def find_runs(cl, exp_id: str, config_hash: str, seed: int, profile: str) -> list:
+    """Runs of this config, seed and profile, newest first (two profiles can resolve to the
+    same config; their runs are still counted apart)."""
     return cl.search_runs(
         [exp_id],
-        filter_string=f"tags.config_hash = '{config_hash}' and tags.seed = '{seed}'",
+        filter_string=(f"tags.config_hash = '{config_hash}' and tags.seed = '{seed}' "
+                       f"and tags.profile = '{profile}'"),
         order_by=["attributes.start_time DESC"],
     )
 
@@ -148,11 +150,18 @@ class RunLogger:
                 w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(result.history)
-            dtype = np.uint8 if result.predictions.max(initial=0) < 256 else np.int16
+            top = max(result.predictions.max(initial=0), result.targets.max(initial=0))
+            dtype = np.uint8 if top < 256 else np.int32
             np.savez_compressed(tmp / "predictions.npz", pred=result.predictions.astype(dtype),
                                 target=result.targets.astype(dtype))
             for name in ("config.yaml", "curve.csv", "predictions.npz"):
                 self.client.log_artifact(self.run_id, str(tmp / name))
+
+    def delete_tags(self, keys) -> None:
+        run_tags = self.client.get_run(self.run_id).data.tags
+        for key in keys:
+            if key in run_tags:
+                self.client.delete_tag(self.run_id, key)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

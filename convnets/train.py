@@ -79,6 +79,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 RUNTIME_KEYS = ("runtime",)
+#: keys that change neither what is trained nor what is reported
+NON_TRAINING_KEYS = ("eval_batch_size", "eval_every")
 
 
 class ConfigError(ValueError):
@@ -137,7 +139,7 @@ def resolve_config(cfg: dict) -> dict:
 def config_hash(cfg: dict) -> str:
     """Hash of what is trained: the resolved config minus seed, runtime and the data path."""
     c = copy.deepcopy(resolve_config(cfg))
-    for key in RUNTIME_KEYS + ("seed",):
+    for key in RUNTIME_KEYS + NON_TRAINING_KEYS + ("seed",):
         c.pop(key, None)
     c["data"].pop("data_dir", None)
     blob = json.dumps(c, sort_keys=True, default=str).encode()
@@ -413,6 +415,7 @@ def fit(
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
     dataset=None,
+    checkpoint_meta: dict | None = None,
 ) -> RunResult:
     """Train one run as ``cfg`` says and return its curve, final metrics and predictions.
 
@@ -424,6 +427,8 @@ def fit(
         progress: a progress bar on a terminal, plain lines otherwise.
         on_epoch_end: called with the epoch's metrics (tests use it to interrupt a run).
         dataset: an already loaded ``convnets.data.Dataset`` (skips loading).
+        checkpoint_meta: stored in the checkpoint as ``meta`` (the runner keeps the MLflow run
+            id there, so a checkpoint resumes only the run that wrote it).
 
     Raises:
         DivergedError: the training loss became non-finite (the checkpoint is kept).
@@ -451,10 +456,11 @@ def fit(
     data_gen = torch.Generator().manual_seed(seed * 7919 + 17)
 
     history: list[dict[str, float]] = []
-    start_epoch, iteration = 0, 0
+    start_epoch, iteration, wall_before = 0, 0, 0.0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=rt.device, weights_only=False)
+        # map to CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         data_gen.set_state(state["data_gen"])
@@ -462,6 +468,7 @@ def fit(
         if rt.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], rt.device)
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
+        wall_before = state.get("wall_time_s", 0.0)
 
     step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
     bar = _Progress(sched.total, progress, initial=iteration)
@@ -506,8 +513,7 @@ def fit(
                 err, pred = evaluate(model, data, rt, cfg)
                 metrics[f"{data.eval_split}_error"] = err
             history.append(metrics)
-            logger.log_epoch(iteration, metrics)
-            bar.update(steps, metrics, data.eval_split)
+            # checkpoint first, then log: a crash in between re-runs nothing already logged
             if ckpt_path:
                 _atomic_save(
                     {
@@ -521,9 +527,13 @@ def fit(
                         "iteration": iteration,
                         "history": history,
                         "config": cfg,
+                        "wall_time_s": wall_before + time.perf_counter() - wall0,
+                        "meta": checkpoint_meta or {},
                     },
                     ckpt_path,
                 )
+            logger.log_epoch(iteration, metrics)
+            bar.update(steps, metrics, data.eval_split)
             if on_epoch_end:
                 on_epoch_end(metrics)
     finally:
@@ -535,7 +545,7 @@ def fit(
         f"final_{data.eval_split}_error": err,
         "final_train_error": last["train_error"],
         "final_train_loss": last["train_loss"],
-        "wall_time_s": time.perf_counter() - wall0,
+        "wall_time_s": wall_before + time.perf_counter() - wall0,
     }
     info = dict(data.info, eval_split=data.eval_split, steps_per_epoch=steps_per_epoch,
                 total_iterations=sched.total, device=_device_name(rt.device),
@@ -543,6 +553,14 @@ def fit(
                 compile=rt.compile, fused_sgd=rt.fused_sgd)
     return RunResult(history=history, final=final, predictions=pred.cpu().numpy(),
                      targets=data.eval_y.cpu().numpy(), eval_split=data.eval_split, info=info)
+
+
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """The ``meta`` a checkpoint was written with ({} if none or unreadable)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
+    except Exception:  # a truncated or foreign file: treat as no checkpoint
+        return {}
 
 
 def _device_name(device: torch.device) -> str:

@@ -25,7 +25,13 @@ def _parse_set(items: list[str]) -> list[tuple[str, object]]:
         if "=" not in item:
             raise SpecError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
         key, value = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(value)))
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out.append((key.strip(), parsed))
     return out
 
 
@@ -106,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"
     print(summary_table(rows, split))
     failed = sum(r["status"].startswith("FAILED") for r in rows)
-    print(f"{len(rows) - failed} finished or skipped, {failed} failed", flush=True)
-    return 0
+    crashed = sum(r["status"].startswith("FAILED") and "diverged" not in r["status"]
+                  for r in rows)
+    print(f"{len(rows) - failed} finished or skipped, {failed} failed "
+          f"({crashed} crashed, {failed - crashed} diverged)", flush=True)
+    # a diverged run is a result (the paper reports some variants as failing); a crash is not
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from convnets import tracking
-from convnets.train import DivergedError, fit
+from convnets.train import DivergedError, fit, read_checkpoint_meta
 from experiments.spec import Job
 
 
@@ -27,7 +27,8 @@ def checkpoint_dir() -> Path:
 
 
 def checkpoint_path(job: Job) -> Path:
-    return checkpoint_dir() / job.experiment / f"{job.config_hash}-seed{job.seed}.pt"
+    profile = job.tags.get("profile", "")
+    return checkpoint_dir() / job.experiment / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
 
 
 def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
@@ -37,19 +38,22 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
     h = job.config_hash
     row = {"group": job.group, "variant": job.variant, "seed": job.seed, "config": h}
     ckpt = checkpoint_path(job)
-    existing = tracking.find_runs(cl, exp_id, h, job.seed)
+    existing = tracking.find_runs(cl, exp_id, h, job.seed, job.tags.get("profile", ""))
     finished = [r for r in existing if r.info.status == "FINISHED"]
     err_key = f"final_{'val' if job.config['data']['val_size'] else 'test'}_error"
     if finished and not force:
         run = finished[0]
         return dict(row, status="FINISHED (skipped)", error=run.data.metrics.get(err_key),
                     run_id=run.info.run_id)
-    resumable = [r for r in existing if r.info.status in ("RUNNING", "KILLED", "FAILED")
-                 and r.data.tags.get("failure_kind") != "diverged"]
-    if force and ckpt.exists():
-        ckpt.unlink()
-    if resumable and ckpt.exists() and not force:
-        run_id = resumable[0].info.run_id
+    # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
+    resumable = {r.info.run_id for r in existing
+                 if r.info.status in ("RUNNING", "KILLED", "FAILED")
+                 and r.data.tags.get("failure_kind") != "diverged"}
+    owner = read_checkpoint_meta(ckpt).get("run_id") if ckpt.exists() else None
+    if ckpt.exists() and (force or owner not in resumable):
+        ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
+    if owner in resumable and ckpt.exists():
+        run_id = owner
         cl.update_run(run_id, status="RUNNING")
         action = "resumed"
     else:
@@ -67,7 +71,16 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
         logger.log_params(tracking.flatten(job.config))
     print(f"[{job.experiment}] {job.key} ({action}, run {run_id[:8]}, config {h})", flush=True)
     try:
-        result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress)
+        result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress,
+                     checkpoint_meta={"run_id": run_id})
+        logger.set_tags({k: v for k, v in result.info.items()
+                         if k in ("dataset", "dataset_label", "dataset_checksum", "eval_split",
+                                  "device", "precision")})
+        logger.log_params({f"resolved.{k}": str(v) for k, v in result.info.items()
+                           if k not in ("dataset", "dataset_label", "dataset_checksum")})
+        logger.log_result(result, job.config)
+        logger.delete_tags(["failure_reason", "failure_kind"])  # from an earlier attempt
+        logger.finish("FINISHED")
     except DivergedError as err:
         logger.set_tags({"failure_reason": str(err), "failure_kind": "diverged"})
         logger.finish("FAILED")
@@ -77,20 +90,15 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
         logger.set_tags({"failure_reason": "interrupted (Ctrl-C); checkpoint kept"})
         logger.finish("KILLED")
         raise
-    except Exception as err:  # a crash: record it, keep the checkpoint, go on
-        logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000],
-                         "failure_kind": "error"})
-        logger.finish("FAILED")
+    except Exception as err:  # a crash (in training or logging): record it, keep the checkpoint
         traceback.print_exc()
+        try:
+            logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000],
+                             "failure_kind": "error"})
+            logger.finish("FAILED")
+        except Exception:  # the store itself is failing; the checkpoint is still on disk
+            pass
         return dict(row, status=f"FAILED ({type(err).__name__})", error=None, run_id=run_id)
-    logger.set_tags({k: v for k, v in result.info.items()
-                     if k in ("dataset", "dataset_label", "dataset_checksum", "eval_split",
-                              "device", "precision")})
-    logger.log_params({f"resolved.{k}": str(v) for k, v in result.info.items()
-                       if k not in ("dataset", "dataset_label", "dataset_checksum")}
-                      if action == "new" else {})
-    logger.log_result(result, job.config)
-    logger.finish("FINISHED")
     ckpt.unlink(missing_ok=True)
     return dict(row, status="FINISHED", error=result.final[err_key], run_id=run_id)
 
@@ -115,7 +123,8 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
         claim = next(j.tags.get("claim", "") for j in jobs if j.experiment == name)
         tracking.experiment_id(cl, name, {"claim": claim})
     # Separate processes share the GPU; each keeps its own batch size and CUDA context.
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"))
+    try:
         futures = {pool.submit(run_job, job, force=force): job for job in jobs}
         for fut in as_completed(futures):
             job = futures[fut]
@@ -125,6 +134,14 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
                 rows.append({"group": job.group, "variant": job.variant, "seed": job.seed,
                              "config": job.config_hash, "status": f"FAILED ({err})",
                              "error": None, "run_id": ""})
+    except KeyboardInterrupt:
+        # queued jobs never start; running ones get the interrupt too, mark themselves KILLED
+        # and keep their checkpoints
+        pool.shutdown(wait=True, cancel_futures=True)
+        print("\ninterrupted: queued runs cancelled; rerun the same command to resume.",
+              flush=True)
+        raise
+    pool.shutdown(wait=True)
     order = {j.key: i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: order[f"{r['group']}/{r['variant']}/seed{r['seed']}"])
     return rows

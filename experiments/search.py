@@ -22,7 +22,8 @@ the claim spec, whose schema is strict.
 Trials per call: ``--trials N`` runs N *more* trials each call (rerunning the same command adds N
 trials to the same study; ``load_if_exists``). With a grid the default is the grid points not yet
 evaluated. ``--workers K`` starts K processes on the same study and splits the N trials between
-them (N // K each, the remainder to the first ones), so the study gains exactly N trials.
+them (N // K each, the remainder to the first ones), so the study gains exactly N trials; worker 0
+is the calling process, workers 1..K-1 are spawned processes (``multiprocessing``, spawn).
 
 Storage: ``--storage URL``; default ``$OPTUNA_STORAGE``, else SQLite ``optuna.db`` at the
 repository root. Any SQLAlchemy URL works (``postgresql://user@host/db`` for workers on several
@@ -51,6 +52,7 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,7 +220,10 @@ def make_storage(url: str):
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
     # a database server shared by several machines: a worker that dies leaves its trial
     # RUNNING; the heartbeat marks such trials FAIL after the grace period
-    return optuna.storages.RDBStorage(_rdb_url(url), heartbeat_interval=60, grace_period=180)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(_rdb_url(url), heartbeat_interval=60,
+                                          grace_period=180)
 
 
 def make_sampler(s: Settings, seed: int):
@@ -322,7 +327,8 @@ class Target:
     storage: str
     config: dict  # trial config with the spec's lr (replaced per trial)
     settings: Settings
-    seed: int
+    seed: int  # training seed of every trial; also the grid's shuffle
+    sampler_seed: int = 0  # TPE draws (give each machine its own when several share a study)
     experiment_id: str = ""
     parent_run_id: str = ""
 
@@ -345,7 +351,7 @@ def _trial_tags(t: Target, number: int) -> dict[str, str]:
     }
 
 
-def _objective(trial, t: Target, cl, dataset):
+def _objective(trial, t: Target, cl, dataset, worker: int = 0):
     import optuna
 
     from convnets.train import DivergedError, fit
@@ -363,6 +369,7 @@ def _objective(trial, t: Target, cl, dataset):
     logger.log_params({"lr": repr(float(lr)), "trial_number": str(trial.number),
                        "budget_epochs": str(budget)})
     trial.set_user_attr("mlflow_run_id", run.info.run_id)
+    trial.set_user_attr("worker", worker)
 
     def on_epoch_end(m: dict) -> None:
         epoch, err = int(m["epoch"]), float(m["val_error"])
@@ -404,10 +411,10 @@ def _objective(trial, t: Target, cl, dataset):
 
 def _print_trial(study, frozen) -> None:
     lr = frozen.params.get("lr")
+    lr_s = "?" if lr is None else f"{lr:.4g}"
     val = "" if frozen.value is None else f" val error {frozen.value:6.2f}%"
-    last = frozen.last_step
-    at = f" (pruned at epoch {last})" if frozen.state.name == "PRUNED" else ""
-    print(f"  trial {frozen.number:>3d} lr {lr:<10.4g} {frozen.state.name:8s}{val}{at}", flush=True)
+    at = f" (pruned at epoch {frozen.last_step})" if frozen.state.name == "PRUNED" else ""
+    print(f"  trial {frozen.number:>3d} lr {lr_s:<10s} {frozen.state.name:8s}{val}{at}", flush=True)
 
 
 def run_trials(t: Target, n_trials: int, worker: int = 0, n_workers: int = 1,
@@ -416,21 +423,31 @@ def run_trials(t: Target, n_trials: int, worker: int = 0, n_workers: int = 1,
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if n_workers > 1:
-        import torch
+    import torch
 
+    threads = torch.get_num_threads()
+    if n_workers > 1:  # K processes share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
+    try:
+        _optimize(t, n_trials, worker, dataset)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _optimize(t: Target, n_trials: int, worker: int, dataset) -> None:
+    import optuna
+
     storage = make_storage(t.storage)
     s = t.settings
     if s.grid:
         seed = t.seed  # one shuffle of the grid for every worker and call
     else:  # a different (deterministic) stream per call and worker: no repeated random trials
         n_before = len(optuna.load_study(study_name=t.study, storage=storage).trials)
-        seed = (t.seed * 1_000_003 + n_before * 1009 + worker) % (2**31)
+        seed = (t.sampler_seed * 1_000_003 + n_before * 1009 + worker) % (2**31)
     study = optuna.load_study(study_name=t.study, storage=storage,
                               sampler=make_sampler(s, seed), pruner=make_pruner(s))
     cl = tracking.client()
-    study.optimize(lambda trial: _objective(trial, t, cl, dataset), n_trials=n_trials,
+    study.optimize(lambda trial: _objective(trial, t, cl, dataset, worker), n_trials=n_trials,
                    catch=(Exception,), callbacks=[_print_trial])
 
 
@@ -445,13 +462,14 @@ def _study_attrs(t: Target) -> dict[str, Any]:
     cfg = copy.deepcopy(t.config)
     cfg["optim"]["lr"] = 1.0
     return {"budget_epochs": t.settings.budget_epochs, "val_size": t.config["data"]["val_size"],
-            "space": t.settings.space, "config_hash": config_hash(cfg)}
+            "space": t.settings.space, "seed": t.seed, "config_hash": config_hash(cfg)}
 
 
 def open_study(t: Target):
     """Create the study, or load it and check it was made for the same search."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(t.storage)
     study = optuna.create_study(storage=storage, study_name=t.study, direction="minimize",
                                 load_if_exists=True)
@@ -530,13 +548,18 @@ def search_variant(t: Target, *, trials: int | None, workers: int, n_train: int,
         if trials and workers == 1:
             run_trials(t, trials, 0, 1, dataset)
         elif trials:
+            # worker 0 is this process (already warm); workers 1..K-1 are spawned processes
+            shares = _split(trials, workers)
             ctx = multiprocessing.get_context("spawn")
-            procs = [ctx.Process(target=_worker_main, args=(t, n, i, workers), daemon=False)
-                     for i, n in enumerate(_split(trials, workers)) if n]
+            procs = [ctx.Process(target=_worker_main, args=(t, n, i, workers))
+                     for i, n in enumerate(shares) if i and n]
             for p in procs:
                 p.start()
-            for p in procs:
-                p.join()
+            try:
+                run_trials(t, shares[0], 0, workers, dataset)
+            finally:
+                for p in procs:
+                    p.join()
             bad = [p.exitcode for p in procs if p.exitcode]
             if bad:
                 status = "FAILED"
@@ -636,6 +659,7 @@ def lr_search(
     storage: str | None = None,
     workers: int = 1,
     seed: int = 0,
+    sampler_seed: int | None = None,
     settings_file: str | Path | None = None,
     sets: list[tuple[str, Any]] = (),
     dataset: str | None = None,
@@ -674,9 +698,11 @@ def lr_search(
         t = Target(experiment=spec["name"], group=job.group, variant=job.variant,
                    profile=profile, study=study_name(spec["name"], job.group, job.variant, profile),
                    storage=storage, config=trial_config(job.config, s, n_train, seed),
-                   settings=s, seed=seed, experiment_id=exp_id)
+                   settings=s, seed=seed,
+                   sampler_seed=seed if sampler_seed is None else sampler_seed,
+                   experiment_id=exp_id)
         rows.append(search_variant(t, trials=trials, workers=workers, n_train=n_train,
-                                   dataset=ds if workers == 1 else None))
+                                   dataset=ds))
     if record and any(r["best_lr"] is not None for r in rows):
         out = record_best(spec["name"], rows, profile=profile, budget_epochs=s.budget_epochs,
                           storage=storage, overwrite=overwrite)
@@ -706,7 +732,10 @@ def add_lr_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="K processes on the same study (the trials are split between them)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the sampler and of every trial's training")
+                   help="training seed of every trial (and the grid's order); default 0")
+    p.add_argument("--sampler-seed", type=int, default=None,
+                   help="seed of the TPE draws (default: --seed); give every machine that "
+                        "shares a study its own")
     p.add_argument("--seeds", type=int, default=None,
                    help="accepted for `make` (RUN_ARGS); a search trains one seed per trial")
     p.add_argument("--search-file", default=None, help="search settings (default "
@@ -732,8 +761,8 @@ def run_lr_search(args: argparse.Namespace) -> int:
         rows = lr_search(
             args.name, args.profile, variants=args.variant or None, trials=args.trials,
             budget_epochs=args.budget_epochs, storage=args.storage, workers=args.workers,
-            seed=args.seed, settings_file=args.search_file, sets=_parse_set(args.set),
-            dataset=args.dataset, data_dir=args.data_dir, device=args.device,
+            seed=args.seed, sampler_seed=args.sampler_seed, settings_file=args.search_file,
+            sets=_parse_set(args.set), dataset=args.dataset, data_dir=args.data_dir, device=args.device,
             record=not args.no_record, overwrite=args.overwrite)
     except (SpecError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -24,8 +24,6 @@ CFG = {
     "schedule": {"unit": "epochs", "length": 2},  # 2 x 8 steps
     "batch_size": 32,  # global batch: 2 ranks x 16
     "seed": 1,
-    # equality here is to float rounding anyway; skips importing torch._inductor in every rank
-    "runtime": {"deterministic": False},
 }
 
 

@@ -101,13 +101,17 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(mlflow_store, tmp_path
     assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 130
     killed = _runs("resume")
     assert list(killed["status"]) == ["KILLED"]
+    # the checkpoint names the run that wrote it, so it can only resume that run
+    from convnets.train import read_checkpoint_meta
+
+    job = expand(load_spec(spec), "smoke", seeds=1, only=["base"])[0]
+    assert read_checkpoint_meta(runner.checkpoint_path(job)) == {"run_id": killed["run_id"].iloc[0]}
     monkeypatch.setattr(runner, "fit", fit)
     assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
     done = _runs("resume")
     assert len(done) == 1 and done["status"].iloc[0] == "FINISHED"
     assert done["run_id"].iloc[0] == killed["run_id"].iloc[0]
     # the resumed run ends exactly where an uninterrupted one does
-    job = expand(load_spec(spec), "smoke", seeds=1, only=["base"])[0]
     ref = fit(job.config, progress=False)
     assert done["metrics.final_test_error"].iloc[0] == ref.final["final_test_error"]
     cl = MlflowClient(tracking.tracking_uri())
@@ -161,3 +165,62 @@ def test_paper_numbers_and_directions_in_shipped_specs():
     assert short["dropout"]["paper_error"] == "fail" and short["dropout"]["expected"] == "higher"
     deg = {j.variant: j.tags for j in expand(load_spec("degradation"), "paper")}
     assert deg["plain56"]["expected"] == "higher" and deg["resnet56"]["expected"] == "lower"
+
+
+def test_runner_to_snapshot_to_tables_end_to_end(mlflow_store, tmp_path):
+    """A smoke experiment through the real runner -> export -> tables from the snapshot equal
+    tables from the live store (the committed snapshot is enough to regenerate paper_tables)."""
+    from analysis.__main__ import main as analysis_main
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    spec = _write(tmp_path, "e2e")
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--variant", "wide"]) == 0
+    snap = tmp_path / "snap"
+    analysis_main(["export", "--out", str(snap)])
+    analysis_main(["tables", "--source", "mlflow", "--out", str(tmp_path / "live"), "--no-log"])
+    analysis_main(["tables", "--source", "snapshot", "--snapshot", str(snap),
+                   "--out", str(tmp_path / "snapout")])
+    live = (tmp_path / "live" / "e2e.csv").read_text()
+    assert live == (tmp_path / "snapout" / "e2e.csv").read_text()
+    md = (tmp_path / "snapout" / "e2e.md").read_text()
+    assert md.startswith("**SMOKE: not evidence**")
+    assert "synthetic" in md and "Runs: 4" in md
+
+
+def test_profiles_with_identical_configs_are_counted_apart(mlflow_store, tmp_path):
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    text = TINY.format(name="prof").replace("smoke: {seeds: 2}", "smoke: {seeds: 1}\n  quick: {seeds: 1}")
+    spec = _write(tmp_path, "prof", text)
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base"]) == 0
+    assert main(["run", spec, "--profile", "quick", "--variant", "base"]) == 0
+    runs = _runs("prof")
+    assert sorted(runs["tags.profile"]) == ["quick", "smoke"]
+    assert runs["tags.config_hash"].nunique() == 1
+
+
+def test_crashed_run_fails_the_command_and_keeps_its_checkpoint(mlflow_store, tmp_path,
+                                                                monkeypatch):
+    import experiments.runner as runner
+    from convnets.train import fit
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    spec = _write(tmp_path, "crash")
+
+    def explode(metrics):
+        if metrics["epoch"] == 1:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(runner, "fit", functools.partial(fit, on_epoch_end=explode))
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 1
+    runs = _runs("crash")
+    assert list(runs["status"]) == ["FAILED"]
+    assert runs["tags.failure_kind"].iloc[0] == "error"
+    assert "disk full" in runs["tags.failure_reason"].iloc[0]
+    job = expand(load_spec(spec), "smoke", seeds=1, only=["base"])[0]
+    assert runner.checkpoint_path(job).exists()
+    # the next invocation resumes it and clears the failure tags
+    monkeypatch.setattr(runner, "fit", fit)
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
+    runs = _runs("crash")
+    assert list(runs["status"]) == ["FINISHED"]
+    assert "tags.failure_reason" not in runs or runs["tags.failure_reason"].isna().all()

@@ -236,6 +236,7 @@ def _check_workers(storage: str, env: Path) -> None:
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none duplicated
     assert all(t.state.name == "COMPLETE" for t in trials)
+    assert sorted(t.user_attrs["worker"] for t in trials) == [0, 0, 1, 1]  # 2 each
     cl = _client()
     kids = _children(cl, _parent(cl, storage).info.run_id)
     assert sorted(int(r.data.params["trial_number"]) for r in kids) == [0, 1, 2, 3]
