@@ -58,5 +58,5 @@ def test_parallel_runs_finish_every_job_once(mlflow_store, tmp_path):
                  "--parallel", "2"]) == 0
     runs = _runs("par")
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
-    assert sorted(zip(runs["tags.variant"], runs["tags.seed"])) == [
+    assert sorted(zip(runs["tags.variant"], runs["tags.seed"], strict=True)) == [
         ("base", "0"), ("base", "1"), ("wide", "0"), ("wide", "1")]
