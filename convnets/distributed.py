@@ -199,6 +199,7 @@ def ddp_fit(
     on_epoch_end=None,
     dataset=None,
     trace: list | None = None,
+    checkpoint_meta: dict | None = None,
 ) -> RunResult | None:
     """Train one run on all ranks of the (initialised) process group; like ``fit``.
 
@@ -206,6 +207,7 @@ def ddp_fit(
         cfg: trainer config; ``batch_size`` is the global batch (divisible by the world size).
         logger: used on rank 0 only (``log_epoch`` once per epoch).
         checkpoint: written by rank 0 at every epoch end; read by every rank on start.
+        checkpoint_meta: stored in the checkpoint as ``meta`` (as ``fit`` does).
         trace: if a list, the training-set indices of this rank's slice of every step are
             appended to it (the tests compare them with a single process).
 
@@ -254,7 +256,7 @@ def ddp_fit(
     start_epoch, iteration = 0, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=rt.device, weights_only=False)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         data_gen.set_state(state["data_gen"])
@@ -311,7 +313,8 @@ def ddp_fit(
                               "data_gen": data_gen.get_state(),
                               "cpu_rng": torch.get_rng_state(), "cuda_rng": None,
                               "epoch": epoch + 1, "iteration": iteration, "history": history,
-                              "config": cfg, "world_size": world}, ckpt_path)
+                              "config": cfg, "meta": checkpoint_meta or {},
+                              "world_size": world}, ckpt_path)
             if on_epoch_end:
                 on_epoch_end(metrics)
     finally:
@@ -356,7 +359,8 @@ def _spawned(local_rank: int, nprocs: int, port: int, cfg: dict, run_id: str | N
 
         logger = tracking.RunLogger(tracking.client(), run_id)
     try:
-        result = ddp_fit(cfg, logger=logger, checkpoint=checkpoint, progress=progress)
+        result = ddp_fit(cfg, logger=logger, checkpoint=checkpoint, progress=progress,
+                         checkpoint_meta={"run_id": run_id} if run_id else None)
         payload: dict[str, Any] = {"result": result}
     except DivergedError as err:
         payload = {"diverged": str(err)}
@@ -427,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     status, code, result = "FINISHED", 0, None
     try:
         result = ddp_fit(cfg, logger=logger, checkpoint=args.checkpoint,
-                         progress=not args.no_progress, trace=trace)
+                         progress=not args.no_progress, trace=trace,
+                         checkpoint_meta={"run_id": run_id} if run_id else None)
     except DivergedError as err:
         result, status, code = None, "FAILED", 1
         if logger:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from experiments.search import add_lr_search_parser, run_lr_search
 from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
@@ -36,7 +37,7 @@ def _parse_set(items: list[str]) -> list[tuple[str, object]]:
 
 
 def tuned_lrs(name: str) -> dict[str, float]:
-    path = tuned_dir() / f"{name}.yaml"
+    path = tuned_dir() / f"{Path(name).stem}.yaml"
     if not path.exists():
         raise SpecError(f"--lr tuned: no {path}; run `python -m experiments lr-search {name}` first")
     data = yaml.safe_load(path.read_text()) or {}
@@ -79,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="tuned: use experiments/tuned/NAME.yaml from lr-search")
     p_run.add_argument("--force", action="store_true", help="rerun FINISHED runs too")
     p_run.add_argument("--parallel", type=int, default=1, help="K runs at once (processes)")
+    p_run.add_argument("--ddp", type=int, default=0, metavar="K",
+                       help="train each run data-parallel over K processes (torch DDP)")
     p_run.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
+    add_lr_search_parser(sub)
     args = parser.parse_args(argv)
+    if args.cmd == "lr-search":
+        return run_lr_search(args)
 
     try:
         if args.cmd == "list":
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 n = {p: len(expand(spec, p)) for p in spec["profiles"]}
                 print(f"{name}: ok ({', '.join(f'{p} {k} runs' for p, k in n.items())})")
             return 0
+        if args.ddp and args.parallel > 1:
+            raise SpecError("--ddp and --parallel do not combine: pick one way to use devices")
         spec, jobs = _jobs(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.runner import run_jobs, summary_table
 
     try:
-        rows = run_jobs(jobs, force=args.force, parallel=args.parallel)
+        rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp)
     except KeyboardInterrupt:
         return 130
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"

@@ -31,7 +31,7 @@ def checkpoint_path(job: Job) -> Path:
     return checkpoint_dir() / job.experiment / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
 
 
-def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
+def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0) -> dict:
     """Run (or skip, or resume) one job; returns its summary row."""
     cl = tracking.client()
     exp_id = tracking.experiment_id(cl, job.experiment, {"claim": job.tags.get("claim", "")})
@@ -71,8 +71,13 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
         logger.log_params(tracking.flatten(job.config))
     print(f"[{job.experiment}] {job.key} ({action}, run {run_id[:8]}, config {h})", flush=True)
     try:
-        result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress,
-                     checkpoint_meta={"run_id": run_id})
+        if ddp > 1:  # data-parallel over `ddp` processes; rank 0 logs and checkpoints
+            from convnets.distributed import launch
+
+            result = launch(job.config, ddp, run_id=run_id, checkpoint=ckpt, progress=progress)
+        else:
+            result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress,
+                         checkpoint_meta={"run_id": run_id})
         logger.set_tags({k: v for k, v in result.info.items()
                          if k in ("dataset", "dataset_label", "dataset_checksum", "eval_split",
                                   "device", "precision")})
@@ -104,13 +109,13 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True) -> dict:
 
 
 def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, ddp: int = 0) -> list[dict]:
     """Run every job (``parallel`` at a time, in separate processes); returns summary rows."""
     rows: list[dict] = []
     if parallel <= 1:
         try:
             for job in jobs:
-                rows.append(run_job(job, force=force, progress=progress))
+                rows.append(run_job(job, force=force, progress=progress, ddp=ddp))
         except KeyboardInterrupt:
             print("\ninterrupted: the current run is marked KILLED and its checkpoint kept; "
                   "rerun the same command to resume.", flush=True)
