@@ -51,6 +51,7 @@ from convnets.train import (
     _atomic_save,
     _device_name,
     _Progress,
+    data_seed,
     epoch_data,
     evaluate,
     make_optimizer,
@@ -59,14 +60,9 @@ from convnets.train import (
     prepare_data,
     resolve_config,
     resolve_runtime,
+    restore_checkpoint,
     seed_everything,
 )
-
-
-def data_seed(seed: int) -> int:
-    """Seed of the epoch-data generator; the same expression as in ``convnets.train.fit``."""
-    return seed * 7919 + 17
-
 
 # ---------------------------------------------------------------------------------------------
 # Process group
@@ -256,11 +252,7 @@ def ddp_fit(
     start_epoch, iteration = 0, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_gen"])
-        torch.set_rng_state(state["cpu_rng"])
+        state = restore_checkpoint(ckpt_path, module, optimizer, data_gen, rt.device)
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
 
     step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])

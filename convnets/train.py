@@ -247,6 +247,28 @@ def resolve_runtime(rt: dict) -> Runtime:
     )
 
 
+def data_seed(seed: int) -> int:
+    """Seed of the CPU generator that draws permutations and augmentation for run ``seed``."""
+    return seed * 7919 + 17
+
+
+def restore_checkpoint(path: Path, model, optimizer, data_gen: torch.Generator,
+                       device: torch.device) -> dict:
+    """Load a run's checkpoint into ``model``, ``optimizer``, ``data_gen`` and the RNGs.
+
+    Returns the checkpoint dict (epoch, iteration, history, wall_time_s, meta). Loaded on the
+    CPU: RNG states must stay CPU byte tensors; ``load_state_dict`` moves the rest.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    data_gen.set_state(state["data_gen"])
+    torch.set_rng_state(state["cpu_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return state
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -453,20 +475,13 @@ def fit(
     steps_per_epoch = n_train // batch
     sched = make_schedule(cfg, steps_per_epoch)
     n_epochs = math.ceil(sched.total / steps_per_epoch)
-    data_gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    data_gen = torch.Generator().manual_seed(data_seed(seed))
 
     history: list[dict[str, float]] = []
     start_epoch, iteration, wall_before = 0, 0, 0.0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and ckpt_path.exists():
-        # map to CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_gen"])
-        torch.set_rng_state(state["cpu_rng"])
-        if rt.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], rt.device)
+        state = restore_checkpoint(ckpt_path, model, optimizer, data_gen, rt.device)
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
         wall_before = state.get("wall_time_s", 0.0)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from experiments.search import add_lr_search_parser, run_lr_search
-from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec
+from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec, parse_set
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 
@@ -18,22 +18,6 @@ TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 def tuned_dir() -> Path:
     """Where lr-search records best learning rates ($CONVNETS_TUNED_DIR overrides)."""
     return Path(os.environ.get("CONVNETS_TUNED_DIR") or TUNED_DIR)
-
-
-def _parse_set(items: list[str]) -> list[tuple[str, object]]:
-    out = []
-    for item in items:
-        if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
-        key, value = item.split("=", 1)
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out.append((key.strip(), parsed))
-    return out
 
 
 def tuned_lrs(name: str) -> dict[str, float]:
@@ -50,7 +34,7 @@ def _jobs(args):
         spec,
         args.profile,
         seeds=args.seeds,
-        sets=_parse_set(args.set),
+        sets=parse_set(args.set),
         only=args.variant or None,
         dataset=args.dataset,
         data_dir=args.data_dir,

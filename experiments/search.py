@@ -60,7 +60,7 @@ from typing import Any
 import yaml
 
 from convnets import tracking
-from experiments.spec import PROFILES, SpecError, expand, load_spec
+from experiments.spec import PROFILES, SpecError, expand, load_spec, parse_set
 
 SEARCH_DIR = Path(__file__).resolve().parent / "search"
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
@@ -639,16 +639,6 @@ def record_best(experiment: str, rows: list[dict], *, profile: str, budget_epoch
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_set(items: list[str]) -> list[tuple[str, object]]:
-    out = []
-    for item in items:
-        if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set optim.momentum=0.9")
-        key, value = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(value)))
-    return out
-
-
 def lr_search(
     name: str,
     profile: str = "smoke",
@@ -762,7 +752,7 @@ def run_lr_search(args: argparse.Namespace) -> int:
             args.name, args.profile, variants=args.variant or None, trials=args.trials,
             budget_epochs=args.budget_epochs, storage=args.storage, workers=args.workers,
             seed=args.seed, sampler_seed=args.sampler_seed, settings_file=args.search_file,
-            sets=_parse_set(args.set), dataset=args.dataset, data_dir=args.data_dir, device=args.device,
+            sets=parse_set(args.set), dataset=args.dataset, data_dir=args.data_dir, device=args.device,
             record=not args.no_record, overwrite=args.overwrite)
     except (SpecError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

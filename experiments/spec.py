@@ -97,6 +97,23 @@ def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def parse_set(items: list[str]) -> list[tuple[str, Any]]:
+    """``["optim.lr=0.05", "data.augment=false"]`` -> ``[("optim.lr", 0.05), ...]``."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
+        key, value = item.split("=", 1)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out.append((key.strip(), parsed))
+    return out
+
+
 def spec_path(name: str) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
