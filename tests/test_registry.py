@@ -54,3 +54,16 @@ def test_complexity_counts_macs_like_the_paper():
     c = complexity(build_model("resnet56"), (3, 32, 32))
     assert c["params"] == 853_018
     assert abs(c["macs"] / 1e6 - 125.49) < 0.01
+
+
+def test_info_cli_prints_the_stage_table(capsys):
+    from convnets.__main__ import main
+
+    assert main(["info", "resnet110", "--unit", "full_preact"]) == 0
+    out = capsys.readouterr().out
+    assert "unit='full_preact'" in out
+    for stage in ("stem", "stage1", "stage2", "stage3", "head"):
+        assert stage in out
+    assert "64x8x8" in out and "1,727,962" in out and "252.89" in out
+    assert main(["info", "resnet110", "--unit", "fullpreact"]) == 2
+    assert "not one of" in capsys.readouterr().err
