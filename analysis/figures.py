@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
@@ -26,7 +27,9 @@ def _save(fig, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [Path(f"{stem}.png"), Path(f"{stem}.pdf")]
     for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        # no creation date in the PDF, so regenerated figures are byte-identical
+        meta = {"CreationDate": None} if p.suffix == ".pdf" else {}
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=meta)
     plt.close(fig)
     return paths
 
@@ -53,6 +56,7 @@ def errors_figure(runs: pd.DataFrame, table: pd.DataFrame, stem: Path, title: st
         t = table[table["group"] == group]
         order, d = list(t["variant"]), ok[ok["group"] == group]
         if len(d):
+            np.random.seed(0)  # seaborn draws the jitter from numpy's global RNG
             sns.stripplot(data=d, x="variant", y="final_error", order=order, color="0.6",
                           size=4, jitter=0.1, ax=ax)
             sns.pointplot(data=d, x="variant", y="final_error", order=order, errorbar=t_band,
