@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import socket
 import sys
@@ -48,19 +47,20 @@ from convnets.train import (
     DivergedError,
     NullLogger,
     RunResult,
-    _atomic_save,
-    _device_name,
     _Progress,
+    build_result,
+    check_finite,
     data_seed,
     epoch_data,
     evaluate,
     make_optimizer,
-    make_schedule,
     make_step,
+    plan_iterations,
     prepare_data,
     resolve_config,
     resolve_runtime,
     restore_checkpoint,
+    save_checkpoint,
     seed_everything,
 )
 
@@ -240,20 +240,17 @@ def ddp_fit(
             module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     optimizer = make_optimizer(model, cfg, rt)
     n_train = data.train_x.shape[0]
-    if batch > n_train:
-        raise ConfigError(f"'batch_size' {batch} exceeds the {n_train} training images")
-    steps_per_epoch = n_train // batch
-    sched = make_schedule(cfg, steps_per_epoch)
-    n_epochs = math.ceil(sched.total / steps_per_epoch)
+    steps_per_epoch, sched, n_epochs = plan_iterations(cfg, n_train, batch)
     data_gen = torch.Generator().manual_seed(data_seed(seed))
     index = torch.arange(n_train, device=rt.device)
 
     history: list[dict[str, float]] = []
-    start_epoch, iteration = 0, 0
+    start_epoch, iteration, wall_before = 0, 0, 0.0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and ckpt_path.exists():
         state = restore_checkpoint(ckpt_path, module, optimizer, data_gen, rt.device)
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
+        wall_before = state.get("wall_time_s", 0.0)
 
     step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
     bar = _Progress(sched.total, progress and me == 0, initial=iteration)
@@ -286,10 +283,8 @@ def ddp_fit(
             train_loss = totals[0].item() / (steps * world)
             train_err = totals[1].item() * 100.0 / (steps * batch)
             dt = time.perf_counter() - t0
-            if not math.isfinite(train_loss):  # all-reduced: every rank stops together
-                raise DivergedError(
-                    f"training loss became non-finite ({train_loss}) in epoch {epoch + 1} "
-                    f"(iterations {iteration - steps}-{iteration}, lr {lr:g})")
+            # all-reduced: every rank stops together
+            check_finite(train_loss, epoch, iteration, steps, lr)
             metrics = {"epoch": epoch + 1, "iteration": iteration, "train_loss": train_loss,
                        "train_error": train_err, "lr": lr, "images_per_sec": steps * batch / dt,
                        "epoch_time_s": dt}
@@ -298,15 +293,14 @@ def ddp_fit(
                 err, pred = evaluate(module, data, rt, cfg)
                 metrics[f"{data.eval_split}_error"] = err
             history.append(metrics)
+            # checkpoint first, then log (as fit does)
+            if ckpt_path and me == 0:
+                save_checkpoint(ckpt_path, module, optimizer, data_gen, rt.device,
+                                epoch=epoch + 1, iteration=iteration, history=history,
+                                config=cfg, meta=checkpoint_meta or {}, world_size=world,
+                                wall_time_s=wall_before + time.perf_counter() - wall0)
             logger.log_epoch(iteration, metrics)
             bar.update(steps, metrics, data.eval_split)
-            if ckpt_path and me == 0:
-                _atomic_save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                              "data_gen": data_gen.get_state(),
-                              "cpu_rng": torch.get_rng_state(), "cuda_rng": None,
-                              "epoch": epoch + 1, "iteration": iteration, "history": history,
-                              "config": cfg, "meta": checkpoint_meta or {},
-                              "world_size": world}, ckpt_path)
             if on_epoch_end:
                 on_epoch_end(metrics)
     finally:
@@ -315,16 +309,9 @@ def ddp_fit(
         return None
     if pred is None:  # resumed from a checkpoint of the finished run
         err, pred = evaluate(module, data, rt, cfg)
-    last = history[-1]
-    final = {f"final_{data.eval_split}_error": err, "final_train_error": last["train_error"],
-             "final_train_loss": last["train_loss"], "wall_time_s": time.perf_counter() - wall0}
-    info = dict(data.info, eval_split=data.eval_split, steps_per_epoch=steps_per_epoch,
-                total_iterations=sched.total, device=_device_name(rt.device),
-                precision="bf16" if rt.bf16 else "fp32", channels_last=rt.channels_last,
-                compile=rt.compile, fused_sgd=rt.fused_sgd, world_size=world,
-                per_rank_batch=per)
-    return RunResult(history=history, final=final, predictions=pred.cpu().numpy(),
-                     targets=data.eval_y.cpu().numpy(), eval_split=data.eval_split, info=info)
+    return build_result(history, err, pred, data, rt, sched, steps_per_epoch,
+                        wall_before + time.perf_counter() - wall0, world_size=world,
+                        per_rank_batch=per)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def make_schedule(cfg: dict, steps_per_epoch: int) -> StepSchedule:
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-#: what ``compile: auto`` means on CUDA (chosen from `make bench`; see paper_tables/bench.md)
+#: what ``compile: auto`` means on CUDA: eager until `make bench` on a GPU shows compile pays
 AUTO_COMPILE_CUDA: str | None = None
 
 
@@ -351,7 +351,6 @@ class RunResult:
 class NullLogger:
     """Logger used when none is given: does nothing."""
 
-    def log_params_once(self, info: dict) -> None: ...
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None: ...
 
 
@@ -375,6 +374,63 @@ def evaluate(model, data: DeviceData, rt: Runtime, cfg: dict) -> tuple[float, to
     pred = torch.cat(preds)
     err = (pred != data.eval_y).float().mean().item() * 100.0
     return err, pred
+
+
+def plan_iterations(cfg: dict, n_train: int, batch: int) -> tuple[int, StepSchedule, int]:
+    """(steps per epoch, schedule, epochs) for ``n_train`` images at global ``batch``.
+
+    Iteration-based sampling with full batches only: an epoch is n_train // batch steps over a
+    fresh permutation (the remainder of each permutation is skipped, so shapes are static).
+    """
+    if batch > n_train:
+        raise ConfigError(f"'batch_size' {batch} exceeds the {n_train} training images")
+    steps_per_epoch = n_train // batch
+    sched = make_schedule(cfg, steps_per_epoch)
+    return steps_per_epoch, sched, math.ceil(sched.total / steps_per_epoch)
+
+
+def check_finite(train_loss: float, epoch: int, iteration: int, steps: int, lr: float) -> None:
+    """Raise ``DivergedError`` if the epoch's mean training loss is not finite."""
+    if not math.isfinite(train_loss):
+        raise DivergedError(
+            f"training loss became non-finite ({train_loss}) in epoch {epoch + 1} "
+            f"(iterations {iteration - steps}-{iteration}, lr {lr:g})"
+        )
+
+
+def save_checkpoint(path: Path, model, optimizer, data_gen: torch.Generator,
+                    device: torch.device, **state: Any) -> None:
+    """Everything ``restore_checkpoint`` needs, plus ``state`` (epoch, iteration, history, ...)."""
+    _atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "data_gen": data_gen.get_state(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            **state,
+        },
+        path,
+    )
+
+
+def build_result(history: list[dict], err: float, pred: torch.Tensor, data: DeviceData,
+                 rt: Runtime, sched: StepSchedule, steps_per_epoch: int, wall_time_s: float,
+                 **info: Any) -> RunResult:
+    """The run's final metrics and provenance from its last epoch and evaluation."""
+    last = history[-1]
+    final = {
+        f"final_{data.eval_split}_error": err,
+        "final_train_error": last["train_error"],
+        "final_train_loss": last["train_loss"],
+        "wall_time_s": wall_time_s,
+    }
+    info = dict(data.info, eval_split=data.eval_split, steps_per_epoch=steps_per_epoch,
+                total_iterations=sched.total, device=_device_name(rt.device),
+                precision="bf16" if rt.bf16 else "fp32", channels_last=rt.channels_last,
+                compile=rt.compile, fused_sgd=rt.fused_sgd, **info)
+    return RunResult(history=history, final=final, predictions=pred.cpu().numpy(),
+                     targets=data.eval_y.cpu().numpy(), eval_split=data.eval_split, info=info)
 
 
 def make_step(model, optimizer, rt: Runtime, mean, std, resize: int | None):
@@ -468,13 +524,7 @@ def fit(
     optimizer = make_optimizer(model, cfg, rt)
     n_train = data.train_x.shape[0]
     batch = cfg["batch_size"]
-    if batch > n_train:
-        raise ConfigError(f"'batch_size' {batch} exceeds the {n_train} training images")
-    # Iteration-based sampling with full batches only: an epoch is n_train // batch steps over
-    # a fresh permutation (the remainder of each permutation is skipped, so shapes are static).
-    steps_per_epoch = n_train // batch
-    sched = make_schedule(cfg, steps_per_epoch)
-    n_epochs = math.ceil(sched.total / steps_per_epoch)
+    steps_per_epoch, sched, n_epochs = plan_iterations(cfg, n_train, batch)
     data_gen = torch.Generator().manual_seed(data_seed(seed))
 
     history: list[dict[str, float]] = []
@@ -509,11 +559,7 @@ def fit(
             train_loss = loss_sum.item() / steps
             train_err = wrong.item() * 100.0 / (steps * batch)
             dt = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
-                raise DivergedError(
-                    f"training loss became non-finite ({train_loss}) in epoch {epoch + 1} "
-                    f"(iterations {iteration - steps}-{iteration}, lr {lr:g})"
-                )
+            check_finite(train_loss, epoch, iteration, steps, lr)
             metrics = {
                 "epoch": epoch + 1,
                 "iteration": iteration,
@@ -530,23 +576,10 @@ def fit(
             history.append(metrics)
             # checkpoint first, then log: a crash in between re-runs nothing already logged
             if ckpt_path:
-                _atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "data_gen": data_gen.get_state(),
-                        "cpu_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state(rt.device)
-                        if rt.device.type == "cuda" else None,
-                        "epoch": epoch + 1,
-                        "iteration": iteration,
-                        "history": history,
-                        "config": cfg,
-                        "wall_time_s": wall_before + time.perf_counter() - wall0,
-                        "meta": checkpoint_meta or {},
-                    },
-                    ckpt_path,
-                )
+                save_checkpoint(ckpt_path, model, optimizer, data_gen, rt.device,
+                                epoch=epoch + 1, iteration=iteration, history=history,
+                                config=cfg, meta=checkpoint_meta or {},
+                                wall_time_s=wall_before + time.perf_counter() - wall0)
             logger.log_epoch(iteration, metrics)
             bar.update(steps, metrics, data.eval_split)
             if on_epoch_end:
@@ -555,19 +588,8 @@ def fit(
         bar.close()
     if pred is None:  # resumed from a checkpoint of the finished run
         err, pred = evaluate(model, data, rt, cfg)
-    last = history[-1]
-    final = {
-        f"final_{data.eval_split}_error": err,
-        "final_train_error": last["train_error"],
-        "final_train_loss": last["train_loss"],
-        "wall_time_s": wall_before + time.perf_counter() - wall0,
-    }
-    info = dict(data.info, eval_split=data.eval_split, steps_per_epoch=steps_per_epoch,
-                total_iterations=sched.total, device=_device_name(rt.device),
-                precision="bf16" if rt.bf16 else "fp32", channels_last=rt.channels_last,
-                compile=rt.compile, fused_sgd=rt.fused_sgd)
-    return RunResult(history=history, final=final, predictions=pred.cpu().numpy(),
-                     targets=data.eval_y.cpu().numpy(), eval_split=data.eval_split, info=info)
+    return build_result(history, err, pred, data, rt, sched, steps_per_epoch,
+                        wall_before + time.perf_counter() - wall0)
 
 
 def read_checkpoint_meta(path: str | Path) -> dict:

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
+
+
+class Stages(nn.Sequential):
+    """A network whose top-level children are its stages, applied in order.
+
+    ``python -m convnets info`` tabulates exactly these children, so every family builds its
+    model from named stages (stem, stage1, ..., head) and keeps the flatten inside the head.
+    """
+
+    def __init__(self, **stages: nn.Module) -> None:
+        super().__init__(OrderedDict(stages))
 
 
 def he_init(model: nn.Module) -> nn.Module:

@@ -48,7 +48,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from convnets.models.common import check_choice, he_init
+from convnets.models.common import Stages, check_choice, he_init
 from convnets.models.registry import register_model
 
 __all__ = ["NIN_D2L_CHANNELS", "NiN", "mlpconv", "nin", "nin_d2l"]
@@ -82,8 +82,8 @@ def mlpconv(
     ]
 
 
-class NiN(nn.Sequential):
-    """Named stages applied in order (``Sequential``); the flatten is inside ``head``."""
+class NiN(Stages):
+    """Named stages applied in order; the flatten is inside ``head``."""
 
 
 def _init(model: nn.Module, init: str) -> nn.Module:
@@ -173,7 +173,7 @@ def nin(
             head_layers.append(("drop", nn.Dropout(fc_dropout)))
         head_layers.append(("fc", nn.Linear(last * side * side, num_classes)))
     stages.append(("head", nn.Sequential(OrderedDict(head_layers))))
-    return _init(NiN(OrderedDict(stages)), init)
+    return _init(NiN(**OrderedDict(stages)), init)
 
 
 register_model(
@@ -219,17 +219,15 @@ def nin_d2l(*, num_classes: int = 10, in_channels: int = 1, init: str = "xavier"
         )
 
     model = NiN(
-        OrderedDict(
-            block1=block(in_channels, 96, 11, 4, 0),
-            pool1=nn.MaxPool2d(3, stride=2),
-            block2=block(96, 256, 5, 1, 2),
-            pool2=nn.MaxPool2d(3, stride=2),
-            block3=block(256, 384, 3, 1, 1),
-            pool3=nn.MaxPool2d(3, stride=2),
-            drop=nn.Dropout(0.5),
-            block4=block(384, num_classes, 3, 1, 1),
-            head=nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1))),
-        )
+        block1=block(in_channels, 96, 11, 4, 0),
+        pool1=nn.MaxPool2d(3, stride=2),
+        block2=block(96, 256, 5, 1, 2),
+        pool2=nn.MaxPool2d(3, stride=2),
+        block3=block(256, 384, 3, 1, 1),
+        pool3=nn.MaxPool2d(3, stride=2),
+        drop=nn.Dropout(0.5),
+        block4=block(384, num_classes, 3, 1, 1),
+        head=nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1))),
     )
     return _init(model, init)
 

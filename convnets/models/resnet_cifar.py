@@ -37,7 +37,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from convnets.models.common import check_choice, he_init
+from convnets.models.common import Stages, check_choice, he_init
 from convnets.models.registry import register_model
 
 UNITS = ("original", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact")
@@ -168,21 +168,12 @@ class ResidualUnit(nn.Module):
         return ", ".join(parts)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(Stages):
     """stem -> stage1 -> stage2 -> stage3 -> head, applied in order."""
 
     def __init__(self, stem: nn.Module, stages: list[nn.Sequential], head: nn.Module) -> None:
-        super().__init__()
-        self.stem = stem
-        self.stage1, self.stage2, self.stage3 = stages
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.stage1(x)
-        x = self.stage2(x)
-        x = self.stage3(x)
-        return self.head(x)
+        stage1, stage2, stage3 = stages
+        super().__init__(stem=stem, stage1=stage1, stage2=stage2, stage3=stage3, head=head)
 
 
 def _branch(unit: str, convs: list[tuple[int, int, int, int]]) -> nn.Sequential:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from convnets.models.common import check_choice, he_init
+from convnets.models.common import Stages, check_choice, he_init
 from convnets.models.registry import register_model
 
 #: units per stage and unit type for each depth (He et al. 2015, Table 1)
@@ -98,22 +98,13 @@ class BottleneckUnit(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(Stages):
     """stem -> stage1 -> stage2 -> stage3 -> stage4 -> head, applied in order."""
 
     def __init__(self, stem: nn.Module, stages: list[nn.Sequential], head: nn.Module) -> None:
-        super().__init__()
-        self.stem = stem
-        self.stage1, self.stage2, self.stage3, self.stage4 = stages
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.stage1(x)
-        x = self.stage2(x)
-        x = self.stage3(x)
-        x = self.stage4(x)
-        return self.head(x)
+        stage1, stage2, stage3, stage4 = stages
+        super().__init__(stem=stem, stage1=stage1, stage2=stage2, stage3=stage3,
+                         stage4=stage4, head=head)
 
 
 def imagenet_resnet(
