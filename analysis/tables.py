@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from convnets.names import PROFILES  # most faithful first
+
 from . import figures, stats
 from .io import RunData, log_to_analysis_run
 
-PROFILES = ("paper", "quick", "smoke")  # most faithful first
 HEADERS = ["Variant", "Paper", "Ours (mean ± sd, n)", "Failed", "Δ vs baseline [95% CI]",
            "p (Holm)", "Hedges' g", "Verdict"]
 PAIRED_HEADERS = ["Variant", "Seed", "Only variant right", "Only baseline right",

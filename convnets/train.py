@@ -136,12 +136,24 @@ def resolve_config(cfg: dict) -> dict:
     return c
 
 
+def resolved_precision(rt: dict) -> str:
+    """``fp32`` or ``bf16``: what ``runtime.precision`` means on the device it resolves to."""
+    if rt["precision"] != "auto":
+        return rt["precision"]
+    dev = rt["device"]
+    cuda = (dev == "auto" and torch.cuda.is_available()) or str(dev).startswith("cuda")
+    return "bf16" if cuda else "fp32"
+
+
 def config_hash(cfg: dict) -> str:
-    """Hash of what is trained: the resolved config minus seed, runtime and the data path."""
+    """Hash of what is trained: the resolved config minus seed, how it runs and where the data
+    lie. Precision changes the arithmetic, so it is in (as ``precision``: bf16 | fp32)."""
     c = copy.deepcopy(resolve_config(cfg))
+    precision = resolved_precision(c["runtime"])
     for key in RUNTIME_KEYS + NON_TRAINING_KEYS + ("seed",):
         c.pop(key, None)
     c["data"].pop("data_dir", None)
+    c["precision"] = precision
     blob = json.dumps(c, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

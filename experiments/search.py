@@ -66,12 +66,12 @@ SEARCH_DIR = Path(__file__).resolve().parent / "search"
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 
 DEFAULT_LR_RANGE = (1e-3, 1.0)
-DEFAULT_BUDGET_EPOCHS = {"smoke": 2, "quick": 10, "paper": 30}
-DEFAULT_TRIALS = {"smoke": 4, "quick": 20, "paper": 20}
+DEFAULT_BUDGET_EPOCHS = {"smoke": 2, "cpu": 3, "quick": 10, "paper": 30}
+DEFAULT_TRIALS = {"smoke": 4, "cpu": 8, "quick": 20, "paper": 20}
 VAL_FRACTION = 0.1  # of the training images, when the spec sets no data.val_size ...
 VAL_CAP = 5000  # ... and at most this many (CIFAR: 5000 of 50000)
 DIVERGED_ERROR = 100.0  # objective of a trial whose loss became non-finite
-PROFILE_RANK = {"smoke": 0, "quick": 1, "paper": 2}
+PROFILE_RANK = {"smoke": 0, "cpu": 1, "quick": 2, "paper": 3}
 
 # Every key a search file may hold (unknown keys are errors).
 SEARCH_KEYS = {

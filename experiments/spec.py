@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from convnets.models import build_model, check_options, get_entry
+from convnets.names import PROFILES
 from convnets.train import ConfigError, config_hash, resolve_config
 
 SPEC_DIR = Path(__file__).resolve().parent
-PROFILES = ("paper", "quick", "smoke")
 
 # Every key a spec may hold, with what it means (unknown keys are errors).
 SPEC_KEYS = {

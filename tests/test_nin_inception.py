@@ -183,3 +183,70 @@ def test_mnist_resnet_structure_and_invalid_unit():
     assert isinstance(model.block1, MnistResidualBlock)
     with pytest.raises(ValueError, match="'v3'"):
         mnist_resnet(unit="v3")
+
+
+# --- seed 004's block: the five Identity Mappings orderings and the seed's bugs ---------------
+
+
+def _block_formula(blk, x, unit, bugs):
+    """The orderings written out by hand from IM Fig. 4, with the seed's defects if ``bugs``."""
+    bn1 = blk.bn1
+    bn2 = blk.bn1 if bugs else blk.bn2
+    c1, c2 = blk.conv1, (blk.conv1 if bugs and "preact" not in unit else blk.conv2)
+    r = torch.relu
+    if unit == "original":
+        return r(x + bn2(c2(r(bn1(c1(x))))))
+    if unit == "bn_after_add":
+        return r(bn2(x + c2(r(bn1(c1(x))))))
+    if unit == "relu_before_add":
+        return x + r(bn2(c2(r(bn1(c1(x))))))
+    if unit == "relu_only_preact":
+        return x + bn2(c2(r(bn1(c1(r(x))))))
+    return x + c2(r(bn2(c1(r(bn1(x))))))
+
+
+@pytest.mark.parametrize("bugs", [False, True])
+@pytest.mark.parametrize(
+    "unit", ["original", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact"]
+)
+def test_mnist_block_orderings_match_their_formula(unit, bugs):
+    torch.manual_seed(0)
+    blk = MnistResidualBlock(8, unit=unit, seed_bugs=bugs).eval()
+    for m in blk.modules():  # non-trivial BN statistics so that every BN matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(blk(x), _block_formula(blk, x, unit, bugs))
+
+
+def test_mnist_orderings_all_differ_and_preact_alias():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    outs = {}
+    for unit in ("original", "bn_after_add", "relu_before_add", "relu_only_preact",
+                 "full_preact"):
+        torch.manual_seed(1)
+        outs[unit] = mnist_resnet(unit=unit)(x)
+    vals = list(outs.values())
+    assert all(not torch.allclose(a, b) for i, a in enumerate(vals) for b in vals[i + 1:])
+    torch.manual_seed(1)
+    assert torch.equal(mnist_resnet(unit="preact")(x), outs["full_preact"])
+
+
+def test_seed_bugs_reproduce_the_printed_block():
+    # the seed: one BN shared by both convs, conv1 applied twice, conv2 never used
+    model = mnist_resnet(seed_bugs=True)
+    assert n_params(model) == 41_706 - 2 * 16 - 2 * 32  # one BN (weight+bias) fewer per block
+    out = model(torch.randn(4, 1, 28, 28))
+    out.square().sum().backward()
+    for block in (model.block1, model.block2):
+        assert not hasattr(block, "bn2")
+        assert all(p.grad is None for p in block.conv2.parameters())
+        assert block.conv1.weight.grad.abs().sum() > 0
+    pre = mnist_resnet(unit="full_preact", seed_bugs=True)
+    pre(torch.randn(4, 1, 28, 28)).square().sum().backward()
+    assert pre.block1.conv2.weight.grad.abs().sum() > 0  # the printed v2 block uses conv2
