@@ -1,11 +1,12 @@
-"""python -m analysis {collect,export,tables}"""
+"""python -m analysis {collect,export,add-part,parts,tables}"""
 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
-from . import io, tables
+from . import io, ledger, tables
 
 
 def _summary(runs) -> str:
@@ -17,27 +18,54 @@ def _summary(runs) -> str:
     return counts.to_string()
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     ap.add_argument("--tracking-uri", default=None,
                     help="default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("collect", help="read the MLflow store and print a summary of the runs")
-    ex = sub.add_parser("export", help="write the snapshot (runs.csv, curves.csv, predictions.npz)")
-    ex.add_argument("--out", type=Path, default=io.SNAPSHOT_DIR)
+    ex = sub.add_parser("export", help="write the store's runs as a ledger part (or a snapshot)")
+    ex.add_argument("--out", type=Path, default=None,
+                    help="a plain snapshot folder (runs.csv, curves.csv, predictions.npz)")
+    ex.add_argument("--part", action="store_true",
+                    help="write a ledger part <LEDGER>/<part-id>/ with MANIFEST.json")
+    ex.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR,
+                    help="where --part writes (default paper_tables/data; a campaign's OUT "
+                         "folder on a GPU machine)")
+    ex.add_argument("--device", default=None, help="device name for the manifest "
+                    "(default: the runs' device tag; 'cpu' becomes this CPU's model)")
+    ex.add_argument("--started", default=None, help="campaign start (ISO 8601)")
+    ex.add_argument("--ended", default=None, help="campaign end (ISO 8601)")
+    ex.add_argument("--device-seconds", type=float, default=None,
+                    help="device time the campaign used (default: sum of run wall times)")
+    ex.add_argument("--part-id", default=None)
+    ad = sub.add_parser("add-part", help="validate a part (or a campaign OUT folder holding "
+                        "one) and copy it into the ledger")
+    ad.add_argument("src", type=Path)
+    ad.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
+    ls = sub.add_parser("parts", help="list (and validate) the ledger's parts")
+    ls.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
     tb = sub.add_parser("tables", help="write per-claim tables, figures and README.md")
-    tb.add_argument("--source", choices=["snapshot", "mlflow"], default="snapshot")
+    tb.add_argument("--source", choices=["ledger", "snapshot", "mlflow"], default="ledger")
     tb.add_argument("--out", type=Path, default=io.REPO_ROOT / "paper_tables")
-    tb.add_argument("--snapshot", type=Path, default=io.SNAPSHOT_DIR)
+    tb.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
+    tb.add_argument("--snapshot", type=Path, default=None,
+                    help="with --source snapshot: one snapshot folder")
     tb.add_argument("--profile", choices=tables.PROFILES, default=None,
                     help="default: the most faithful profile present per claim")
     tb.add_argument("--no-log", action="store_true",
                     help="with --source mlflow, do not log figures/tables to MLflow")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _parser()
     args = ap.parse_args(argv)
     uri = args.tracking_uri or io.tracking_uri()
+    warnings.simplefilter("always", UserWarning)
     try:
         _run(args, uri)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ledger.PartError) as e:
         ap.exit(1, f"error: {e}\n")
 
 
@@ -45,11 +73,31 @@ def _run(args, uri: str) -> None:
     if args.cmd == "collect":
         print(f"{uri}\n{_summary(io.collect(uri))}")
     elif args.cmd == "export":
-        for p in io.export_snapshot(io.load_mlflow(uri), args.out):
-            print(p)
+        data = io.load_mlflow(uri)
+        if args.part or args.out is None:
+            path = ledger.write_part(data, args.ledger, device=args.device, started=args.started,
+                                     ended=args.ended, device_seconds=args.device_seconds,
+                                     part_id=args.part_id)
+            print(path)
+        else:
+            for p in io.export_snapshot(data, args.out):
+                print(p)
+    elif args.cmd == "add-part":
+        print(f"added {ledger.add_part(args.src, args.ledger)}")
+    elif args.cmd == "parts":
+        for path in ledger.list_parts(args.ledger):
+            m = ledger.validate_part(path)
+            print(f"{path.name}: {m['n_runs']} runs, {m['device']}, {m['ended'][:10]}, "
+                  f"{'smoke' if m['smoke'] else ', '.join(m['profiles'])}, "
+                  f"{m['device_seconds']:.0f} device s")
     else:
         mlflow = args.source == "mlflow"
-        data = io.load_mlflow(uri) if mlflow else io.load_snapshot(args.snapshot)
+        if mlflow:
+            data = io.load_mlflow(uri)
+        elif args.source == "snapshot":
+            data = io.load_snapshot(args.snapshot or ledger.LEDGER_DIR)
+        else:
+            data = ledger.load_ledger(args.ledger)
         log_uri = uri if mlflow and not args.no_log else None
         for p in tables.write_all(data, args.out, args.profile, log_uri):
             print(p)

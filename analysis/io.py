@@ -18,7 +18,8 @@ SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
 
 TAG_COLS = ["experiment", "claim", "citation", "group", "variant", "baseline", "profile",
             "dataset", "dataset_label", "eval_split", "paper_error", "expected", "config_hash",
-            "git_commit", "device", "failure_reason", "failure_kind"]
+            "git_commit", "device", "failure_reason", "failure_kind", "dataset_checksum",
+            "precision", "torch_version", "cuda_version"]
 STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
                        "predictions_uri"]
 FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s"]
@@ -27,7 +28,8 @@ RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", 
                 "paper_error", "expected", "claim", "citation", "profile", "dataset",
                 "dataset_label", "config_hash", "git_commit", "git_dirty", "device",
                 "failure_reason", "failure_kind", "run_id", "run_name", "start_time", "curve_uri",
-                "predictions_uri"])
+                "predictions_uri", "dataset_checksum", "precision", "torch_version",
+                "cuda_version"])
 CURVE_COLUMNS = ["run_id", "epoch", "iteration", "train_loss", "train_error", "eval_error", "lr",
                  "images_per_sec", "epoch_time_s"]
 
@@ -45,6 +47,8 @@ class RunData:
     curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CURVE_COLUMNS))
     preds: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> predicted labels
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> true labels
+    parts: dict[str, dict] = field(default_factory=dict)  # ledger part id -> its manifest
+    duplicates: list[str] = field(default_factory=list)  # runs counted once (ledger warnings)
 
 
 def normalise_runs(df: pd.DataFrame) -> pd.DataFrame:

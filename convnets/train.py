@@ -91,6 +91,19 @@ class DivergedError(RuntimeError):
     """The training loss became non-finite."""
 
 
+#: the clock deadlines are read from (``time.time``; tests replace it)
+_clock = time.time
+
+
+class DeadlineReached(RuntimeError):
+    """The run was stopped at an iteration boundary because its deadline passed; the
+    checkpoint (if any) holds the exact state, so rerunning resumes to the same result."""
+
+    def __init__(self, iteration: int, total: int):
+        super().__init__(f"deadline reached at iteration {iteration} of {total}")
+        self.iteration, self.total = iteration, total
+
+
 def _merge(base: dict, over: dict, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
@@ -506,6 +519,7 @@ def fit(
     on_epoch_end: Callable[[dict], None] | None = None,
     dataset=None,
     checkpoint_meta: dict | None = None,
+    deadline: float | None = None,
 ) -> RunResult:
     """Train one run as ``cfg`` says and return its curve, final metrics and predictions.
 
@@ -519,9 +533,12 @@ def fit(
         dataset: an already loaded ``convnets.data.Dataset`` (skips loading).
         checkpoint_meta: stored in the checkpoint as ``meta`` (the runner keeps the MLflow run
             id there, so a checkpoint resumes only the run that wrote it).
+        deadline: a ``time.time()`` value; once passed, the run stops at the next iteration
+            boundary, writes a mid-epoch checkpoint and raises ``DeadlineReached``.
 
     Raises:
         DivergedError: the training loss became non-finite (the checkpoint is kept).
+        DeadlineReached: ``deadline`` passed (the checkpoint resumes the run exactly).
     """
     cfg = resolve_config(cfg)
     logger = logger or NullLogger()
@@ -540,33 +557,55 @@ def fit(
     data_gen = torch.Generator().manual_seed(data_seed(seed))
 
     history: list[dict[str, float]] = []
-    start_epoch, iteration, wall_before = 0, 0, 0.0
+    start_epoch, iteration, wall_before, partial = 0, 0, 0.0, None
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and ckpt_path.exists():
         state = restore_checkpoint(ckpt_path, model, optimizer, data_gen, rt.device)
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
         wall_before = state.get("wall_time_s", 0.0)
+        partial = state.get("partial")  # stopped inside an epoch by a deadline
 
     step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
     bar = _Progress(sched.total, progress, initial=iteration)
     pred = None
     wall0 = time.perf_counter()
     pad = cfg["data"]["pad"] if cfg["data"]["augment"] else 0
+
+    def save(**state: Any) -> None:
+        if ckpt_path:
+            save_checkpoint(ckpt_path, model, optimizer, data_gen, rt.device, history=history,
+                            config=cfg, meta=checkpoint_meta or {},
+                            wall_time_s=wall_before + time.perf_counter() - wall0, **state)
+
     try:
         for epoch in range(start_epoch, n_epochs):
             t0 = time.perf_counter()
-            steps = min(steps_per_epoch, sched.total - iteration)
+            steps = min(steps_per_epoch, sched.total - iteration + (partial or {}).get("step", 0))
+            gen_before = data_gen.get_state()  # a mid-epoch checkpoint redraws this epoch
             x_all, y_all = epoch_data(data.train_x, data.train_y, steps * batch, pad,
                                       cfg["data"]["augment"], data_gen)
             loss_sum = torch.zeros((), device=rt.device)
             wrong = torch.zeros((), device=rt.device, dtype=torch.long)
-            for s in range(steps):
+            first = 0
+            if partial:  # resume inside the epoch, with its running sums
+                first = partial["step"]
+                loss_sum, wrong = partial["loss_sum"].to(rt.device), partial["wrong"].to(rt.device)
+                partial = None
+            for s in range(first, steps):
+                if deadline is not None and _clock() >= deadline:
+                    gen_now = data_gen.get_state()
+                    data_gen.set_state(gen_before)
+                    save(epoch=epoch, iteration=iteration,
+                         partial={"step": s, "loss_sum": loss_sum.cpu(), "wrong": wrong.cpu()})
+                    data_gen.set_state(gen_now)
+                    raise DeadlineReached(iteration, sched.total)
                 lr = sched.lr(iteration)
                 loss, n_wrong = step(x_all[s * batch : (s + 1) * batch],
                                      y_all[s * batch : (s + 1) * batch], lr)
                 loss_sum += loss
                 wrong += n_wrong
                 iteration += 1
+                bar.tick(iteration, s + 1 - first, batch, t0)  # host clock only: no sync
             # one host synchronisation per epoch
             train_loss = loss_sum.item() / steps
             train_err = wrong.item() * 100.0 / (steps * batch)
@@ -578,7 +617,7 @@ def fit(
                 "train_loss": train_loss,
                 "train_error": train_err,
                 "lr": lr,
-                "images_per_sec": steps * batch / dt,
+                "images_per_sec": (steps - first) * batch / dt,
                 "epoch_time_s": dt,
             }
             last = epoch == n_epochs - 1
@@ -587,11 +626,7 @@ def fit(
                 metrics[f"{data.eval_split}_error"] = err
             history.append(metrics)
             # checkpoint first, then log: a crash in between re-runs nothing already logged
-            if ckpt_path:
-                save_checkpoint(ckpt_path, model, optimizer, data_gen, rt.device,
-                                epoch=epoch + 1, iteration=iteration, history=history,
-                                config=cfg, meta=checkpoint_meta or {},
-                                wall_time_s=wall_before + time.perf_counter() - wall0)
+            save(epoch=epoch + 1, iteration=iteration)
             logger.log_epoch(iteration, metrics)
             bar.update(steps, metrics, data.eval_split)
             if on_epoch_end:
@@ -619,24 +654,42 @@ def _device_name(device: torch.device) -> str:
 
 
 class _Progress:
-    """tqdm bar on a terminal (updated once per epoch: no host sync inside an epoch), else lines."""
+    """tqdm bar on a terminal, else plain lines. Inside an epoch it is refreshed from the host
+    clock alone (every ``every`` seconds: iterations done, images/s, ETA) so that it never
+    forces a device synchronisation; the loss and errors appear at each epoch's end."""
 
-    def __init__(self, total: int, enabled: bool, initial: int = 0):
+    def __init__(self, total: int, enabled: bool, initial: int = 0, every: float = 2.0):
         self.enabled = enabled
         self.tty = enabled and sys.stderr.isatty()
         self.bar = None
         self.total = total
+        self.every = every if self.tty else 30.0  # plain logs: a line every 30 s
+        self.last = time.perf_counter()
         if self.tty:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="it", leave=False,
                             dynamic_ncols=True)
 
+    def tick(self, iteration: int, steps_done: int, batch: int, t0: float) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < self.every:
+            return
+        self.last = now
+        per_step = (now - t0) / max(steps_done, 1)
+        text = (f"{batch / per_step:.0f} img/s, "
+                f"ETA {_hms((self.total - iteration) * per_step)}")
+        if self.bar is not None:
+            self.bar.update(iteration - self.bar.n)
+            self.bar.set_postfix_str(text)
+        else:
+            print(f"  it {iteration:>6d}/{self.total} {text}", flush=True)
+
     def update(self, n: int, m: dict, split: str) -> None:
         ev = m.get(f"{split}_error")
         ev_s = f" {split}_err {ev:5.2f}%" if ev is not None else ""
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(m["iteration"] - self.bar.n)
             self.bar.set_postfix_str(
                 f"loss {m['train_loss']:.3f} err {m['train_error']:.2f}%{ev_s} "
                 f"{m['images_per_sec']:.0f} img/s"
@@ -652,3 +705,10 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from experiments.deadline import ENV, parse_deadline
 from experiments.search import add_lr_search_parser, run_lr_search
+from experiments.shifts import add_shifts_parser, run_shifts_command
 from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec, parse_set
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
@@ -67,10 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--ddp", type=int, default=0, metavar="K",
                        help="train each run data-parallel over K processes (torch DDP)")
     p_run.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
+    p_run.add_argument("--deadline", default=os.environ.get(ENV),
+                       help="stop by then: seconds (480, 8m, 2h), a UTC clock time (21:30) or "
+                            f"ISO 8601; default ${ENV}. Runs that cannot finish are not "
+                            "started; the running one is checkpointed and marked KILLED; "
+                            "rerunning resumes. Exit 0.")
+    add_shifts_parser(sub)
     add_lr_search_parser(sub)
     args = parser.parse_args(argv)
     if args.cmd == "lr-search":
         return run_lr_search(args)
+    if args.cmd in ("shifts", "shift"):
+        return run_shifts_command(args)
 
     try:
         if args.cmd == "list":
@@ -86,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.ddp and args.parallel > 1:
             raise SpecError("--ddp and --parallel do not combine: pick one way to use devices")
+        try:
+            deadline = parse_deadline(args.deadline)
+        except ValueError as err:
+            raise SpecError(f"--deadline: {err}") from None
         spec, jobs = _jobs(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -98,17 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.runner import run_jobs, summary_table
 
     try:
-        rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp)
+        rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
+                        deadline=deadline)
     except KeyboardInterrupt:
         return 130
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"
     print(summary_table(rows, split))
+    return report(rows)
+
+
+def report(rows: list[dict]) -> int:
+    """Print done versus left; exit status 1 only if a run crashed."""
     failed = sum(r["status"].startswith("FAILED") for r in rows)
     crashed = sum(r["status"].startswith("FAILED") and "diverged" not in r["status"]
                   for r in rows)
-    print(f"{len(rows) - failed} finished or skipped, {failed} failed "
-          f"({crashed} crashed, {failed - crashed} diverged)", flush=True)
-    # a diverged run is a result (the paper reports some variants as failing); a crash is not
+    left = sum(r["status"].startswith(("KILLED", "not started")) for r in rows)
+    done = len(rows) - failed - left
+    print(f"{done} finished or skipped, {failed} failed ({crashed} crashed, "
+          f"{failed - crashed} diverged)"
+          + (f", {left} left for the next invocation (deadline)" if left else ""), flush=True)
+    # a diverged run is a result (the paper reports some variants as failing); a crash is not;
+    # a deadline is a planned stop
     return 1 if crashed else 0
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from convnets import tracking
-from convnets.train import DivergedError, fit, read_checkpoint_meta
+from convnets.train import DeadlineReached, DivergedError, fit, read_checkpoint_meta
+from experiments.deadline import Deadline
 from experiments.spec import Job
 
 
@@ -31,8 +32,14 @@ def checkpoint_path(job: Job) -> Path:
     return checkpoint_dir() / job.experiment / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
 
 
-def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0) -> dict:
-    """Run (or skip, or resume) one job; returns its summary row."""
+def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0,
+            deadline: Deadline | None = None) -> dict:
+    """Run (or skip, or resume) one job; returns its summary row.
+
+    With a ``deadline``, a job whose estimated time (the wall time of a finished run of the same
+    config) does not fit is not started, and a started one stops at the deadline: checkpoint
+    kept, MLflow run KILLED with the reason, and the next invocation resumes it.
+    """
     cl = tracking.client()
     exp_id = tracking.experiment_id(cl, job.experiment, {"claim": job.tags.get("claim", "")})
     h = job.config_hash
@@ -77,7 +84,8 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
             result = launch(job.config, ddp, run_id=run_id, checkpoint=ckpt, progress=progress)
         else:
             result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress,
-                         checkpoint_meta={"run_id": run_id})
+                         checkpoint_meta={"run_id": run_id},
+                         deadline=deadline.at if deadline else None)
         logger.set_tags({k: v for k, v in result.info.items()
                          if k in ("dataset", "dataset_label", "dataset_checksum", "eval_split",
                                   "device", "precision")})
@@ -91,6 +99,12 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
         logger.finish("FAILED")
         print(f"  FAILED: {err}", flush=True)
         return dict(row, status="FAILED (diverged)", error=None, run_id=run_id)
+    except DeadlineReached as err:
+        logger.set_tags({"failure_reason": f"{err}; checkpoint kept, rerun to resume",
+                         "failure_kind": "deadline"})
+        logger.finish("KILLED")
+        print(f"  KILLED: {err}; checkpoint kept", flush=True)
+        return dict(row, status="KILLED (deadline)", error=None, run_id=run_id)
     except KeyboardInterrupt:
         logger.set_tags({"failure_reason": "interrupted (Ctrl-C); checkpoint kept"})
         logger.finish("KILLED")
@@ -109,13 +123,14 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
 
 
 def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
-             progress: bool = True, ddp: int = 0) -> list[dict]:
+             progress: bool = True, ddp: int = 0, deadline: Deadline | None = None) -> list[dict]:
     """Run every job (``parallel`` at a time, in separate processes); returns summary rows."""
     rows: list[dict] = []
     if parallel <= 1:
         try:
             for job in jobs:
-                rows.append(run_job(job, force=force, progress=progress, ddp=ddp))
+                rows.append(run_job(job, force=force, progress=progress, ddp=ddp,
+                                    deadline=deadline))
         except KeyboardInterrupt:
             print("\ninterrupted: the current run is marked KILLED and its checkpoint kept; "
                   "rerun the same command to resume.", flush=True)
@@ -130,7 +145,8 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
     # Separate processes share the GPU; each keeps its own batch size and CUDA context.
     pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"))
     try:
-        futures = {pool.submit(run_job, job, force=force): job for job in jobs}
+        futures = {pool.submit(run_job, job, force=force, deadline=deadline): job
+                   for job in jobs}
         for fut in as_completed(futures):
             job = futures[fut]
             try:

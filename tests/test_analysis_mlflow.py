@@ -106,8 +106,8 @@ def test_snapshot_tables_equal_mlflow_tables(store, tmp_path, capsys):
         assert npz["pred__" + next(iter(data.preds))].dtype == np.uint8
         assert sum(k.startswith("target__") for k in npz.files) == 1  # shared targets
 
-    a = tables.write_all(snap, tmp_path / "from_snapshot", today="2025-01-01")
-    b = tables.write_all(data, tmp_path / "from_mlflow", log_uri=uri, today="2025-01-01")
+    a = tables.write_all(snap, tmp_path / "from_snapshot")
+    b = tables.write_all(data, tmp_path / "from_mlflow", log_uri=uri)
     names = sorted(p.name for p in a if p.suffix in (".csv", ".md"))
     assert names == sorted(p.name for p in b if p.suffix in (".csv", ".md"))
     assert "degradation.csv" in names and "degradation.paired.csv" in names

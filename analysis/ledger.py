@@ -1,0 +1,290 @@
+"""The ledger: ``paper_tables/data/<part-id>/``, one folder per campaign part.
+
+A part is what one campaign (one GPU shift, one CPU session, one Slurm job) exported: its
+``runs.csv``, ``curves.csv`` and ``predictions.npz`` (the snapshot format of ``analysis.io``)
+plus a ``MANIFEST.json`` saying where and how the runs were made (device, versions, commit,
+profiles, datasets with checksums, specs, start/end, device seconds) and the sha256 of every
+file. ``load_ledger`` reads every part into one ``RunData``; a run that appears in two parts
+(same experiment, config hash, seed and profile) is counted once: the part that ended last
+wins, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from convnets.names import SMOKE_PROFILES
+
+from .io import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
+
+LEDGER_DIR = SNAPSHOT_DIR  # paper_tables/data
+MANIFEST = "MANIFEST.json"
+PART_FILES = ("runs.csv", "curves.csv", "predictions.npz")
+MANIFEST_KEYS = {
+    "part_id": "folder name under paper_tables/data/",
+    "created": "UTC time the part was exported (ISO 8601)",
+    "device": "what trained, e.g. 'NVIDIA H200' or 'AMD EPYC 9B14 (2 cores)'",
+    "versions": "python / torch / cuda / driver as the runs recorded them",
+    "git_commit": "commit(s) the runs were made from",
+    "git_dirty": "true if any run came from a tree with uncommitted changes",
+    "profiles": "run profiles in this part",
+    "smoke": "true if every run is a smoke run (never evidence)",
+    "datasets": "dataset name, label and checksum per dataset",
+    "specs": "experiment -> variants in this part",
+    "started": "first run's start (ISO 8601)",
+    "ended": "end of the campaign (ISO 8601)",
+    "device_seconds": "seconds the device was used: the campaign's wall time when known, "
+                      "else the sum of the runs' wall times",
+    "n_runs": "rows of runs.csv",
+    "files": "sha256 of runs.csv, curves.csv, predictions.npz",
+}
+DUP_KEY = ["experiment", "config_hash", "seed", "profile"]
+
+
+class PartError(ValueError):
+    """A part is malformed; the message names the part and the file."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def local_device() -> str:
+    """This machine's CPU model and core count (read without torch), e.g. 'AMD EPYC (2 cores)'."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model or 'CPU'} ({os.cpu_count()} cores)"
+
+
+def _driver() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        return out.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return ""
+
+
+def _uniq(values) -> list[str]:
+    return sorted({str(v) for v in values if str(v) not in ("", "nan", "None")})
+
+
+def part_id_for(runs: pd.DataFrame, device: str, created: str) -> str:
+    """``<date>_<profile>_<device>_<experiment>[+N]``: readable and sortable by date."""
+    def word(text: str) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+    dev = re.sub(r"\((r|tm)\)|\(\d+ cores\)", " ", device, flags=re.I)
+    dev = "-".join(w for w in word(dev).split("-")
+                   if w not in ("amd", "intel", "nvidia", "processor", "cpu"))[:24]
+    exps = [word(e) for e in _uniq(runs["experiment"])] or ["empty"]
+    exp = exps[0] + (f"+{len(exps) - 1}" if len(exps) > 1 else "")
+    prof = "+".join(_uniq(runs["profile"])) or "none"
+    return f"{created[:10]}_{prof}_{dev or 'device'}_{exp}"
+
+
+def build_manifest(data: RunData, *, device: str | None = None, started: str | None = None,
+                   ended: str | None = None, device_seconds: float | None = None,
+                   part_id: str | None = None) -> dict:
+    r = data.runs
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    devices = _uniq(r["device"])
+    if device is None:  # runs on a CPU record "cpu": name the CPU this export runs on
+        device = ", ".join(local_device() if d == "cpu" else d for d in devices) or local_device()
+    datasets = (r[["dataset", "dataset_label", "dataset_checksum"]].drop_duplicates()
+                .sort_values(["dataset", "dataset_checksum"]))
+    specs = {e: _uniq(g["group"] + "/" + g["variant"]) for e, g in r.groupby("experiment")}
+    wall = float(pd.to_numeric(r["wall_time_s"], errors="coerce").fillna(0).sum())
+    profiles = _uniq(r["profile"])
+    return {
+        "part_id": part_id or part_id_for(r, device, started or created),
+        "created": created,
+        "device": device,
+        "versions": {"python": sys.version.split()[0], "torch": ", ".join(_uniq(r["torch_version"])),
+                     "cuda": ", ".join(_uniq(r["cuda_version"])), "driver": _driver()},
+        "git_commit": ", ".join(_uniq(r["git_commit"])),
+        "git_dirty": bool(r["git_dirty"].any()),
+        "profiles": profiles,
+        "smoke": bool(profiles) and all(p in SMOKE_PROFILES for p in profiles),
+        "datasets": [dict(name=a, label=b, checksum=c) for a, b, c in datasets.itertuples(False)],
+        "specs": specs,
+        "started": started or (min(r["start_time"]) if len(r) else created),
+        "ended": ended or created,
+        "device_seconds": round(device_seconds if device_seconds is not None else wall, 1),
+        "n_runs": int(len(r)),
+    }
+
+
+def write_part(data: RunData, ledger: Path = LEDGER_DIR, **manifest_args) -> Path:
+    """Export ``data`` as a new part under ``ledger`` (files + MANIFEST.json); returns its path."""
+    manifest = build_manifest(data, **manifest_args)
+    out = Path(ledger) / manifest["part_id"]
+    if out.exists():
+        raise PartError(f"{out}: a part with this id exists already; pass another part_id")
+    files = export_snapshot(data, out)
+    manifest["files"] = {p.name: sha256(p) for p in files}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def validate_part(path: Path) -> dict:
+    """Check a part folder: manifest keys, file checksums, and runs that agree with the manifest.
+
+    Returns the manifest. Raises ``PartError`` naming the folder and the file that is wrong.
+    """
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise PartError(f"{path}: not a folder")
+    if not mpath.exists():
+        raise PartError(f"{mpath}: missing (a part needs a {MANIFEST}; "
+                        "export with `python -m analysis export --part`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as err:
+        raise PartError(f"{mpath}: not valid JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise PartError(f"{mpath}: expected a JSON object")
+    missing = [k for k in list(MANIFEST_KEYS) if k not in manifest]
+    if missing:
+        raise PartError(f"{mpath}: missing key(s) {', '.join(missing)}")
+    if manifest["part_id"] != path.name:
+        raise PartError(f"{mpath}: part_id {manifest['part_id']!r} differs from the folder "
+                        f"name {path.name!r}")
+    for name in PART_FILES:
+        f = path / name
+        if not f.exists():
+            raise PartError(f"{f}: missing (listed in every part)")
+        want = manifest["files"].get(name) if isinstance(manifest["files"], dict) else None
+        if want != sha256(f):
+            raise PartError(f"{f}: sha256 does not match {MANIFEST} (file changed or truncated)")
+    try:
+        data = load_snapshot(path)
+    except Exception as err:  # a CSV or NPZ that does not parse
+        raise PartError(f"{path}: cannot be read: {type(err).__name__}: {err}") from None
+    _check_runs(path, manifest, data)
+    return manifest
+
+
+def _check_runs(path: Path, manifest: dict, data: RunData) -> None:
+    r = data.runs
+    where = path / "runs.csv"
+    if len(r) != manifest["n_runs"]:
+        raise PartError(f"{where}: {len(r)} runs, {MANIFEST} says n_runs={manifest['n_runs']}")
+    if r["run_id"].duplicated().any() or (r["run_id"] == "").any():
+        raise PartError(f"{where}: run_id must be unique and non-empty")
+    extra = set(_uniq(r["profile"])) - set(manifest["profiles"])
+    if extra:
+        raise PartError(f"{where}: profile(s) {sorted(extra)} not in {MANIFEST} 'profiles'")
+    exps = set(_uniq(r["experiment"])) - set(manifest["specs"])
+    if exps:
+        raise PartError(f"{where}: experiment(s) {sorted(exps)} not in {MANIFEST} 'specs'")
+    sums = {d.get("checksum", "") for d in manifest["datasets"]}
+    unknown = set(_uniq(r["dataset_checksum"])) - sums
+    if unknown:
+        raise PartError(f"{where}: dataset checksum(s) {sorted(unknown)} not in {MANIFEST}")
+    bad = [i for i in r["run_id"] if i in data.preds and i not in data.targets]
+    if bad:
+        raise PartError(f"{path / 'predictions.npz'}: no targets for run(s) {bad[:3]}")
+
+
+def add_part(src: Path, ledger: Path = LEDGER_DIR) -> Path:
+    """Validate the part at ``src`` and copy it into the ledger; returns the new folder."""
+    src = Path(src)
+    if not (src / MANIFEST).exists():  # a campaign's output folder holding one part
+        inner = [p for p in src.glob(f"*/{MANIFEST}")]
+        if len(inner) == 1:
+            src = inner[0].parent
+    manifest = validate_part(src)
+    dst = Path(ledger) / manifest["part_id"]
+    if dst.resolve() == src.resolve():
+        return dst
+    if dst.exists():
+        if all((dst / n).exists() and sha256(dst / n) == sha256(src / n)
+               for n in (*PART_FILES, MANIFEST)):
+            return dst  # the same part added twice
+        raise PartError(f"{dst}: a different part with id {manifest['part_id']!r} is already "
+                        "in the ledger")
+    dst.mkdir(parents=True)
+    for name in (*PART_FILES, MANIFEST):
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def list_parts(ledger: Path = LEDGER_DIR) -> list[Path]:
+    return sorted(p.parent for p in Path(ledger).glob(f"*/{MANIFEST}"))
+
+
+def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
+    """Every part's runs, curves and predictions as one ``RunData`` with a ``part`` column.
+
+    ``data.parts`` maps part id -> manifest. Duplicates (same experiment, config hash, seed and
+    profile in two parts) keep the run of the part that ended last (ties: the later part id),
+    with a warning; ``data.duplicates`` lists what was dropped.
+    """
+    frames, curves, preds, targets, parts = [], [], {}, {}, {}
+    for path in list_parts(ledger):
+        manifest = validate_part(path) if validate else json.loads((path / MANIFEST).read_text())
+        d = load_snapshot(path)
+        parts[path.name] = manifest
+        frames.append(d.runs.assign(part=path.name, part_ended=manifest["ended"]))
+        curves.append(d.curves)
+        preds.update(d.preds)
+        targets.update(d.targets)
+    if not frames:
+        raise FileNotFoundError(f"no parts in {ledger} (folders with a {MANIFEST})")
+    runs = pd.concat(frames, ignore_index=True)
+    runs, dropped = _dedupe(runs)
+    keep = set(runs["run_id"])
+    data = RunData(runs.drop(columns=["part_ended"]).reset_index(drop=True),
+                   pd.concat([c[c["run_id"].isin(keep)] for c in curves], ignore_index=True),
+                   {k: v for k, v in preds.items() if k in keep},
+                   {k: v for k, v in targets.items() if k in keep})
+    data.parts = parts
+    data.duplicates = dropped
+    return data
+
+
+def _dedupe(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    ordered = runs.sort_values(["part_ended", "part"], kind="stable")
+    dup = ordered.duplicated(DUP_KEY, keep="last")
+    dropped = []
+    for r in ordered[dup].itertuples():
+        winner = ordered[~dup & (ordered[DUP_KEY] == pd.Series(
+            {k: getattr(r, k) for k in DUP_KEY})).all(axis=1)]["part"].iloc[0]
+        msg = (f"run {r.experiment}/{r.group}/{r.variant}/seed{r.seed} (config {r.config_hash}, "
+               f"{r.profile}) is in parts {r.part} and {winner}: counted once, from {winner}")
+        dropped.append(msg)
+        warnings.warn(msg, stacklevel=3)
+    out = ordered[~dup]
+    return out.sort_values(["experiment", "start_time", "run_id"], ignore_index=True), dropped
+
+
+def parts_table(parts: dict[str, dict], ids) -> list[str]:
+    """'id (device, date, n runs)' for each part id in ``ids``, in ledger order."""
+    out = []
+    for pid in sorted(set(ids)):
+        m = parts.get(pid, {})
+        out.append(f"{pid} ({m.get('device', '?')}, {str(m.get('ended', '?'))[:10]})")
+    return out

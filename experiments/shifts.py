@@ -1,0 +1,318 @@
+"""GPU shifts: the queue in ``experiments/shifts.yaml``, its state from the ledger, and the
+device side of one shift (``python -m experiments shift --out DIR``).
+
+A shift is sized to one device lease. ``shifts`` lists the queue with each shift's state (done,
+partly done with the runs missing, pending) computed from the ledger and its estimated device
+time; ``shift`` runs the first shift that is not done: a shakedown of the fast path (one step
+per setting, falling back to eager if a setting fails), the bench if the shift asks for it,
+the shift's runs with a deadline, then the export of a ledger part and the packed store into
+``--out``. Estimates use measured images/s where a bench has measured them (none yet on a GPU),
+else the stated assumption in the queue file.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+QUEUE = Path(__file__).resolve().parent / "shifts.yaml"
+SHIFT_KEYS = {"id", "runs", "dataset", "data", "bench_minutes"}
+RUN_KEYS = {"spec", "profile", "seeds", "variants"}
+#: time kept back from the deadline for the export and packing
+EXPORT_RESERVE_S = 45.0
+
+
+@dataclass
+class Shift:
+    id: str
+    runs: list[dict]
+    dataset: str = "-"
+    data: list[str] = field(default_factory=list)
+    bench_minutes: float = 0.0
+
+
+def load_queue(path: Path = QUEUE) -> tuple[list[Shift], dict]:
+    """The queue and its header (budget_minutes, assumed); errors name the file and the key."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    shifts, seen = [], set()
+    for i, s in enumerate(raw.get("shifts") or []):
+        where = f"{path}: shifts[{i}]"
+        if not isinstance(s, dict) or set(s) - SHIFT_KEYS or "id" not in s or not s.get("runs"):
+            raise ValueError(f"{where}: a shift is a mapping with id and runs (keys: "
+                             f"{', '.join(sorted(SHIFT_KEYS))})")
+        if s["id"] in seen:
+            raise ValueError(f"{where}.id: duplicate shift id {s['id']!r}")
+        seen.add(s["id"])
+        for j, r in enumerate(s["runs"]):
+            if not isinstance(r, dict) or set(r) - RUN_KEYS or not {"spec", "profile"} <= set(r):
+                raise ValueError(f"{where}.runs[{j}]: needs spec and profile (keys: "
+                                 f"{', '.join(sorted(RUN_KEYS))})")
+        shifts.append(Shift(s["id"], s["runs"], s.get("dataset", "-"), s.get("data") or [],
+                            float(s.get("bench_minutes") or 0)))
+    return shifts, raw
+
+
+def shift_jobs(shift: Shift, profile: str | None = None, data_dir: str | None = None):
+    """The jobs of a shift (``profile`` replaces every run's profile: the CPU dry run)."""
+    from experiments.spec import expand, load_spec
+
+    jobs = []
+    for r in shift.runs:
+        spec = load_spec(r["spec"])
+        prof = profile or r["profile"]
+        seeds = r.get("seeds")
+        n = max(seeds) + 1 if isinstance(seeds, list) else seeds
+        dataset = None if shift.dataset in ("-", None) or prof == "smoke" else shift.dataset
+        js = expand(spec, prof, seeds=n, only=r.get("variants"), dataset=dataset,
+                    data_dir=data_dir)
+        if isinstance(seeds, list):
+            js = [j for j in js if j.seed in seeds]
+        jobs += js
+    return jobs
+
+
+def _key(experiment, group, variant, seed, profile) -> tuple:
+    return (str(experiment), str(group), str(variant), int(seed), str(profile))
+
+
+def done_keys(ledger_dir: Path | None = None) -> set[tuple]:
+    """(experiment, group, variant, seed, profile) of every result in the ledger."""
+    from analysis import ledger
+
+    try:
+        data = ledger.load_ledger(ledger_dir or ledger.LEDGER_DIR, validate=False)
+    except FileNotFoundError:
+        return set()
+    r = data.runs
+    ok = (r["status"] == "FINISHED") | ((r["status"] == "FAILED")
+                                        & (r["failure_kind"].isin(["", "diverged"])))
+    return {_key(x.experiment, x.group, x.variant, x.seed, x.profile)
+            for x in r[ok].itertuples()}
+
+
+def estimate_seconds(jobs, assumed: dict) -> float:
+    """Device seconds for ``jobs`` under the queue's stated assumption (see shifts.yaml)."""
+    from convnets.models import build_model
+
+    total, cache = 0.0, {}
+    for job in jobs:
+        c = job.config
+        name, opts = c["model"]["name"], c["model"]["options"]
+        key = (name, json.dumps(opts, sort_keys=True), c["data"]["name"], c["data"]["resize"])
+        if key not in cache:
+            cache[key] = _step_cost(name, opts, c, assumed, build_model)
+        per_image_flops, layers = cache[key]
+        iters = _iterations(c)
+        batch = c["batch_size"]
+        step = max(per_image_flops * batch / (assumed["tflops"] * 1e12),
+                   layers * assumed["seconds_per_layer_step"])
+        total += iters * step + assumed["overhead_per_run_s"]
+    return total
+
+
+def _step_cost(name, opts, cfg, assumed, build_model) -> tuple[float, int]:
+    import torch
+
+    from convnets.complexity import complexity
+    from convnets.models import get_entry
+
+    entry = get_entry(name)
+    shape = tuple(entry.input_size)
+    if cfg["data"]["resize"]:
+        shape = (shape[0], cfg["data"]["resize"], cfg["data"]["resize"])
+    model = build_model(name, **opts)
+    macs = complexity(model, shape)["macs"]
+    layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d))
+                 for m in model.modules())
+    return 6.0 * macs, layers  # training: forward + 2x backward, 2 FLOPs per MAC
+
+
+_TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "mnist": 60000, "fashion_mnist": 60000}
+
+
+def _iterations(cfg: dict) -> int:
+    s = cfg["schedule"]
+    if s["unit"] == "iterations":
+        return int(s["length"])
+    name = str(cfg["data"]["name"]).lower()
+    n = _TRAIN_SIZES.get(name, 50000 if name.startswith("imagefolder") else
+                         cfg["data"]["options"].get("n_train", 50000))
+    return int(s["length"] * ((n - cfg["data"]["val_size"]) // cfg["batch_size"]))
+
+
+def shift_states(shifts, assumed, ledger_dir=None) -> list[dict]:
+    done = done_keys(ledger_dir)
+    out = []
+    for s in shifts:
+        jobs = shift_jobs(s)
+        missing = [j for j in jobs if _key(j.experiment, j.group, j.variant, j.seed,
+                                           j.tags["profile"]) not in done]
+        state = ("done" if not missing else "pending" if len(missing) == len(jobs)
+                 else f"partly done ({len(missing)} of {len(jobs)} runs missing)")
+        est = estimate_seconds(missing or jobs, assumed) + 60 * s.bench_minutes
+        out.append(dict(shift=s, state=state, runs=len(jobs), missing=missing, estimate_s=est))
+    return out
+
+
+def add_shifts_parser(sub) -> None:
+    p = sub.add_parser("shifts", help="the GPU shift queue with states from the ledger")
+    p.add_argument("--queue", type=Path, default=QUEUE)
+    p.add_argument("--next-data", action="store_true",
+                   help="print only the data archives the next pending shift needs")
+    r = sub.add_parser("shift", help="run the next pending shift and export its ledger part")
+    r.add_argument("--out", type=Path, required=True, help="folder for the part, store and log")
+    r.add_argument("--queue", type=Path, default=QUEUE)
+    r.add_argument("--id", default=None, help="this shift instead of the next pending one")
+    r.add_argument("--profile", default=None, help="replace the shift's profile (smoke: the "
+                   "CPU dry run of the same command)")
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--deadline", default=os.environ.get("CONVNETS_DEADLINE") or "9m",
+                   help="the whole shift ends by then (default 9m: a 10-minute device call)")
+    r.add_argument("--parallel", type=int, default=1)
+
+
+def run_shifts_command(args) -> int:
+    shifts, raw = load_queue(args.queue)
+    if args.cmd == "shifts":
+        states = shift_states(shifts, raw["assumed"])
+        if args.next_data:
+            nxt = next((s for s in states if s["state"] != "done"), None)
+            print(" ".join(nxt["shift"].data) if nxt else "")
+            return 0
+        budget = 60 * raw.get("budget_minutes", 8)
+        for s in states:
+            over = "  OVER BUDGET: split it" if s["estimate_s"] > budget else ""
+            print(f"{s['shift'].id:40s} {s['state']:34s} {s['runs']:3d} runs  "
+                  f"~{s['estimate_s'] / 60:4.1f} min{over}")
+        print(f"estimates: {raw['assumed']} (assumed; no GPU bench has measured images/s yet)")
+        return 0
+    return run_shift(args, shifts, raw)
+
+
+def run_shift(args, shifts, raw) -> int:
+    from analysis import io as aio
+    from analysis import ledger
+    from convnets import tracking
+    from experiments.__main__ import report
+    from experiments.deadline import Deadline, parse_deadline
+    from experiments.runner import run_jobs, summary_table
+
+    t_start = time.time()
+    deadline = parse_deadline(args.deadline)
+    states = shift_states(shifts, raw["assumed"])
+    pick = [s for s in states if (s["shift"].id == args.id if args.id else s["state"] != "done")]
+    if not pick:
+        print("no pending shift: the queue is done" if not args.id else f"no shift {args.id!r}")
+        return 0 if not args.id else 2
+    shift = pick[0]["shift"]
+    out = Path(args.out)
+    store = out / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{store.resolve()}/mlflow.db",
+                      CONVNETS_ARTIFACTS=(store.resolve() / "artifacts").as_uri(),
+                      CONVNETS_CHECKPOINTS=str(store.resolve() / "checkpoints"))
+    jobs = shift_jobs(shift, args.profile, args.data_dir)
+    print(f"shift {shift.id}: {len(jobs)} runs, deadline in {deadline.left():.0f} s", flush=True)
+    jobs = shakedown(jobs)
+    if shift.bench_minutes and args.profile != "smoke":
+        _bench(out, min(60 * shift.bench_minutes, deadline.left() / 2))
+    work = Deadline(deadline.at - EXPORT_RESERVE_S)
+    rows = run_jobs(jobs, parallel=args.parallel, progress=True, deadline=work)
+    print(summary_table(rows))
+    report(rows)
+    ended = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    data = aio.load_mlflow(tracking.tracking_uri())
+    if data.runs.empty:
+        print("no finished runs to export", flush=True)
+        return 1
+    part = ledger.write_part(
+        data, out / "part", device=_device(), ended=ended, device_seconds=time.time() - t_start,
+        started=dt.datetime.fromtimestamp(t_start, dt.UTC).replace(microsecond=0).isoformat(),
+        part_id=f"{ended[:10]}_{shift.id}" + (f"_{args.profile}" if args.profile else ""))
+    with tarfile.open(out / "store.tgz", "w:gz") as tar:
+        tar.add(store / "mlflow.db", arcname="mlflow.db")
+        if (store / "artifacts").exists():
+            tar.add(store / "artifacts", arcname="artifacts")
+    print(f"part: {part}\nstore: {out / 'store.tgz'}\nnext, on your machine: "
+          f"python -m analysis add-part {out} && make tables", flush=True)
+    return 0
+
+
+def _device() -> str:
+    import torch
+
+    from analysis.ledger import local_device
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return local_device()
+
+
+def shakedown(jobs):
+    """One training step per fast-path setting the jobs use, on a tiny batch; a setting that
+    fails falls back to eager fp32-layout defaults (and says so) rather than losing the lease."""
+    from experiments.spec import set_dotted
+
+    from convnets.train import resolve_runtime
+
+    settings = {json.dumps(j.config["runtime"], sort_keys=True): j for j in jobs}
+    fallback = set()
+    for key, job in settings.items():
+        t0 = time.time()
+        try:
+            _one_step(job.config)
+            print(f"shakedown ok ({time.time() - t0:.1f} s): {resolve_runtime(job.config['runtime'])}",
+                  flush=True)
+        except Exception as err:  # any failure of the fast path: keep the lease, run eager
+            print(f"shakedown FAILED for runtime {key}: {type(err).__name__}: {err}; "
+                  "falling back to eager (compile off, channels_last off)", flush=True)
+            fallback.add(key)
+    out = []
+    for job in jobs:
+        if json.dumps(job.config["runtime"], sort_keys=True) in fallback:
+            job = copy.deepcopy(job)
+            set_dotted(job.config, "runtime.compile", False)
+            set_dotted(job.config, "runtime.channels_last", False)
+        out.append(job)
+    return out
+
+
+def _one_step(cfg: dict) -> None:
+    import torch
+
+    from convnets.models import build_model, get_entry
+    from convnets.train import make_optimizer, make_step, resolve_runtime
+
+    rt = resolve_runtime(cfg["runtime"])
+    entry = get_entry(cfg["model"]["name"])
+    c, h, w = entry.input_size
+    if cfg["data"]["resize"]:
+        h = w = cfg["data"]["resize"]
+    model = build_model(cfg["model"]["name"], **cfg["model"]["options"]).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step = make_step(model, make_optimizer(model, cfg, rt), rt, None, None, None)
+    x = torch.randint(0, 256, (8, c, h, w), dtype=torch.uint8, device=rt.device)
+    y = torch.randint(0, 10, (8,), device=rt.device)
+    loss, _ = step(x, y, 0.01)
+    if not torch.isfinite(loss):
+        raise RuntimeError("non-finite loss in the shakedown step")
+
+
+def _bench(out: Path, seconds: float) -> None:
+    cmd = [sys.executable, "-m", "convnets.bench", "--out", str(out / "bench.md")]
+    print(f"bench (at most {seconds:.0f} s): {' '.join(cmd)}", flush=True)
+    try:
+        subprocess.run(cmd, timeout=seconds, check=False)
+    except subprocess.TimeoutExpired:
+        print("bench stopped at its cap", flush=True)

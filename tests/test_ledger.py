@@ -1,0 +1,153 @@
+"""The ledger of campaign parts: merge, de-duplication, cells, validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import io, ledger, tables
+
+SMOKE_PART = Path(__file__).resolve().parent.parent / "paper_tables" / "data" / \
+    "2026-11-23_smoke_cpu_all-claims"
+
+
+def _subset(data: io.RunData, mask) -> io.RunData:
+    runs = data.runs[mask].reset_index(drop=True)
+    ids = set(runs["run_id"])
+    return io.RunData(runs, data.curves[data.curves["run_id"].isin(ids)].reset_index(drop=True),
+                      {k: v for k, v in data.preds.items() if k in ids},
+                      {k: v for k, v in data.targets.items() if k in ids})
+
+
+@pytest.fixture(scope="module")
+def degradation() -> io.RunData:
+    data = io.load_snapshot(SMOKE_PART)
+    return _subset(data, data.runs["experiment"] == "degradation")
+
+
+def _part(data, root, pid, ended="2026-11-23T12:00:00+00:00", **kw):
+    return ledger.write_part(data, root, device="test CPU (2 cores)", part_id=pid,
+                             ended=ended, **kw)
+
+
+def _strip(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("- Parts:"))
+
+
+def test_committed_smoke_part_is_valid():
+    m = ledger.validate_part(SMOKE_PART)
+    assert m["smoke"] is True and m["n_runs"] == 58 and m["profiles"] == ["smoke"]
+
+
+def test_two_parts_give_the_same_tables_as_one(tmp_path, degradation):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _part(degradation, one, "all")
+    seed0 = degradation.runs["seed"] == 0
+    _part(_subset(degradation, seed0), two, "a-seed0", ended="2026-11-23T12:00:00+00:00")
+    _part(_subset(degradation, ~seed0), two, "b-seed1", ended="2026-11-23T13:00:00+00:00")
+    out1, out2 = tmp_path / "t1", tmp_path / "t2"
+    tables.write_all(ledger.load_ledger(one), out1, draw=False)
+    tables.write_all(ledger.load_ledger(two), out2, draw=False)
+    md1, md2 = (o / "degradation.md" for o in (out1, out2))
+    assert _strip(md1.read_text()) == _strip(md2.read_text())
+    assert (out1 / "degradation.csv").read_bytes() == (out2 / "degradation.csv").read_bytes()
+    assert "a-seed0 (test CPU (2 cores), 2026-11-23); b-seed1" in md2.read_text()
+    assert "b-seed1" in (out2 / "README.md").read_text()
+
+
+def test_duplicate_run_counted_once_and_the_later_part_wins(tmp_path, degradation):
+    _part(degradation, tmp_path, "early", ended="2026-11-23T12:00:00+00:00")
+    again = _subset(degradation, degradation.runs["variant"] == "resnet20")
+    again.runs["run_id"] = again.runs["run_id"] + "x"  # another export of the same runs
+    again.runs["final_error"] = 1.0
+    again.preds = {k + "x": v for k, v in again.preds.items()}
+    again.targets = {k + "x": v for k, v in again.targets.items()}
+    again.curves["run_id"] = again.curves["run_id"] + "x"
+    _part(again, tmp_path, "late", ended="2026-11-24T12:00:00+00:00")
+    with pytest.warns(UserWarning, match="counted once, from late"):
+        data = ledger.load_ledger(tmp_path)
+    assert len(data.runs) == len(degradation.runs)
+    r20 = data.runs[data.runs["variant"] == "resnet20"]
+    assert set(r20["part"]) == {"late"} and (r20["final_error"] == 1.0).all()
+    assert len(data.duplicates) == 2
+    table = tables.stats.compare(tables.select(data.runs, "degradation")[0])
+    assert table.set_index("variant").loc["resnet20", "n"] == 2
+
+
+def test_mixed_profiles_and_precisions_are_never_pooled(tmp_path, degradation):
+    quick = degradation.runs.copy()
+    quick["profile"] = "quick"
+    bf16 = quick[quick["variant"] == "resnet56"].copy()
+    bf16["config_hash"] = "bf16bf16bf16"
+    bf16["run_id"] = bf16["run_id"] + "b"
+    bf16["start_time"] = "2026-11-22T00:00:00+00:00"  # older: the fp32 cell keeps the variant
+    runs = pd.concat([degradation.runs, quick.assign(run_id=quick["run_id"] + "q"), bf16])
+    sel, profile = tables.select(runs.reset_index(drop=True), "degradation")
+    assert profile == "quick"
+    assert (sel["profile"] == "quick").all()
+    assert sel.groupby("variant")["config_hash"].nunique().max() == 1
+    assert sel.groupby("variant").size().to_dict() == {v: 2 for v in sel["variant"].unique()}
+    assert sel.attrs["not_pooled"] == ["2 run(s) of residual/resnet56 with config bf16bf16bf16"]
+
+
+def _corrupt_cases(part: Path):
+    yield "MANIFEST.json: missing", lambda: (part / "MANIFEST.json").unlink()
+    yield "missing key(s) device", lambda: _edit(part, lambda m: m.pop("device"))
+    yield "runs.csv: sha256 does not match", lambda: (part / "runs.csv").write_text(
+        (part / "runs.csv").read_text()[:-200])
+    yield "curves.csv: missing", lambda: (part / "curves.csv").unlink()
+    yield "n_runs=99", lambda: _edit(part, lambda m: m.update(n_runs=99))
+    yield "differs from the folder name", lambda: _edit(part, lambda m: m.update(part_id="x"))
+    yield "not valid JSON", lambda: (part / "MANIFEST.json").write_text("{")
+    yield "profile(s) ['smoke'] not in", lambda: _edit(part, lambda m: m.update(profiles=[]))
+
+
+def _edit(part: Path, change) -> None:
+    m = json.loads((part / "MANIFEST.json").read_text())
+    change(m)
+    (part / "MANIFEST.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_malformed_part_is_refused_naming_the_file(tmp_path, degradation, case):
+    part = _part(degradation, tmp_path / "out", "p")
+    message, corrupt = list(_corrupt_cases(part))[case]
+    corrupt()
+    with pytest.raises(ledger.PartError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        ledger.add_part(part, tmp_path / "ledger")
+    assert not (tmp_path / "ledger" / "p").exists()
+
+
+def test_add_part_from_a_campaign_folder_and_twice(tmp_path, degradation):
+    out = tmp_path / "OUT"
+    _part(degradation, out, "gpu-shift-1")
+    (out / "campaign.log").write_text("log")
+    dst = ledger.add_part(out, tmp_path / "ledger")
+    assert dst == tmp_path / "ledger" / "gpu-shift-1"
+    assert ledger.add_part(out, tmp_path / "ledger") == dst  # idempotent
+    other = _part(_subset(degradation, degradation.runs["seed"] == 0), tmp_path / "o2",
+                  "gpu-shift-1")
+    with pytest.raises(ledger.PartError, match="a different part"):
+        ledger.add_part(other, tmp_path / "ledger")
+
+
+def test_tables_are_dated_by_their_data_and_stale_claims_removed(tmp_path, degradation):
+    _part(degradation, tmp_path / "l", "p")
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "gone.md").write_text("<!-- generated by `python -m analysis tables` -->\n")
+    (out / "gone.csv").write_text("x")
+    (out / "bench-cpu.md").write_text("# bench, not a claim table")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tables.write_all(ledger.load_ledger(tmp_path / "l"), out, draw=False)
+    readme = (out / "README.md").read_text()
+    assert "Newest run 2026-11-23" in readme
+    assert not (out / "gone.md").exists() and not (out / "gone.csv").exists()
+    assert (out / "bench-cpu.md").exists()
