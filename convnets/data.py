@@ -27,6 +27,7 @@ when they change; its tensors are verified against the stored shapes and sha256 
 from __future__ import annotations
 
 import gzip
+import functools
 import hashlib
 import math
 import os
@@ -1006,3 +1007,26 @@ _ALIASES = {
     "fashionmnist": "fashion_mnist",
     "fmnist": "fashion_mnist",
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Data identity (for config hashes): what the data are, never where they lie
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _content_checksum(name: str, data_dir: str | None, options: tuple) -> str:
+    return load_dataset(name, data_dir, **dict(options)).checksum
+
+
+def data_identity(name: str, data_dir: str | Path | None = None,
+                  options: dict | None = None) -> str:
+    """``name`` for data sets whose name says what they are (``cifar10``, ``mnist``, ...);
+    ``imagefolder:<content checksum>`` for an image folder, so the same images under another
+    path or on another machine identify alike (loaded once per process; the cache makes it
+    cheap)."""
+    if isinstance(name, str) and name.strip().lower().startswith("imagefolder:"):
+        opts = tuple(sorted((k, v) for k, v in (options or {}).items() if k != "label"))
+        dd = None if data_dir in (None, "") else str(data_dir)
+        return "imagefolder:" + _content_checksum(name.strip(), dd, opts)
+    return name

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from convnets.augment import crop_flip, draw_crop_flip, to_float
-from convnets.data import channel_stats, load_dataset, stratified_split
+from convnets.data import channel_stats, data_identity, load_dataset, stratified_split
 from convnets.models import build_model
 
 # ---------------------------------------------------------------------------------------------
@@ -160,12 +160,14 @@ def resolved_precision(rt: dict) -> str:
 
 def config_hash(cfg: dict) -> str:
     """Hash of what is trained: the resolved config minus seed, how it runs and where the data
-    lie. Precision changes the arithmetic, so it is in (as ``precision``: bf16 | fp32)."""
+    lie. Precision changes the arithmetic, so it is in (as ``precision``: bf16 | fp32); an image
+    folder enters by its content checksum, not its path (``convnets.data.data_identity``)."""
     c = copy.deepcopy(resolve_config(cfg))
     precision = resolved_precision(c["runtime"])
     for key in RUNTIME_KEYS + NON_TRAINING_KEYS + ("seed",):
         c.pop(key, None)
-    c["data"].pop("data_dir", None)
+    data_dir = c["data"].pop("data_dir", None)
+    c["data"]["name"] = data_identity(c["data"]["name"], data_dir, c["data"]["options"])
     c["precision"] = precision
     blob = json.dumps(c, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

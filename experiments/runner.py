@@ -52,6 +52,10 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
         run = finished[0]
         return dict(row, status="FINISHED (skipped)", error=run.data.metrics.get(err_key),
                     run_id=run.info.run_id)
+    if deadline is not None:
+        why = deadline.refuse(cl, exp_id, h, ckpt)
+        if why:
+            return dict(row, status=f"not started ({why})", error=None, run_id="")
     # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
     resumable = {r.info.run_id for r in existing
                  if r.info.status in ("RUNNING", "KILLED", "FAILED")

@@ -1,0 +1,100 @@
+"""Time-boxed runs, data identity in the config hash, and the GPU shift's CPU dry run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import mlflow
+import pytest
+
+from convnets import tracking
+from convnets.train import config_hash
+from experiments.deadline import parse_deadline
+from experiments.__main__ import main
+from tests.test_data import write_imagefolder
+from tests.test_experiments import _write
+
+
+def test_imagefolder_hash_is_its_content_not_its_path(tmp_path):
+    write_imagefolder(tmp_path / "a" / "cifar")
+    shutil.copytree(tmp_path / "a" / "cifar", tmp_path / "elsewhere" / "copy")
+    write_imagefolder(tmp_path / "b" / "cifar", size=9)  # other images
+
+    def h(path, precision="fp32"):
+        return config_hash({"model": {"name": "resnet20"},
+                            "data": {"name": f"imagefolder:{path}", "options": {"cache": False}},
+                            "runtime": {"precision": precision}})
+
+    a = h(tmp_path / "a" / "cifar")
+    assert a == h(tmp_path / "elsewhere" / "copy")
+    assert a != h(tmp_path / "b" / "cifar")
+    assert a != h(tmp_path / "a" / "cifar", precision="bf16")
+
+
+def test_parse_deadline_forms():
+    now = 1_000_000.0
+    assert parse_deadline("480", now).at == now + 480
+    assert parse_deadline("8m", now).at == now + 480
+    assert parse_deadline("2h", now).at == now + 7200
+    assert parse_deadline("1970-01-12T13:46:40Z", now).at == 1_000_000.0
+    assert parse_deadline(None) is None and parse_deadline("") is None
+    at = parse_deadline("00:00", now).at  # next midnight UTC after 'now'
+    assert now < at <= now + 86400 and at % 86400 == 0
+    with pytest.raises(ValueError, match="'soon'"):
+        parse_deadline("soon")
+
+
+def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, capsys):
+    import convnets.train as train
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    only = ["--variant", "base", "--seeds", "1"]
+    ref_spec = _write(tmp_path, "timebox-ref")  # the uninterrupted run, in its own experiment
+    assert main(["run", ref_spec, "--profile", "smoke", *only, "--deadline", "1h"]) == 0
+    ref = mlflow.search_runs(experiment_names=["timebox-ref"])
+    ref_err = ref["metrics.final_test_error"].iloc[0]
+    # the same config, stopped by the deadline after 3 iterations
+    spec = _write(tmp_path, "timebox")
+    calls = iter(range(10**6))
+    monkeypatch.setattr(train, "_clock", lambda: 1e18 if next(calls) >= 3 else 0.0)
+    args = ["run", spec, "--profile", "smoke", *only, "--deadline", "3600"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "KILLED (deadline)" in out and "1 left for the next invocation" in out
+    runs = mlflow.search_runs(experiment_names=["timebox"])
+    killed = runs[runs["status"] == "KILLED"].iloc[0]
+    assert killed["tags.failure_kind"] == "deadline"
+    assert "deadline reached at iteration 3 of 8" in killed["tags.failure_reason"]
+    # the next invocation resumes the same MLflow run to the uninterrupted result
+    monkeypatch.setattr(train, "_clock", lambda: 0.0)
+    assert main(["run", spec, "--profile", "smoke", *only, "--deadline", "1h"]) == 0
+    runs = mlflow.search_runs(experiment_names=["timebox"])
+    resumed = runs[runs["run_id"] == killed["run_id"]].iloc[0]
+    assert resumed["status"] == "FINISHED"
+    assert resumed["metrics.final_test_error"] == ref_err
+    # a run that the estimate says cannot finish is not started
+    monkeypatch.setattr(time, "time", lambda: 0.0)
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "2",
+                 "--deadline", "1970-01-01T00:00:05Z"]) == 0
+    assert "not started (needs about" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_shift_dry_run_on_cpu_end_to_end(tmp_path, monkeypatch):
+    """The first shift's device command with the smoke profile: part, add-part, tables."""
+    from analysis.__main__ import main as analysis_main
+
+    from experiments import shifts
+
+    monkeypatch.setenv("CONVNETS_DEADLINE", "")
+    out = tmp_path / "OUT"
+    assert main(["shift", "--out", str(out), "--profile", "smoke", "--deadline", "10m"]) == 0
+    parts = list((out / "part").iterdir())
+    assert len(parts) == 1 and (out / "store.tgz").stat().st_size > 0
+    ledger_dir = tmp_path / "ledger"
+    analysis_main(["add-part", str(out / "part"), "--ledger", str(ledger_dir)])
+    analysis_main(["tables", "--ledger", str(ledger_dir), "--out", str(tmp_path / "tables")])
+    md = (tmp_path / "tables" / "degradation.md").read_text()
+    assert f"Parts: {parts[0].name}" in md and "Runs: 4 (4 finished" in md
+    assert shifts.done_keys(ledger_dir) == set()  # smoke runs never complete a quick shift
