@@ -80,6 +80,9 @@ def provenance(sel: pd.DataFrame, all_runs: pd.DataFrame, profile: str, today: s
     unused += [f"{n_crashed} crashed run(s)"] if n_crashed else []
     if unused:
         lines.append("Not used here: " + ", ".join(unused))
+    diffs = [d for d in dict.fromkeys(sel["differences"]) if d] if "differences" in sel else []
+    if diffs:  # the spec's known differences from the paper's recipe, as the runs recorded them
+        lines.append("Known differences from the paper: " + " // ".join(diffs))
     hashes = sel.groupby("variant")["config_hash"].nunique()
     if (hashes > 1).any():
         lines.append("Warning: several config hashes for " + ", ".join(hashes[hashes > 1].index))

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
         "lr_mult": [],
         "bias_lr_mult": 1.0,  # multiplier on the lr of 1-D parameters (NiN: epsB / epsW = 2)
         "bias_decay": True,  # weight decay on 1-D parameters too; False: none (cuda-convnet)
+        # False: 1-D parameters keep lr * bias_lr_mult through the schedule's drops and
+        # warm-up (NiN's README lowers epsW only: "changing all the epsW to one tenth")
+        "bias_lr_schedule": True,
     },
     "schedule": {
         "unit": "iterations",  # iterations | epochs (the unit of `length`)
@@ -176,8 +179,9 @@ def _check_recipe_keys(c: dict) -> None:
                           f"multiplier >= 0] pairs, got {o['lr_mult']!r}")
     if not (isinstance(o["bias_lr_mult"], (int, float)) and o["bias_lr_mult"] >= 0):
         raise ConfigError(f"'optim.bias_lr_mult' must be a number >= 0, got {o['bias_lr_mult']!r}")
-    if not isinstance(o["bias_decay"], bool):
-        raise ConfigError(f"'optim.bias_decay' must be true or false, got {o['bias_decay']!r}")
+    for key in ("bias_decay", "bias_lr_schedule"):
+        if not isinstance(o[key], bool):
+            raise ConfigError(f"'optim.{key}' must be true or false, got {o[key]!r}")
     e = s["warmup_until_error"]
     if e is not None:
         if not (isinstance(e, (int, float)) and 0 < e <= 100):
@@ -604,7 +608,8 @@ def make_step(model, optimizer, rt: Runtime, mean, std, resize: int | None):
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_mult", 1.0)  # per-layer rates (optim.lr_mult)
+            # per-layer rates (optim.lr_mult); fixed_lr: a group the schedule leaves alone
+            g["lr"] = g["fixed_lr"] if "fixed_lr" in g else lr * g.get("lr_mult", 1.0)
         loss, wrong = fwd(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -619,24 +624,34 @@ def param_groups(model, o: dict) -> list[dict]:
 
     A parameter's multiplier is that of the first ``optim.lr_mult`` prefix its name starts
     with (else 1), times ``optim.bias_lr_mult`` for 1-D parameters (biases, BN scale and
-    shift); 1-D parameters get no weight decay when ``optim.bias_decay`` is false.
-    Parameters of equal (multiplier, decay) share a group, in model order.
+    shift); 1-D parameters get no weight decay when ``optim.bias_decay`` is false, and a
+    constant lr (``fixed_lr``: ``optim.lr`` times their multiplier) when
+    ``optim.bias_lr_schedule`` is false. Parameters of equal (multiplier, decay, fixed)
+    share a group, in model order.
     """
-    groups: dict[tuple[float, float], list] = {}
+    groups: dict[tuple[float, float, bool], list] = {}
     for name, p in model.named_parameters():
         mult = next((float(m) for pre, m in o["lr_mult"] if name.startswith(pre)), 1.0)
-        wd = o["weight_decay"]
+        wd, fixed = o["weight_decay"], False
         if p.ndim <= 1:
             mult *= float(o["bias_lr_mult"])
             wd = wd if o["bias_decay"] else 0.0
-        groups.setdefault((mult, wd), []).append(p)
-    return [{"params": ps, "lr_mult": m, "weight_decay": wd} for (m, wd), ps in groups.items()]
+            fixed = not o["bias_lr_schedule"]
+        groups.setdefault((mult, wd, fixed), []).append(p)
+    out = []
+    for (m, wd, fixed), ps in groups.items():
+        g = {"params": ps, "lr_mult": m, "weight_decay": wd}
+        if fixed:
+            g["fixed_lr"] = float(o["lr"]) * m
+        out.append(g)
+    return out
 
 
 def make_optimizer(model, cfg: dict, rt: Runtime) -> torch.optim.SGD:
     o = cfg["optim"]
     extra = {"fused": True} if rt.fused_sgd else {}
-    plain = not o["lr_mult"] and o["bias_lr_mult"] == 1 and o["bias_decay"]
+    plain = (not o["lr_mult"] and o["bias_lr_mult"] == 1 and o["bias_decay"]
+             and o["bias_lr_schedule"])
     params = model.parameters() if plain else param_groups(model, o)
     return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
                            nesterov=o["nesterov"], weight_decay=o["weight_decay"], **extra)

@@ -259,6 +259,19 @@ def test_optimizer_groups_follow_cuda_convnet_update_rule():
     assert got == pytest.approx([0.1, 1e-4, 0.2, 0.0, 0.01, 1e-4, 0.02, 0.0])
 
 
+def test_bias_lr_can_stay_off_the_schedule():
+    """NiN README: after 200 epochs "changing all the epsW to one tenth"; epsB stays."""
+    model = nn.Linear(3, 2)
+    cfg = resolve_config({"model": {"name": "nin"}, "runtime": CPU, "optim": {
+        "lr": 0.1, "bias_lr_mult": 2.0, "bias_lr_schedule": False}})
+    rt = resolve_runtime(cfg["runtime"])
+    opt = make_optimizer(model, cfg, rt)
+    step = make_step(model, opt, rt, None, None, None)
+    step(torch.zeros(2, 3, dtype=torch.uint8), torch.tensor([0, 1]), 0.001)
+    lr = {tuple(g["params"][0].shape): g["lr"] for g in opt.param_groups}
+    assert lr == {(2, 3): 0.001, (2,): pytest.approx(0.2)}
+
+
 def test_default_optimizer_is_one_plain_group():
     cfg = resolve_config({"model": {"name": "resnet20"}, "runtime": CPU})
     opt = make_optimizer(build_model("resnet20"), cfg, resolve_runtime(cfg["runtime"]))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from convnets.models.common import ClassicDropout
 from convnets.models import build_model, get_entry
+from convnets.models.common import ClassicDropout
 from convnets.models.inception import MnistResidualBlock, mnist_inception, mnist_resnet
 from convnets.models.nin import NIN_D2L_CHANNELS, nin, nin_d2l
 
