@@ -314,3 +314,30 @@ def test_nin_defaults_to_classic_dropout_and_offers_inverted():
 def test_bad_recipe_key_is_named(bad, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         resolve_config({"model": {"name": "resnet20"}, **bad})
+
+
+# ------------------------------------------------------------------ provenance
+def test_spec_differences_reach_run_tags_and_table_provenance():
+    import pandas as pd
+
+    from analysis.io import normalise_runs
+    from analysis.tables import provenance
+    from experiments.spec import expand, load_spec
+
+    spec = load_spec("nin-heads")
+    assert len(spec["differences"]) >= 1
+    jobs = expand(spec, "smoke")
+    tag = jobs[0].tags["differences"]
+    assert tag == " | ".join(spec["differences"])
+    row = dict(jobs[0].tags, status="FINISHED", seed="0", git_commit="abc", git_dirty="false",
+               dataset_label="synthetic", eval_split="test", device="cpu", config_hash="h")
+    runs = normalise_runs(pd.DataFrame([row]))
+    lines = provenance(runs, runs, "smoke", "2026-12-01")
+    assert lines[-1] == "Known differences from the paper: " + tag
+    # the pre-fidelity specs listed these as differences; they are now the recipe
+    for name in ("degradation", "resnetv2-orderings", "resnetv2-shortcuts"):
+        cfg = expand(load_spec(name), "paper")[0].config
+        assert cfg["data"]["normalize"] == "pixel" and cfg["bn_group"] == 64
+    nin_cfg = expand(spec, "paper")[0].config
+    assert nin_cfg["optim"]["lr"] == 0.1 and nin_cfg["optim"]["weight_decay"] == 1e-4
+    assert nin_cfg["schedule"]["length"] == 260
