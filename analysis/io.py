@@ -19,7 +19,7 @@ SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
 TAG_COLS = ["experiment", "claim", "citation", "group", "variant", "baseline", "profile",
             "dataset", "dataset_label", "eval_split", "paper_error", "expected", "config_hash",
             "git_commit", "device", "failure_reason", "failure_kind", "dataset_checksum",
-            "precision", "torch_version", "cuda_version"]
+            "precision", "torch_version", "cuda_version", "differences"]
 STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
                        "predictions_uri"]
 FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s"]
@@ -29,7 +29,7 @@ RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", 
                 "dataset_label", "config_hash", "git_commit", "git_dirty", "device",
                 "failure_reason", "failure_kind", "run_id", "run_name", "start_time", "curve_uri",
                 "predictions_uri", "dataset_checksum", "precision", "torch_version",
-                "cuda_version"])
+                "cuda_version", "differences"])
 CURVE_COLUMNS = ["run_id", "epoch", "iteration", "train_loss", "train_error", "eval_error", "lr",
                  "images_per_sec", "epoch_time_s"]
 

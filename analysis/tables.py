@@ -112,6 +112,9 @@ def provenance(sel: pd.DataFrame, all_runs: pd.DataFrame, profile: str, parts: d
     if unused:
         lines.append("Not used here: " + ", ".join(unused))
     lines += notes or []
+    diffs = [d for d in dict.fromkeys(sel["differences"]) if d] if "differences" in sel else []
+    if diffs:  # the spec's known differences from the paper's recipe, as the runs recorded them
+        lines.append("Known differences from the paper: " + " // ".join(diffs))
     return lines
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "default_data_dir",
     "list_datasets",
     "load_dataset",
+    "pixel_mean",
     "stratified_split",
 ]
 
@@ -260,6 +261,26 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
         means.append(a / count)
         stds.append(math.sqrt(max(b / count - (a / count) ** 2, 0.0)))
     return tuple(means), tuple(stds)
+
+
+def pixel_mean(images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel mean image (C, H, W), float64, of (N, C, H, W) images on their own scale.
+
+    He et al. 2015 (Sec. 4.2) subtract "the per-pixel mean"; for uint8 the sum over images is
+    exact (int64), so the mean is the exact rational value rounded once to float64.
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError("pixel_mean expects a tensor of shape (N, C, H, W), got "
+                         f"{getattr(images, 'shape', type(images))}")
+    if images.shape[0] == 0:
+        raise ValueError("pixel_mean needs at least one image")
+    images = images.detach().cpu()
+    if images.dtype == torch.uint8:
+        total = torch.zeros(images.shape[1:], dtype=torch.int64)
+        for i in range(0, images.shape[0], 4096):
+            total += images[i : i + 4096].to(torch.int64).sum(0)
+        return total.to(torch.float64) / images.shape[0]
+    return images.to(torch.float64).mean(0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -223,6 +223,11 @@ def ddp_fit(
         raise ConfigError(f"'batch_size' {batch} (the global batch) is not divisible by the "
                           f"{world} processes")
     per = batch // world
+    for key, value in (("bn_group", cfg["bn_group"]),
+                       ("schedule.warmup_until_error", cfg["schedule"]["warmup_until_error"])):
+        if value is not None:  # not implemented across processes: refuse rather than ignore
+            raise ConfigError(f"'{key}' is not supported by DDP runs (got {value!r}); "
+                              "run it with convnets.train.fit")
     seed = int(cfg["seed"])
     seed_everything(seed)  # the same init on every rank (DDP also broadcasts rank 0's weights)
     data = prepare_data(cfg, rt.device, dataset)
@@ -264,7 +269,7 @@ def ddp_fit(
             steps = min(steps_per_epoch, sched.total - iteration)
             # the whole epoch as fit draws it; the "labels" are the sample indices
             x_all, idx_all = epoch_data(data.train_x, index, steps * batch, pad, augment,
-                                        data_gen)
+                                        data_gen, data.pad_fill)
             y_all = data.train_y[idx_all]
             loss_sum = torch.zeros((), device=rt.device)
             wrong = torch.zeros((), device=rt.device, dtype=torch.long)

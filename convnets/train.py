@@ -25,8 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from convnets.augment import crop_flip, draw_crop_flip, to_float
-from convnets.data import channel_stats, data_identity, load_dataset, stratified_split
+from convnets.data import (
+    channel_stats,
+    data_identity,
+    load_dataset,
+    pixel_mean,
+    stratified_split,
+)
 from convnets.models import build_model
+from convnets.models.common import use_ghost_batchnorm
 
 # ---------------------------------------------------------------------------------------------
 # Config: every key documented; `resolve_config` fills defaults and rejects unknown keys.
@@ -45,7 +52,13 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,  # the split is fixed across runs and seeds
         "augment": True,  # pad 4 + random crop + horizontal flip (He et al. 2015, Sec. 4.2)
         "pad": 4,
-        "normalize": True,  # per-channel mean/std of the training set; False: scale to [0, 1]
+        # "channel" (or True): per-channel mean/std of the training split (DenseNet, Sec. 4.2);
+        # "pixel": subtract the training split's per-pixel mean image, no std (He et al. 2015,
+        # Sec. 4.2), on the 0-255 scale; False: scale to [0, 1]
+        "normalize": "channel",
+        # padding colour of the crop: "mean" pads with what normalises to exactly 0 (the
+        # reference code normalises, then zero-pads); "zero": black uint8 padding (old runs)
+        "pad_fill": "mean",
         "resize": None,  # int: bilinear upsampling to resize x resize (d2l Fashion-MNIST: 96)
     },
     "optim": {
@@ -53,6 +66,14 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9,
         "nesterov": False,
         "weight_decay": 1e-4,
+        # [[parameter-name prefix, lr multiplier], ...]: per-layer learning rates (NiN's
+        # cifar-10_params: epsW 0.1 for cccp6 against 1 elsewhere); first matching prefix wins
+        "lr_mult": [],
+        "bias_lr_mult": 1.0,  # multiplier on the lr of 1-D parameters (NiN: epsB / epsW = 2)
+        "bias_decay": True,  # weight decay on 1-D parameters too; False: none (cuda-convnet)
+        # False: 1-D parameters keep lr * bias_lr_mult through the schedule's drops and
+        # warm-up (NiN's README lowers epsW only: "changing all the epsW to one tenth")
+        "bias_lr_schedule": True,
     },
     "schedule": {
         "unit": "iterations",  # iterations | epochs (the unit of `length`)
@@ -61,7 +82,16 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 0.1,
         "warmup_iterations": 0,  # Identity Mappings: 400 iterations at lr 0.01
         "warmup_lr": 0.01,
+        # He et al. 2015 Sec. 4.2 (ResNet-110): warm "until the training error is below 80%".
+        # A number E (80): stay at warmup_lr until the running training error over the last
+        # warmup_window batches is below E %, with warmup_iterations as the cap. None: warm-up
+        # is a fixed warmup_iterations (Identity Mappings appendix: 400 in all CIFAR runs).
+        "warmup_until_error": None,
+        "warmup_window": 20,  # batches in the running training error of the rule above
     },
+    # BN statistics over groups of this many images of each batch ("ghost" BN): He et al.
+    # 2015 and IM trained 128 images on 2 GPUs, 64 each. None: the whole batch.
+    "bn_group": None,
     "batch_size": 128,
     "eval_batch_size": 1000,
     "eval_every": 1,  # epochs between evaluations (the last epoch is always evaluated)
@@ -146,7 +176,42 @@ def resolve_config(cfg: dict) -> dict:
             raise ConfigError(f"'{key}' must be a positive integer, got {c[key]!r}")
     if c["runtime"]["precision"] not in ("auto", "fp32", "bf16"):
         raise ConfigError("'runtime.precision' must be auto, fp32 or bf16")
+    _check_recipe_keys(c)
     return c
+
+
+def _check_recipe_keys(c: dict) -> None:
+    """Values of the normalisation, padding, ghost-BN, per-layer-lr and warm-up-rule keys."""
+    d, o, s = c["data"], c["optim"], c["schedule"]
+    if d["normalize"] not in (True, False, "channel", "pixel"):
+        raise ConfigError(f"'data.normalize' must be channel, pixel, true or false, got "
+                          f"{d['normalize']!r}")
+    if d["pad_fill"] not in ("mean", "zero"):
+        raise ConfigError(f"'data.pad_fill' must be mean or zero, got {d['pad_fill']!r}")
+    g = c["bn_group"]
+    if g is not None and not (isinstance(g, int) and not isinstance(g, bool) and g > 0):
+        raise ConfigError(f"'bn_group' must be a positive integer or null, got {g!r}")
+    if not isinstance(o["lr_mult"], list) or not all(
+            isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str)
+            and isinstance(e[1], (int, float)) and e[1] >= 0 for e in o["lr_mult"]):
+        raise ConfigError("'optim.lr_mult' must be a list of [parameter-name prefix, "
+                          f"multiplier >= 0] pairs, got {o['lr_mult']!r}")
+    if not (isinstance(o["bias_lr_mult"], (int, float)) and o["bias_lr_mult"] >= 0):
+        raise ConfigError(f"'optim.bias_lr_mult' must be a number >= 0, got {o['bias_lr_mult']!r}")
+    for key in ("bias_decay", "bias_lr_schedule"):
+        if not isinstance(o[key], bool):
+            raise ConfigError(f"'optim.{key}' must be true or false, got {o[key]!r}")
+    e = s["warmup_until_error"]
+    if e is not None:
+        if not (isinstance(e, (int, float)) and 0 < e <= 100):
+            raise ConfigError(f"'schedule.warmup_until_error' must be a percentage in (0, 100] "
+                              f"or null, got {e!r}")
+        if s["warmup_iterations"] <= 0:
+            raise ConfigError("'schedule.warmup_until_error' needs 'schedule.warmup_iterations' "
+                              "> 0: it is the cap of the rule")
+    w = s["warmup_window"]
+    if not (isinstance(w, int) and w > 0):
+        raise ConfigError(f"'schedule.warmup_window' must be a positive integer, got {w!r}")
 
 
 def resolved_precision(rt: dict) -> str:
@@ -180,7 +245,16 @@ def config_hash(cfg: dict) -> str:
 
 @dataclass(frozen=True)
 class StepSchedule:
-    """Step learning-rate schedule in iterations, with an optional constant warm-up."""
+    """Step learning-rate schedule in iterations, with an optional constant warm-up.
+
+    The warm-up is either a fixed ``warmup_iterations`` (IM appendix) or, with
+    ``warmup_until_error`` set, He et al. 2015's rule (Sec. 4.2, ResNet-110): lr ``warmup_lr``
+    until the training error of the last ``warmup_window`` batches, pooled, is below
+    ``warmup_until_error`` %, and never longer than ``warmup_iterations`` (the cap). The rule
+    needs the batches' error counts, passed to :meth:`observe` after each update; only
+    while warm does it read them on the host (one synchronisation per warm iteration).
+    Milestones count from iteration 0 either way (the paper drops at 32k and 48k).
+    """
 
     base_lr: float
     total: int
@@ -188,13 +262,47 @@ class StepSchedule:
     gamma: float = 0.1
     warmup_iterations: int = 0
     warmup_lr: float = 0.01
+    warmup_until_error: float | None = None
+    warmup_window: int = 20
+    #: mutable rule state: "end" (first iteration after warm-up, None while warm), "window"
+    state: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        rule = self.warmup_until_error is not None
+        self.state.setdefault("end", None if rule else self.warmup_iterations)
+        self.state.setdefault("window", [])
+
+    @property
+    def warmup_end(self) -> int | None:
+        """Iteration at which the lr left warm-up (None: still warm, rule undecided)."""
+        return self.state["end"]
 
     def lr(self, iteration: int) -> float:
         """Learning rate used for the update of (0-based) ``iteration``."""
-        if iteration < self.warmup_iterations:
+        end = self.state["end"]
+        if iteration < (self.warmup_iterations if end is None else end):
             return self.warmup_lr
         drops = sum(iteration >= m for m in self.milestones)
         return self.base_lr * self.gamma**drops
+
+    def observe(self, iteration: int, n_wrong, batch: int) -> None:
+        """Feed the error count of the update of ``iteration``; ends a rule-based warm-up."""
+        if self.state["end"] is not None:
+            return
+        window = self.state["window"]
+        window.append(int(n_wrong))
+        del window[: -self.warmup_window]
+        running = 100.0 * sum(window) / (len(window) * batch)
+        if len(window) == self.warmup_window and running < self.warmup_until_error:
+            self.state["end"] = iteration + 1
+        elif iteration + 1 >= self.warmup_iterations:
+            self.state["end"] = self.warmup_iterations  # the cap
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.update(copy.deepcopy(state))
 
 
 def make_schedule(cfg: dict, steps_per_epoch: int) -> StepSchedule:
@@ -209,6 +317,9 @@ def make_schedule(cfg: dict, steps_per_epoch: int) -> StepSchedule:
         gamma=float(s["gamma"]),
         warmup_iterations=int(s["warmup_iterations"]),
         warmup_lr=float(s["warmup_lr"]),
+        warmup_until_error=(None if s["warmup_until_error"] is None
+                            else float(s["warmup_until_error"])),
+        warmup_window=int(s["warmup_window"]),
     )
 
 
@@ -320,6 +431,8 @@ class DeviceData:
     std: torch.Tensor | None
     num_classes: int
     info: dict[str, Any]
+    #: per-channel padding value of the crop (None: zeros); normalises to exactly 0
+    pad_fill: torch.Tensor | None = None
 
 
 def prepare_data(cfg: dict, device: torch.device, dataset=None) -> DeviceData:
@@ -339,25 +452,58 @@ def prepare_data(cfg: dict, device: torch.device, dataset=None) -> DeviceData:
     else:
         ev_x, ev_y = ds.test.images, ds.test.labels
         split = "test"
-    mean = std = None
     info = {"dataset": ds.name, "dataset_label": ds.label, "dataset_checksum": ds.checksum}
-    if d["normalize"]:
-        m, s = channel_stats(tr_x)
-        mean = torch.tensor(m, dtype=torch.float32, device=device)
-        std = torch.tensor(s, dtype=torch.float32, device=device)
-        info["train_mean"] = [round(v, 4) for v in m]
-        info["train_std"] = [round(v, 4) for v in s]
+    tr_x, ev_x, mean, std, fill = _normalisation(d, tr_x, ev_x, info)
     return DeviceData(
         train_x=tr_x.to(device),
         train_y=tr_y.to(device),
         eval_x=ev_x.to(device),
         eval_y=ev_y.to(device),
         eval_split=split,
-        mean=mean,
-        std=std,
+        mean=None if mean is None else mean.to(device),
+        std=None if std is None else std.to(device),
         num_classes=ds.num_classes,
         info=info,
+        pad_fill=None if fill is None else fill.to(device),
     )
+
+
+def _normalisation(d: dict, tr_x: torch.Tensor, ev_x: torch.Tensor, info: dict):
+    """(train images, eval images, mean, std, pad fill) for the ``data.normalize`` mode.
+
+    Statistics come from the training split only (after any validation hold-out).
+
+    * ``pixel`` (He et al. 2015, Sec. 4.2): images become int16 ``x - M`` with ``M`` the
+      per-pixel mean image rounded to integers (< 0.5 grey levels from the exact mean), so
+      the mean is subtracted at each pixel's own position *before* the crop, and the crop pads
+      with 0 = the mean; ``to_float`` then only converts (mean 0, std 1).
+    * ``channel`` with ``pad_fill: mean``: the padding colour is the per-channel mean rounded
+      to uint8, and the same rounded mean is subtracted, so padded pixels are exactly 0 (as
+      when normalising first and zero-padding, fb.resnet.torch / DenseNet Lua); the std is
+      exact. ``pad_fill: zero`` keeps the exact mean and black padding (the old behaviour).
+    """
+    mode = "channel" if d["normalize"] is True else d["normalize"]
+    info["normalize"] = mode or "none"
+    info["pad_fill"] = d["pad_fill"]
+    if mode == "pixel":
+        m_img = pixel_mean(tr_x).round().to(torch.int16)
+        info["train_pixel_mean_channel_avg"] = [round(float(v), 4)
+                                                for v in m_img.double().mean((1, 2))]
+        c = tr_x.shape[1]
+        zero, one = torch.zeros(c), torch.ones(c)
+        return (tr_x.to(torch.int16) - m_img, ev_x.to(torch.int16) - m_img, zero, one,
+                torch.zeros(c, dtype=torch.int16))
+    if not mode:
+        return tr_x, ev_x, None, None, None
+    m, s = channel_stats(tr_x)
+    info["train_mean"] = [round(v, 4) for v in m]
+    info["train_std"] = [round(v, 4) for v in s]
+    fill = None
+    if d["pad_fill"] == "mean":
+        fill = torch.tensor([min(255, max(0, round(v))) for v in m], dtype=torch.uint8)
+        m = tuple(float(v) for v in fill)
+    return (tr_x, ev_x, torch.tensor(m, dtype=torch.float32),
+            torch.tensor(s, dtype=torch.float32), fill)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +629,8 @@ def make_step(model, optimizer, rt: Runtime, mean, std, resize: int | None):
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            # per-layer rates (optim.lr_mult); fixed_lr: a group the schedule leaves alone
+            g["lr"] = g["fixed_lr"] if "fixed_lr" in g else lr * g.get("lr_mult", 1.0)
         loss, wrong = fwd(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -493,22 +640,54 @@ def make_step(model, optimizer, rt: Runtime, mean, std, resize: int | None):
     return step
 
 
+def param_groups(model, o: dict) -> list[dict]:
+    """Parameter groups with an ``lr_mult`` each (applied by ``make_step``) and their decay.
+
+    A parameter's multiplier is that of the first ``optim.lr_mult`` prefix its name starts
+    with (else 1), times ``optim.bias_lr_mult`` for 1-D parameters (biases, BN scale and
+    shift); 1-D parameters get no weight decay when ``optim.bias_decay`` is false, and a
+    constant lr (``fixed_lr``: ``optim.lr`` times their multiplier) when
+    ``optim.bias_lr_schedule`` is false. Parameters of equal (multiplier, decay, fixed)
+    share a group, in model order.
+    """
+    groups: dict[tuple[float, float, bool], list] = {}
+    for name, p in model.named_parameters():
+        mult = next((float(m) for pre, m in o["lr_mult"] if name.startswith(pre)), 1.0)
+        wd, fixed = o["weight_decay"], False
+        if p.ndim <= 1:
+            mult *= float(o["bias_lr_mult"])
+            wd = wd if o["bias_decay"] else 0.0
+            fixed = not o["bias_lr_schedule"]
+        groups.setdefault((mult, wd, fixed), []).append(p)
+    out = []
+    for (m, wd, fixed), ps in groups.items():
+        g = {"params": ps, "lr_mult": m, "weight_decay": wd}
+        if fixed:
+            g["fixed_lr"] = float(o["lr"]) * m
+        out.append(g)
+    return out
+
+
 def make_optimizer(model, cfg: dict, rt: Runtime) -> torch.optim.SGD:
     o = cfg["optim"]
     extra = {"fused": True} if rt.fused_sgd else {}
-    return torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"],
+    plain = (not o["lr_mult"] and o["bias_lr_mult"] == 1 and o["bias_decay"]
+             and o["bias_lr_schedule"])
+    params = model.parameters() if plain else param_groups(model, o)
+    return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
                            nesterov=o["nesterov"], weight_decay=o["weight_decay"], **extra)
 
 
 def epoch_data(train_x, train_y, n_samples: int, pad: int, augment: bool,
-               generator: torch.Generator):
+               generator: torch.Generator, fill: torch.Tensor | None = None):
     """One epoch's training data in bulk: a fresh permutation (drawn on CPU, applied on the
-    device), then pad/crop/flip of every image in one gather. Batches are slices of it."""
+    device), then pad/crop/flip of every image in one gather. Batches are slices of it.
+    ``fill``: per-channel padding value (``DeviceData.pad_fill``; None pads with 0)."""
     perm = torch.randperm(train_x.shape[0], generator=generator)[:n_samples].to(train_x.device)
     x = train_x[perm]
     if augment:
         dy, dx, flip = draw_crop_flip(x.shape[0], pad, generator)
-        x = crop_flip(x, dy, dx, flip, pad)
+        x = crop_flip(x, dy, dx, flip, pad, fill)
     return x, train_y[perm]
 
 
@@ -550,6 +729,7 @@ def fit(
     data = prepare_data(cfg, rt.device, dataset)
     model = build_model(cfg["model"]["name"], num_classes=data.num_classes,
                         **cfg["model"]["options"]).to(rt.device)
+    use_ghost_batchnorm(model, cfg["bn_group"])
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, rt)
@@ -566,6 +746,7 @@ def fit(
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
         wall_before = state.get("wall_time_s", 0.0)
         partial = state.get("partial")  # stopped inside an epoch by a deadline
+        sched.load_state_dict(state.get("schedule", {}))
 
     step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
     bar = _Progress(sched.total, progress, initial=iteration)
@@ -577,6 +758,7 @@ def fit(
         if ckpt_path:
             save_checkpoint(ckpt_path, model, optimizer, data_gen, rt.device, history=history,
                             config=cfg, meta=checkpoint_meta or {},
+                            schedule=sched.state_dict(),
                             wall_time_s=wall_before + time.perf_counter() - wall0, **state)
 
     try:
@@ -585,7 +767,7 @@ def fit(
             steps = min(steps_per_epoch, sched.total - iteration + (partial or {}).get("step", 0))
             gen_before = data_gen.get_state()  # a mid-epoch checkpoint redraws this epoch
             x_all, y_all = epoch_data(data.train_x, data.train_y, steps * batch, pad,
-                                      cfg["data"]["augment"], data_gen)
+                                      cfg["data"]["augment"], data_gen, data.pad_fill)
             loss_sum = torch.zeros((), device=rt.device)
             wrong = torch.zeros((), device=rt.device, dtype=torch.long)
             first = 0
@@ -606,6 +788,7 @@ def fit(
                                      y_all[s * batch : (s + 1) * batch], lr)
                 loss_sum += loss
                 wrong += n_wrong
+                sched.observe(iteration, n_wrong, batch)  # host sync only while warm
                 iteration += 1
                 bar.tick(iteration, s + 1 - first, batch, t0)  # host clock only: no sync
             # one host synchronisation per epoch
@@ -622,6 +805,8 @@ def fit(
                 "images_per_sec": (steps - first) * batch / dt,
                 "epoch_time_s": dt,
             }
+            if sched.warmup_iterations and sched.warmup_end is not None:
+                metrics["warmup_end_iteration"] = sched.warmup_end
             last = epoch == n_epochs - 1
             if last or (epoch + 1) % cfg["eval_every"] == 0:
                 err, pred = evaluate(model, data, rt, cfg)

@@ -28,6 +28,8 @@ SPEC_KEYS = {
     "claim": "one sentence: what the paper claims",
     "citation": "paper, section, table/figure",
     "notes": "free text: recipe choices not from the paper, and why",
+    "differences": "list of what still differs from the paper (tagged on every run; the "
+                   "tables' provenance prints it)",
     "recipe": "base convnets.train config for every run",
     "groups": "list of comparison groups",
     "profiles": "paper / quick / smoke: seeds, overrides, model replacements, variant subsets",
@@ -151,6 +153,10 @@ def load_spec(name: str) -> dict:
     if spec["name"] != path.stem:
         raise SpecError(f"{path}: name {spec['name']!r} must equal the file stem {path.stem!r}")
     spec["_path"] = str(path)
+    diffs = spec.get("differences")
+    if diffs is not None and not (isinstance(diffs, list)
+                                  and all(isinstance(d, str) and d.strip() for d in diffs)):
+        raise SpecError(f"{path}: differences must be a list of non-empty strings")
     for gi, group in enumerate(spec["groups"]):
         where = f"{path}: groups[{gi}]"
         _check_keys(where, group, GROUP_KEYS)
@@ -285,6 +291,7 @@ def expand(
                 "expected": expected_direction(var, base_var, vname == group["baseline"]),
                 "profile": profile,
                 "lr_source": lr_source,
+                "differences": " | ".join(str(d).strip() for d in spec.get("differences") or []),
             }
             for seed in range(n_seeds):
                 c = copy.deepcopy(resolved)

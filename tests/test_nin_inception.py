@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from convnets.models import build_model, get_entry
+from convnets.models.common import ClassicDropout
 from convnets.models.inception import MnistResidualBlock, mnist_inception, mnist_resnet
 from convnets.models.nin import NIN_D2L_CHANNELS, nin, nin_d2l
 
@@ -50,7 +51,7 @@ def test_nin_fc_head_shapes_and_params():
     assert shapes["mlpconv3"] == (192, 8, 8) and shapes["head"] == (10,)
     fc = model.head.fc
     assert (fc.in_features, fc.out_features) == (192 * 8 * 8, 10)
-    assert [type(m) for m in model.head] == [nn.Flatten, nn.Dropout, nn.Linear]
+    assert [type(m) for m in model.head] == [nn.Flatten, ClassicDropout, nn.Linear]  # author's
     # GAP model minus cccp6 (192->10) plus cccp6 (192->192) and Linear(12288, 10)
     assert n_params(model) == 966_986 - (192 * 10 + 10) + (192 * 192 + 192) + (12288 * 10 + 10)
     assert n_params(model) == 1_125_002

@@ -403,13 +403,18 @@ def test_conv1x1_shortcut_everywhere():
     torch.testing.assert_close(r["unit"], torch.relu(r["shortcut"] + r["branch"]), **TOL)
 
 
-def test_dropout_shortcut():
-    model = small(shortcut="dropout", shortcut_dropout=0.3)
+@pytest.mark.parametrize("mode", ["classic", "inverted"])
+def test_dropout_shortcut(mode):
+    # classic (default): IM Sec. 3.1's reading, "a scale with an expectation of 0.5" (here
+    # 1 - p = 0.7): a 0/1 mask in training, x 0.7 at test. inverted: nn.Dropout.
+    opts = {} if mode == "classic" else {"shortcut_dropout_mode": "inverted"}
+    model = small(shortcut="dropout", shortcut_dropout=0.3, **opts)
     u = model.stage1[1]
     assert u.shortcut.dropout.p == 0.3
-    r = record(model, u)  # eval: the shortcut passes unchanged
-    torch.testing.assert_close(r["shortcut"], r["unit_in"], atol=0, rtol=0)
-    torch.testing.assert_close(r["unit"], torch.relu(r["unit_in"] + r["branch"]), **TOL)
+    test_scale, train_scale = (0.7, 1.0) if mode == "classic" else (1.0, 1 / 0.7)
+    r = record(model, u)  # eval
+    torch.testing.assert_close(r["shortcut"], r["unit_in"] * test_scale, atol=0, rtol=0)
+    torch.testing.assert_close(r["unit"], torch.relu(r["shortcut"] + r["branch"]), **TOL)
     model.train()
     torch.manual_seed(3)
     r = record(model, u)
@@ -417,10 +422,17 @@ def test_dropout_shortcut():
     nonzero = x != 0
     dropped = (s == 0) & nonzero
     assert dropped.any() and (~dropped & nonzero).any()
-    torch.testing.assert_close(s[~dropped], x[~dropped] / 0.7, **TOL)
+    torch.testing.assert_close(s[~dropped], x[~dropped] * train_scale, **TOL)
     assert 0.2 < dropped.sum().item() / nonzero.sum().item() < 0.4
     # on a dimension-increasing unit: dropout after the option-A shortcut
     assert isinstance(model.stage2[0].shortcut.path, ZeroPadShortcut)
+
+
+def test_config_downsample_says_c_when_every_shortcut_is_a_projection():
+    assert cifar_resnet(depth=8).config["downsample"] == "A"
+    assert cifar_resnet(depth=8, shortcut="conv1x1").config["downsample"] == "C"
+    assert cifar_resnet(depth=11, bottleneck=True, shortcut="conv1x1").config["downsample"] == "C"
+    assert cifar_resnet(depth=11, bottleneck=True).config["downsample"] == "B"
 
 
 # ------------------------------------------------------------------ plain nets

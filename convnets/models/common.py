@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -48,3 +50,79 @@ def check_choice(option: str, value: str, choices: tuple[str, ...] | list[str]) 
     if value not in choices:
         raise ValueError(f"{option}={value!r} is not one of: {', '.join(map(repr, choices))}")
     return value
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are over fixed groups of ``group`` images.
+
+    He et al. 2015 (Sec. 3.4, 4.2) and Identity Mappings (appendix) trained batches of 128 on
+    2 GPUs without synchronised BN, so each BN layer normalised two groups of 64 separately.
+    The batch is split into consecutive groups of ``group`` (the last may be smaller) and each
+    is normalised with its own mean and biased variance. Running statistics: only the first
+    group updates them, as the first GPU's replica does (its buffers are the ones kept:
+    PyTorch DataParallel and Torch's DataParallelTable keep device 0's module, Caffe's
+    multi-GPU solver broadcasts the root solver's blobs). A batch of at most ``group``
+    images, and evaluation, are plain BatchNorm2d. Parameters, buffers and state-dict keys
+    are those of BatchNorm2d.
+    """
+
+    group: int | None = None
+
+    def forward(self, x):  # noqa: D102
+        g = self.group
+        if not self.training or g is None or x.shape[0] <= g:
+            return super().forward(x)
+        chunks = x.split(g)
+        out = [super().forward(chunks[0])]  # updates the running statistics
+        for c in chunks[1:]:
+            out.append(F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps))
+        return torch.cat(out)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group={self.group}"
+
+
+def use_ghost_batchnorm(model: nn.Module, group: int | None) -> nn.Module:
+    """Make every BatchNorm2d of ``model`` a :class:`GhostBatchNorm2d` over ``group`` images
+    (in place: the class changes, parameters and buffers stay). ``None`` leaves it as it is."""
+    if group is None:
+        return model
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.__class__ = GhostBatchNorm2d
+            m.group = int(group)
+    return model
+
+
+class ClassicDropout(nn.Dropout):
+    """Dropout as cuda-convnet does it (not inverted): training multiplies by a 0/1 mask that
+    keeps each unit with probability ``1 - p``; evaluation multiplies by ``1 - p``.
+
+    ``mavenlin/cuda-convnet`` (NiN's code, ``PluginsSrc/include/extralayers.cuh``,
+    ``DropoutNeuron``): PASS_TRAIN zeroes the units whose uniform draw is below p, PASS_TEST
+    scales by 1 - p. PyTorch's ``nn.Dropout`` instead scales by 1 / (1 - p) in training; with a
+    fixed initialisation (NiN's N(0, 0.05^2)) the two train differently. No parameters; a
+    subclass of ``nn.Dropout`` (same ``p``), so code that looks for dropout layers finds it.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x * (1.0 - self.p)
+        if self.p == 0.0:
+            return x
+        return x * torch.empty_like(x).bernoulli_(1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, classic (not inverted)"
+
+
+DROPOUT_MODES = ("classic", "inverted")
+
+
+def make_dropout(p: float, mode: str) -> nn.Module:
+    """``classic`` (:class:`ClassicDropout`, cuda-convnet) or ``inverted`` (``nn.Dropout``)."""
+    check_choice("dropout_mode", mode, DROPOUT_MODES)
+    return ClassicDropout(p) if mode == "classic" else nn.Dropout(p)

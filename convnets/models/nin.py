@@ -27,6 +27,9 @@ Choices, and why:
   of the conv layers. Floor mode would give 32 -> 15 -> 7.
 * **Biases** on every conv (cuda-convnet conv and cccp layers have them).
 * **Initialisation** ``"gaussian"``: N(0, 0.05^2) weights (``initW=0.05``), zero biases.
+* **Dropout is not inverted** (``dropout_mode="classic"``): cuda-convnet's dropout neuron
+  multiplies by a 0/1 mask in training and by 1 - p at test time (see
+  ``common.ClassicDropout``); ``dropout_mode="inverted"`` gives PyTorch's ``nn.Dropout``.
 
 ``head="fc"`` is the fully connected counterpart of Sec. 4.6: global average pooling is replaced
 by a fully connected layer and "the other parts of the model remain the same". The third
@@ -48,7 +51,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from convnets.models.common import Stages, check_choice, he_init
+from convnets.models.common import DROPOUT_MODES, Stages, check_choice, he_init, make_dropout
 from convnets.models.registry import register_model
 
 __all__ = ["NIN_D2L_CHANNELS", "NiN", "mlpconv", "nin", "nin_d2l"]
@@ -108,6 +111,7 @@ def nin(
     init: str = "gaussian",
     width: float = 1.0,
     input_size: int = 32,
+    dropout_mode: str = "classic",
 ) -> NiN:
     """NiN for 32x32 CIFAR images (author's ``cifar-10_def``).
 
@@ -127,9 +131,13 @@ def nin(
             network; smaller values exist only for fast CPU smoke runs).
         input_size: image side the FC head is sized for (32 for CIFAR; the GAP head works
             at any size).
+        dropout_mode: ``"classic"`` (cuda-convnet's: 0/1 mask in training, x(1 - p) at test;
+            the author's code) or ``"inverted"`` (``nn.Dropout``: x/(1 - p) in training);
+            applies to every dropout of the model, ``fc_dropout`` included.
     """
     check_choice("head", head, ("gap", "fc"))
     check_choice("init", init, ("gaussian", "he", "xavier"))
+    check_choice("dropout_mode", dropout_mode, DROPOUT_MODES)
     dropout = _check_rate("dropout", dropout)
     fc_dropout = _check_rate("fc_dropout", fc_dropout)
     if head == "gap" and fc_dropout > 0:
@@ -147,7 +155,7 @@ def nin(
     def pool_drop() -> list[tuple[str, nn.Module]]:
         out: list[tuple[str, nn.Module]] = [("pool", nn.MaxPool2d(3, 2, ceil_mode=True))]
         if dropout > 0:
-            out.append(("drop", nn.Dropout(dropout)))
+            out.append(("drop", make_dropout(dropout, dropout_mode)))
         return out
 
     last = num_classes if head == "gap" else ch(192)
@@ -170,7 +178,7 @@ def nin(
     else:
         head_layers = [("flatten", nn.Flatten(1))]
         if fc_dropout > 0:
-            head_layers.append(("drop", nn.Dropout(fc_dropout)))
+            head_layers.append(("drop", make_dropout(fc_dropout, dropout_mode)))
         head_layers.append(("fc", nn.Linear(last * side * side, num_classes)))
     stages.append(("head", nn.Sequential(OrderedDict(head_layers))))
     return _init(NiN(**OrderedDict(stages)), init)

@@ -37,7 +37,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from convnets.models.common import Stages, check_choice, he_init
+from convnets.models.common import DROPOUT_MODES, Stages, check_choice, he_init, make_dropout
 from convnets.models.registry import register_model
 
 UNITS = ("original", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact")
@@ -90,8 +90,10 @@ class Gate(nn.Module):
 
     IM writes g(x) = sigmoid(W_g x + b_g) with W_g a 1x1 conv, and the Fig. 2 caption says BN
     follows every weight layer. We put that BN between the 1x1 conv and the sigmoid and give
-    the conv no bias: BN's shift beta absorbs a bias (BN(Wx + b) = BN(Wx) for any b), so beta
-    *is* b_g, and it is initialised to ``gate_bias`` (IM's best b_g is -6). At initialisation
+    the conv no bias: BN's shift beta absorbs a bias (BN(Wx + b) = BN(Wx) for any b), so b_g
+    lives in the BN shift: ``self.bn.bias`` *is* b_g (there is no separate b_g parameter), and
+    it is initialised to ``gate_bias`` (IM's best b_g is -6). It is trained, and decayed, like
+    every BN shift. At initialisation
     the pre-sigmoid values are then roughly N(b_g, 1) per channel in training mode and exactly
     b_g + (W_g x) / sqrt(1 + eps) in eval mode with fresh running statistics.
     """
@@ -235,6 +237,7 @@ def cifar_resnet(
     scale_branch: float = 0.5,
     gate_bias: float = -6.0,
     shortcut_dropout: float = 0.5,
+    shortcut_dropout_mode: str = "classic",
     in_channels: int = 3,
 ) -> CifarResNet:
     """CIFAR ResNet of He et al. 2015 Sec. 4.2, with the ablations of IM (He et al. 2016).
@@ -273,13 +276,19 @@ def cifar_resnet(
             ``None`` takes the family default: A for basic units (He et al. 2015 Sec. 4.2),
             B for bottleneck units (IM appendix). It does not change with ``unit`` or
             ``shortcut``, except that ``shortcut="conv1x1"`` already puts a 1x1 projection
-            on every shortcut (so ``"A"`` is rejected there).
+            on every shortcut (so ``"A"`` is rejected there, and ``model.config`` records
+            ``"C"``, He et al. 2015 Sec. 4.1's "all shortcuts are projections").
         scale_shortcut: IM Fig. 2(b) factor on the shortcut (``constant_scaling`` only).
         scale_branch: IM Fig. 2(b) factor on the residual branch (``constant_scaling`` only).
         gate_bias: IM Sec. 3.1 initial gate bias b_g (-6 is the paper's best); used by the
-            gating shortcuts only. It is the initial BN shift of the gate (see :class:`Gate`).
+            gating shortcuts only. b_g lives in the BN shift of the gate (``gate.bn.bias``;
+            IM writes sigma(W_g x + b_g)); see :class:`Gate`.
         shortcut_dropout: IM Fig. 2(f) drop probability on the shortcut output (``dropout``
             only; the paper uses 0.5).
+        shortcut_dropout_mode: ``"classic"`` (default): a 0/1 mask in training and x(1 - p) at
+            test, the reading under which IM Sec. 3.1's argument holds (dropout "imposes a
+            scale with an expectation of 0.5" on the shortcut); ``"inverted"``: ``nn.Dropout``
+            (x/(1 - p) in training, identity at test), whose expected scale is 1.
         in_channels: input image channels (3 for CIFAR).
 
     Returns:
@@ -311,6 +320,7 @@ def cifar_resnet(
         )
     if not 0.0 <= shortcut_dropout <= 1.0:
         raise ValueError(f"shortcut_dropout={shortcut_dropout} must be in [0, 1]")
+    check_choice("shortcut_dropout_mode", shortcut_dropout_mode, DROPOUT_MODES)
     if downsample is None:
         downsample = "B" if bottleneck else "A"
 
@@ -362,6 +372,7 @@ def cifar_resnet(
                     scale_shortcut=scale_shortcut,
                     scale_branch=scale_branch,
                     shortcut_dropout=shortcut_dropout,
+                    shortcut_dropout_mode=shortcut_dropout_mode,
                 )
             )
             cin = cout
@@ -375,7 +386,9 @@ def cifar_resnet(
         plain=bool(plain),
         unit=unit,
         shortcut=shortcut,
-        downsample=downsample,
+        # what the shortcuts are: "C" when every one is a projection (shortcut="conv1x1"),
+        # whatever the dimension-changing rule would have been
+        downsample="C" if shortcut == "conv1x1" and not plain else downsample,
     )
     he_init(model)
     for m in model.modules():  # IM Sec. 3.1: b_g set after the generic init
@@ -399,6 +412,7 @@ def _make_unit(
     scale_shortcut: float,
     scale_branch: float,
     shortcut_dropout: float,
+    shortcut_dropout_mode: str = "classic",
 ) -> ResidualUnit:
     if bottleneck:
         mid = cout // 4
@@ -459,7 +473,7 @@ def _make_unit(
         sc = nn.Identity()
     if shortcut == "dropout":
         # IM Fig. 2(f): dropout on the shortcut's output
-        sc = _seq(path=sc, dropout=nn.Dropout(p=shortcut_dropout))
+        sc = _seq(path=sc, dropout=make_dropout(shortcut_dropout, shortcut_dropout_mode))
 
     # IM appendix: which input the shortcut reads in a pre-activation unit.
     #  * first unit of the net: its activation comes before the split, so the shortcut
