@@ -15,14 +15,16 @@ from . import figures, stats
 from .io import RunData, log_to_analysis_run
 
 HEADERS = ["Variant", "Paper", "Ours (mean ± sd, n)", "Failed", "Δ vs baseline [95% CI]",
-           "p (Holm)", "Hedges' g", "Verdict"]
+           "p (Holm)", "Hedges' g", "Seeds for 80% power", "Verdict"]
 PAIRED_HEADERS = ["Variant", "Seed", "Only variant right", "Only baseline right",
                   "McNemar exact p", "Δ error [95% bootstrap CI]"]
 NOTES = ("Errors in %; Δ = variant − baseline in percentage points, Welch 95% CI; p: Welch's "
          "t-test over seeds, Holm-adjusted across the comparisons of this table; Hedges' g: "
          "bias-corrected standardised difference. Verdict: reproduced = paper's direction and "
          "Holm p < 0.05; contradicted = significant, opposite direction; else inconclusive. "
-         "'fail' = the paper reports > 20% error (expected higher than the baseline).")
+         "'fail' = the paper reports > 20% error (expected higher than the baseline). Seeds for "
+         "80% power: seeds per variant a two-sided t-test at 0.05 (unadjusted) needs to detect "
+         "the paper's difference given our pooled seed-to-seed sd.")
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
         "<": r"\textless{}", ">": r"\textgreater{}", "±": r"$\pm$", "Δ": r"$\Delta$",
@@ -99,7 +101,7 @@ def _row_cells(r) -> list[str]:
         diff += f" [{r.diff_ci_low:+.2f}, {r.diff_ci_high:+.2f}]"
     p = "–" if pd.isna(r.p_holm) else "<0.001" if r.p_holm < 0.001 else f"{r.p_holm:.3f}"
     return [r.variant, paper, ours, str(r.n_failed), diff, p, _num(r.hedges_g, "{:+.2f}"),
-            r.verdict]
+            stats.needed_text(r.seeds_needed), r.verdict]
 
 
 def _paired_cells(r) -> list[str]:
@@ -137,11 +139,11 @@ def to_latex(name: str, claim: str, table, head: list[str], verdict: str, smoke:
              rf"\caption{{{latex_escape(name)}: {latex_escape(claim)}}}",
              rf"\label{{tab:{slug(name)}}}",
              r"{\footnotesize " + r"\\ ".join(latex_escape(h) for h in head) + r"\par}",
-             r"\smallskip", r"{\small", r"\begin{tabular}{llllllll}", r"\toprule",
+             r"\smallskip", r"{\small", r"\begin{tabular}{" + "l" * len(HEADERS) + "}", r"\toprule",
              " & ".join(latex_escape(h) for h in HEADERS) + r" \\", r"\midrule"]
     for group, g in table.groupby("group", sort=False):
         label = latex_escape(group or "all variants")
-        lines.append(rf"\multicolumn{{8}}{{l}}{{\textit{{{label}}}}} \\")
+        lines.append(rf"\multicolumn{{{len(HEADERS)}}}{{l}}{{\textit{{{label}}}}} \\")
         lines += [" & ".join(latex_escape(c) for c in _row_cells(r)) + r" \\"
                   for r in g.itertuples()]
     lines += [r"\bottomrule", r"\end{tabular}}", r"\par\smallskip",
@@ -171,6 +173,10 @@ def write_claim(data: RunData, experiment: str, out: Path, profile: str | None, 
         paired.to_csv(files[-1], index=False)
     figs = figures.errors_figure(sel, table, out / "figures" / f"{name}_errors",
                                  f"{experiment}: {_join(sel['dataset_label'])}", smoke)
+    figs += figures.paper_vs_ours_figure(
+        table, out / "figures" / f"{name}_paper_vs_ours",
+        f"{experiment}: paper vs ours ({_join(sel['dataset_label'])})",
+        _join(sel["eval_split"]), smoke)
     if experiment == "degradation":
         figs += figures.curves_figure(sel, data.curves, out / "figures" / f"{name}_curves", smoke)
     entry = dict(name=name, experiment=experiment, claim=_join(sel["claim"]), profile=profile,

@@ -85,9 +85,9 @@ def experiment_id(cl, name: str, tags: dict[str, str] | None = None) -> str:
 def experiment_note(spec: dict) -> str:
     """Markdown description of a claim's experiment: claim, citation, paper numbers, and the
     search strings that give the comparison view in the runs table."""
-    lines = [f"**Claim.** {' '.join(spec['claim'].split())}", "",
-             f"**Source.** {' '.join(spec['citation'].split())}", "",
-             "**Paper's test error (%)**, baseline first in each group:", ""]
+    lines = [f"Claim: {' '.join(spec['claim'].split())}", "",
+             f"Source: {' '.join(spec['citation'].split())}", "",
+             "Paper's test error (%), baseline first in each group:", ""]
     for group in spec["groups"]:
         base = group["baseline"]
         order = [base, *(v for v in group["variants"] if v != base)]
@@ -99,7 +99,7 @@ def experiment_note(spec: dict) -> str:
         lines.append(f"- {group['name']}: " + "; ".join(cells))
     first = spec["groups"][0]
     other = next((v for v in first["variants"] if v != first["baseline"]), first["baseline"])
-    lines += ["", "**Compare in the runs table.** Search, e.g., "
+    lines += ["", "Compare in the runs table: search, e.g., "
               f"`tags.group = '{first['name']}' and tags.profile = 'paper'`, or one variant "
               f"`tags.variant = '{other}'`; sort by `metrics.final_test_error` (or "
               "`final_val_error`). 'fail' means the paper reports > 20% error."]
