@@ -16,8 +16,8 @@ What a run records (the analysis package reads exactly this):
   final_train_error, final_train_loss, wall_time_s. Errors are in percent;
 * artifacts: config.yaml, curve.csv, predictions.npz (``pred`` and ``target``);
 * inputs: the data set (``mlflow.log_input``): name = the table label, e.g. "CIFAR-10 (JPEG q75
-  copy)", digest = our checksum, source = data name and folder, contexts "train" and the
-  evaluation split, so the runs table's Dataset column is filled and can be filtered.
+  copy)", digest = our checksum, source = data name and folder, context "train+test" (or
+  "train+val"), so the runs table's Dataset column is filled and can be filtered.
 
 Experiments carry ``mlflow.experimentKind = custom_model_development`` (MLflow 3 then opens them
 in its model-training view, not the GenAI one) and, from ``experiments run``, a description
@@ -200,7 +200,8 @@ class RunLogger:
         )
 
     def log_dataset(self, info: dict, cfg: dict, split: str) -> None:
-        """The data set as a run input (``mlflow.log_input``), once per context."""
+        """The data set as a run input (``mlflow.log_input``), context ``train+test`` or
+        ``train+val``."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         data = cfg.get("data") or {}
@@ -210,9 +211,9 @@ class RunLogger:
                      digest=str(info.get("dataset_checksum") or "unknown")[:36],
                      source_type="convnets", source=json.dumps(source),
                      profile=json.dumps({"eval_split": split}))
-        inputs = [DatasetInput(ds, [InputTag("mlflow.data.context", ctx)])
-                  for ctx in dict.fromkeys(["train", split])]
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        # one input per (name, digest) is kept by MLflow, so the context names both splits
+        tag = InputTag("mlflow.data.context", f"train+{split}")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [tag])])
 
     def log_result(self, result, cfg: dict) -> None:
         """Final metrics, the data set input and the artifacts: resolved config, curve CSV,
