@@ -136,6 +136,8 @@ def paper_vs_ours_figure(table: pd.DataFrame, stem: Path, title: str, split: str
         elif r.n:
             ax.scatter([r.mean], [yi - 0.15], color="C0", s=25)
     ax.set_yticks(y, labels, fontsize=8)
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(max(lo, 0), min(hi, 100))  # errors are percentages; wide intervals are cut
     ax.set_xlabel(f"{split} error (%)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(handles=[Line2D([], [], color="C3", marker="X", ls="none", label="paper"),

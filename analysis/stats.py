@@ -156,7 +156,8 @@ def verdict(direction: str, n_variant: int, n_baseline: int, diff: float, p_holm
         return f"insufficient seeds (n={n})"
     if not p_holm < ALPHA:  # also NaN, e.g. zero variance in both groups
         if np.isfinite(needed) and needed > n:
-            return f"inconclusive (n = {n}; about {needed_text(needed)} needed)"
+            about = f"more than {MAX_SEEDS}" if needed > MAX_SEEDS else f"about {int(needed)}"
+            return f"inconclusive (n = {n}; {about} needed)"
         return "inconclusive"
     agrees = diff > 0 if direction == "higher" else diff < 0
     return "reproduced" if agrees else "contradicted"

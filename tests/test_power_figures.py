@@ -27,6 +27,8 @@ def test_seeds_needed_matches_the_textbook_values():
 def test_inconclusive_says_how_many_seeds_would_do():
     assert stats.verdict("lower", 3, 3, -0.2, 0.3, 9.0) == "inconclusive (n = 3; about 9 needed)"
     assert stats.verdict("lower", 3, 3, -0.2, 0.3, 3.0) == "inconclusive"
+    assert stats.verdict("lower", 2, 3, -0.2, 0.3, stats.MAX_SEEDS + 1) == \
+        f"inconclusive (n = 2; more than {stats.MAX_SEEDS} needed)"
     assert stats.verdict("lower", 3, 3, -0.2, 0.3) == "inconclusive"
     assert stats.verdict("lower", 3, 3, -0.2, 0.01, 9.0) == "reproduced"
 
