@@ -27,7 +27,8 @@ from pathlib import Path
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--run-all-compositor-stages-before-draw"]  # else charts stay spinners
 
 
 def free_port() -> int:
