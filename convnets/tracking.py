@@ -18,6 +18,8 @@ What a run records (the analysis package reads exactly this):
 * inputs: the data set (``mlflow.log_input``): name = the table label, e.g. "CIFAR-10 (JPEG q75
   copy)", digest = our checksum, source = data name and folder, context "train+test" (or
   "train+val"), so the runs table's Dataset column is filled and can be filtered.
+* description (`mlflow.note.content`) of a finished run: group / variant, seed, profile, the
+  model that trained, the data set and the paper number.
 
 Experiments carry ``mlflow.experimentKind = custom_model_development`` (MLflow 3 then opens them
 in its model-training view, not the GenAI one) and, from ``experiments run``, a description
@@ -128,6 +130,16 @@ def run_name(variant: str, seed: int, model: dict, profile: str) -> str:
     return " | ".join(parts + ([profile] if profile and profile != "paper" else []))
 
 
+def run_note(tags: dict, cfg: dict, info: dict) -> str:
+    """The run's description: what it is in the claim and what actually trained on what."""
+    paper = tags.get("paper_error") or "no number"
+    paper = "fail (> 20%)" if paper == "fail" else paper
+    return (f"{tags.get('group', '')} / {tags.get('variant', '')}, seed {tags.get('seed', '')}, "
+            f"{tags.get('profile', '')} profile: {model_label(cfg['model'])} on "
+            f"{info.get('dataset_label') or info.get('dataset', '?')}. Paper: {paper}; "
+            f"baseline: {tags.get('baseline', '')}.")
+
+
 def git_info() -> tuple[str, bool | None]:
     """(commit, dirty) from ``git``, else ``$CONVNETS_GIT_COMMIT``, else "unknown"."""
     try:
@@ -220,6 +232,9 @@ class RunLogger:
         predictions."""
         self.log_epoch(result.history[-1]["iteration"], result.final)
         self.log_dataset(result.info, cfg, result.eval_split)
+        tags = self.client.get_run(self.run_id).data.tags
+        if "variant" in tags and NOTE_TAG not in tags:
+            self.set_tags({NOTE_TAG: run_note(tags, cfg, result.info)})
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

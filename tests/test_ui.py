@@ -23,6 +23,13 @@ def test_run_names_say_what_ran_and_start_with_the_variant():
     assert tracking.model_label(plain) == "cifar_resnet-14 plain"
 
 
+def test_run_note_says_what_trained_on_what():
+    job = expand(SPEC, "smoke", only=["dropout"])[0]
+    note = tracking.run_note(job.tags, job.config, {"dataset_label": "synthetic (smoke)"})
+    assert note == ("ResNet-110 / dropout, seed 0, smoke profile: cifar_resnet-8 on synthetic "
+                    "(smoke). Paper: fail (> 20%); baseline: identity.")
+
+
 def test_experiment_note_has_claim_citation_and_paper_numbers():
     note = tracking.experiment_note(SPEC)
     assert note.startswith("Claim: On ResNet-110 the clean identity shortcut")
