@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="config override for every run, e.g. --set optim.lr=0.05")
     p_run.add_argument("--variant", action="append", default=[],
                        help="only this variant ('group/variant' or 'variant'); repeatable")
-    p_run.add_argument("--dataset", default=None, help="e.g. imagefolder:/data/cifar10-jpeg-q75")
+    p_run.add_argument("--dataset", default=None,
+                       help="e.g. imagefolder:/data/cifar10-jpeg-q75; drops the spec's and "
+                            "profile's data options (smoke's synthetic sizes) unless it names "
+                            "the same data set")
     p_run.add_argument("--data-dir", default=None)
     p_run.add_argument("--device", default=None)
     p_run.add_argument("--lr", choices=["spec", "tuned"], default="spec",
