@@ -5,12 +5,22 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # torch is installed first and pinned: this build is served from local disk on the dev machines.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Variables (`make help` prints the `#>` lines): make degradation PROFILE=quick SEEDS=3
+#> PROFILE   paper | quick | smoke (default: paper with a CUDA GPU, else smoke)
+#> SEEDS     number of seeds, overriding the profile's (e.g. SEEDS=3)
+#> DATA_DIR  folder holding the data sets (else $$CONVNETS_DATA, else ~/.cache/convnets/data)
+#> DEVICE    cuda | cpu | cuda:1 ... (default: the trainer's choice)
+#> EXTRA     more `experiments run` options, e.g. EXTRA="--dataset imagefolder:/data/c10-q75"
+#> SOURCE    make tables: snapshot (paper_tables/data) | mlflow (the live store)
+#> EXP       make lr-search: the spec to tune (default degradation)
+#> PORT      make mlflow-ui: port on 127.0.0.1 (default 5000)
 SEEDS ?=
 DATA_DIR ?=
 DEVICE ?=
 EXP ?= degradation
 SOURCE ?= snapshot
 EXTRA ?=
+PORT ?= 5000
 
 # PROFILE defaults to `paper` when a CUDA GPU is visible, else `smoke` (with a notice).
 PROFILE ?= $(shell $(PY) -c "import torch; print('paper' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
@@ -19,8 +29,12 @@ RUN_ARGS = --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR)
 .PHONY: help setup test lint ablation-resnetv2 degradation densenet nin seed-claims reproduce \
         lr-search tables bench mlflow-ui optuna-dashboard clean-stores _notice
 
-help: ## list the targets
+help: ## list the targets and the variables they take
+	@echo "targets:"
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@echo "variables (VAR=value after the target):"
+	@sed -n 's/^#> /  /p' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g'
+	@echo "optuna-dashboard needs the dashboard extra: $(VENV)/bin/pip install -e '.[dashboard]'"
 
 setup: ## create .venv with pip and install the project (editable, with the dev extra)
 	python3 -m venv $(VENV)
@@ -64,10 +78,13 @@ tables: ## regenerate paper_tables/ (SOURCE=snapshot|mlflow)
 bench: ## training throughput benchmark -> paper_tables/bench.md (tiny on CPU)
 	$(PY) -m convnets.bench
 
-mlflow-ui: ## serve the MLflow UI on 127.0.0.1:5000 over the local store
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+# One worker and no background job consumers (MLflow 3 starts 4 workers and a huey consumer).
+mlflow-ui: ## MLflow UI on 127.0.0.1:PORT (default 5000), one worker, over the local store
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 \
+	  --port $(PORT) --workers 1 \
 	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  --default-artifact-root "file://$(CURDIR)/mlartifacts"
 
-optuna-dashboard: ## serve optuna-dashboard on 127.0.0.1:8080 over optuna.db
+optuna-dashboard: ## optuna-dashboard on 127.0.0.1:8080 over optuna.db (needs the dashboard extra)
+	@test -x $(VENV)/bin/optuna-dashboard || { echo "optuna-dashboard is not installed: $(VENV)/bin/pip install -e '.[dashboard]'" >&2; exit 1; }
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 "$${OPTUNA_STORAGE:-sqlite:///$(CURDIR)/optuna.db}"

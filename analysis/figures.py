@@ -15,6 +15,7 @@ from . import stats
 
 matplotlib.use("Agg")
 SMOKE = "SMOKE: not evidence"
+MIN_BAND_SEEDS = 5  # below this a 95% t-band is mostly the t quantile: draw the seeds instead
 
 
 def t_band(x) -> tuple[float, float]:
@@ -81,8 +82,9 @@ def errors_figure(runs: pd.DataFrame, table: pd.DataFrame, stem: Path, title: st
 
 def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
                   smoke: bool = False) -> list[Path]:
-    """Training (dashed) and evaluation (solid) error against iterations, one panel per group:
-    mean over seeds with a 95% t-band (the analogue of He et al. 2015, Fig. 1 and 6)."""
+    """Training (dashed) and evaluation (solid) error against iterations, one panel per group
+    (the analogue of He et al. 2015, Fig. 1 and 6): mean with a 95% t-band over seeds when every
+    variant has ``MIN_BAND_SEEDS`` or more, else every seed's own curve."""
     ok = runs[runs["status"] == "FINISHED"]
     c = curves.merge(ok[["run_id", "group", "variant", "eval_split"]], on="run_id")
     if c.empty:
@@ -91,16 +93,55 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
     long = c.melt(id_vars=["run_id", "group", "variant", "iteration"],
                   value_vars=["train_error", "eval_error"], var_name="curve", value_name="error")
     long["curve"] = long["curve"].map({"train_error": "train", "eval_error": split})
+    n_min = int(c.groupby("variant")["run_id"].nunique().min())
+    bands = n_min >= MIN_BAND_SEEDS
+    how = (dict(errorbar=t_band) if bands
+           else dict(units="run_id", estimator=None, errorbar=None, linewidth=0.9))
     groups = list(dict.fromkeys(ok["group"]))
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False,
                              sharey=True)
     for ax, group in zip(axes[0], groups, strict=True):
         sns.lineplot(data=long[long["group"] == group], x="iteration", y="error", hue="variant",
                      style="curve", style_order=[split, "train"],
-                     dashes={split: "", "train": (4, 2)}, errorbar=t_band, ax=ax)
+                     dashes={split: "", "train": (4, 2)}, ax=ax, **how)
         ax.set(title=group, ylabel="error (%)")
         ax.set_ylim(0, min(100, 1.05 * long["error"].max()))
         ax.legend(fontsize=7)
-    fig.suptitle(_title(f"training (dashed) and {split} (solid) error; mean and 95% t-band "
-                        "over seeds", smoke), fontsize=9)
+    what = ("mean and 95% t-band over seeds" if bands
+            else f"one line per seed (n = {n_min} per variant; too few for a t-band)")
+    fig.suptitle(_title(f"training (dashed) and {split} (solid) error; {what}", smoke),
+                 fontsize=9)
+    return _save(fig, stem)
+
+
+def paper_vs_ours_figure(table: pd.DataFrame, stem: Path, title: str, split: str = "test",
+                         smoke: bool = False) -> list[Path]:
+    """One row per variant: the paper's error (red X; 'fail' drawn at 20% with an arrow) beside
+    our mean and its 95% t-interval (blue; a bare dot with one seed)."""
+    t = table.reset_index(drop=True)
+    labels = [f"{g} / {v}" if g else v for g, v in zip(t["group"], t["variant"], strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(t) + 1.6))
+    y = np.arange(len(t))[::-1]
+    for yi, r in zip(y, t.itertuples(), strict=True):
+        paper = str(r.paper_error).strip().lower()
+        if paper == "fail":
+            ax.annotate("", (24, yi + 0.15), (20, yi + 0.15),
+                        arrowprops=dict(arrowstyle="->", color="C3"))
+            ax.scatter([20], [yi + 0.15], marker="X", s=60, color="C3", zorder=5)
+        elif paper:
+            ax.scatter([float(paper)], [yi + 0.15], marker="X", s=60, color="C3", zorder=5)
+        if r.n >= 2 and np.isfinite(r.ci_low):
+            ax.errorbar([r.mean], [yi - 0.15], xerr=[[r.mean - r.ci_low], [r.ci_high - r.mean]],
+                        fmt="o", color="C0", capsize=3, markersize=5)
+        elif r.n:
+            ax.scatter([r.mean], [yi - 0.15], color="C0", s=25)
+    ax.set_yticks(y, labels, fontsize=8)
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(max(lo, 0), min(hi, 100))  # errors are percentages; wide intervals are cut
+    ax.set_xlabel(f"{split} error (%)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=[Line2D([], [], color="C3", marker="X", ls="none", label="paper"),
+                       Line2D([], [], color="C0", marker="o", label="ours: mean, 95% t-interval")],
+              fontsize=7, loc="best")
+    fig.suptitle(_title(title, smoke), fontsize=9)
     return _save(fig, stem)

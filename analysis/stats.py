@@ -6,14 +6,19 @@ The primary test is Welch's t-test over seeds; rank tests cannot reach p < 0.05 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.meta_analysis import effectsize_smd
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestIndPower
 
 ALPHA = 0.05
+POWER = 0.8
+MAX_SEEDS = 1000  # "more than this" beyond
 LEVEL = 0.95
 BOOTSTRAP_LABEL = "test-set noise only, not seed-to-seed variance"
 NAN = float("nan")
@@ -85,6 +90,54 @@ def paired_bootstrap(pred_a, pred_b, target, n_resamples: int = 2000, seed: int 
                 label=BOOTSTRAP_LABEL)
 
 
+def paper_difference(paper_error: str, paper_baseline: str) -> float:
+    """The paper's variant - baseline difference in points (NaN without two numbers)."""
+    try:
+        return float(paper_error) - float(paper_baseline)
+    except (TypeError, ValueError):
+        return NAN
+
+
+def seeds_needed(paper_diff: float, sd: float, alpha: float = ALPHA,
+                 power: float = POWER) -> float:
+    """Seeds per variant for a two-sided Welch/Student t-test at ``alpha`` to detect the
+    paper's difference with ``power``, if the seed-to-seed sd is ``sd`` (NaN if unknown;
+    ``MAX_SEEDS + 1`` when beyond reach). Unadjusted alpha: Holm needs somewhat more."""
+    if not (np.isfinite(paper_diff) and np.isfinite(sd)) or paper_diff == 0:
+        return NAN
+    if sd <= 0:
+        return 2.0
+    effect, solver = abs(paper_diff) / sd, TTestIndPower()
+
+    def reach(n: float) -> float:
+        return float(solver.power(effect, nobs1=n, alpha=alpha, ratio=1.0))
+
+    if not reach(2) < power:  # NaN: an effect so large that the t distribution overflows
+        return 2.0
+    if reach(MAX_SEEDS) < power:
+        return MAX_SEEDS + 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        n = solver.solve_power(effect_size=effect, alpha=alpha, power=power, ratio=1.0,
+                               alternative="two-sided")
+    n = float(np.asarray(n, dtype=float).item())
+    return float(np.ceil(n)) if np.isfinite(n) else NAN
+
+
+def pooled_sd(a, b) -> float:
+    """sqrt of the mean of the two seed variances (NaN unless both have 2+ seeds)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return NAN
+    return float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
+
+
+def needed_text(needed: float) -> str:
+    if not np.isfinite(needed):
+        return "–"
+    return f"> {MAX_SEEDS}" if needed > MAX_SEEDS else str(int(needed))
+
+
 def paper_direction(paper_error: str, expected: str) -> str:
     """'higher', 'lower' or ''; a variant the paper reports as 'fail' expects higher error."""
     if str(paper_error).strip().lower() == "fail":
@@ -92,12 +145,19 @@ def paper_direction(paper_error: str, expected: str) -> str:
     return str(expected).strip().lower()
 
 
-def verdict(direction: str, n_variant: int, n_baseline: int, diff: float, p_holm: float) -> str:
+def verdict(direction: str, n_variant: int, n_baseline: int, diff: float, p_holm: float,
+            needed: float = NAN) -> str:
+    """reproduced / contradicted / inconclusive (saying how many seeds would be needed when
+    our n is below what 80% power to see the paper's difference takes) / no direction."""
     if direction not in ("higher", "lower"):
         return "no paper direction"
-    if min(n_variant, n_baseline) < 2:
-        return f"insufficient seeds (n={min(n_variant, n_baseline)})"
+    n = min(n_variant, n_baseline)
+    if n < 2:
+        return f"insufficient seeds (n={n})"
     if not p_holm < ALPHA:  # also NaN, e.g. zero variance in both groups
+        if np.isfinite(needed) and needed > n:
+            about = f"more than {MAX_SEEDS}" if needed > MAX_SEEDS else f"about {int(needed)}"
+            return f"inconclusive (n = {n}; {about} needed)"
         return "inconclusive"
     agrees = diff > 0 if direction == "higher" else diff < 0
     return "reproduced" if agrees else "contradicted"
@@ -119,12 +179,17 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
             v = g[g["variant"] == variant]
             x = ok.loc[ok["variant"] == variant, "final_error"].to_numpy()
             paper = next((p for p in v["paper_error"] if p), "")
+            base_paper = next((p for p in g.loc[g["variant"] == base_name, "paper_error"] if p),
+                              "")
             row = dict(group=group, variant=variant, baseline=base_name, n_baseline=len(base),
                        paper_error=paper,
                        expected=paper_direction(paper, next((e for e in v["expected"] if e), "")),
                        **describe(x), n_failed=int((v["status"] == "FAILED").sum()),
                        diff=NAN, diff_ci_low=NAN, diff_ci_high=NAN, t=NAN, df=NAN, p=NAN,
-                       hedges_g=NAN)
+                       hedges_g=NAN, paper_diff=NAN, seeds_needed=NAN)
+            if variant != base_name:
+                row["paper_diff"] = paper_difference(paper, base_paper)
+                row["seeds_needed"] = seeds_needed(row["paper_diff"], pooled_sd(x, base))
             if variant != base_name and len(x) and len(base):
                 row["diff"] = float(x.mean() - base.mean())
                 if len(x) > 1 and len(base) > 1:
@@ -137,7 +202,7 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     table["verdict"] = [
         "baseline" if r.variant == r.baseline
         else f"all runs diverged (n_failed={r.n_failed})" if r.n == 0 and r.n_failed
-        else verdict(r.expected, r.n, r.n_baseline, r.diff, r.p_holm)
+        else verdict(r.expected, r.n, r.n_baseline, r.diff, r.p_holm, r.seeds_needed)
         for r in table.itertuples()]
     return table
 
@@ -146,8 +211,8 @@ def claim_verdict(table: pd.DataFrame) -> str:
     """One line summarising the comparisons of a claim."""
     v = table.loc[table["verdict"] != "baseline", "verdict"] if len(table) else pd.Series([])
     directional = v[v != "no paper direction"]
-    counts = {k: int((directional == k).sum()) for k in ("reproduced", "contradicted",
-                                                         "inconclusive")}
+    kind = directional.str.split(" (", n=1, regex=False).str[0]
+    counts = {k: int((kind == k).sum()) for k in ("reproduced", "contradicted", "inconclusive")}
     other = len(directional) - sum(counts.values())
     if not len(directional):
         overall = "not testable"

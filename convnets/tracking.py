@@ -14,12 +14,23 @@ What a run records (the analysis package reads exactly this):
 * metrics per epoch at step = iteration: train_loss, train_error, test_error | val_error, lr,
   images_per_sec, epoch_time_s, epoch; final: final_test_error | final_val_error,
   final_train_error, final_train_loss, wall_time_s. Errors are in percent;
-* artifacts: config.yaml, curve.csv, predictions.npz (``pred`` and ``target``).
+* artifacts: config.yaml, curve.csv, predictions.npz (``pred`` and ``target``);
+* inputs: the data set (``mlflow.log_input``): name = the table label, e.g. "CIFAR-10 (JPEG q75
+  copy)", digest = our checksum, source = data name and folder, context "train+test" (or
+  "train+val"), so the runs table's Dataset column is filled and can be filtered.
+* description (`mlflow.note.content`) of a finished run: group / variant, seed, profile, the
+  model that trained, the data set and the paper number.
+
+Experiments carry ``mlflow.experimentKind = custom_model_development`` (MLflow 3 then opens them
+in its model-training view, not the GenAI one) and, from ``experiments run``, a description
+(``mlflow.note.content``) with the claim, the citation and the paper's numbers. Run names say
+what ran, most telling part first: ``identity | s0 | cifar_resnet-8 | smoke``.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import tempfile
@@ -51,19 +62,82 @@ def client():
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
+
+
 def experiment_id(cl, name: str, tags: dict[str, str] | None = None) -> str:
-    """The id of experiment ``name``, created (with artifacts under ``artifact_root``) if new."""
+    """The id of experiment ``name``, created (with artifacts under ``artifact_root``) if new;
+    an experiment made before the kind tag existed gets it now."""
     exp = cl.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(KIND_TAG) != KIND:
+            cl.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return exp.experiment_id
     try:
         return cl.create_experiment(name, artifact_location=f"{artifact_root()}/{name}",
-                                    tags=tags or {})
+                                    tags={**(tags or {}), KIND_TAG: KIND})
     except Exception:  # another process created it first
         exp = cl.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def experiment_note(spec: dict) -> str:
+    """Markdown description of a claim's experiment: claim, citation, paper numbers, and the
+    search strings that give the comparison view in the runs table."""
+    lines = [f"Claim: {' '.join(spec['claim'].split())}", "",
+             f"Source: {' '.join(spec['citation'].split())}", "",
+             "Paper's test error (%), baseline first in each group:", ""]
+    for group in spec["groups"]:
+        base = group["baseline"]
+        order = [base, *(v for v in group["variants"] if v != base)]
+        cells = []
+        for v in order:
+            paper = (group["variants"][v] or {}).get("paper")
+            cells.append(f"{v} {'no number' if paper is None else paper}"
+                         + (" (baseline)" if v == base else ""))
+        lines.append(f"- {group['name']}: " + "; ".join(cells))
+    first = spec["groups"][0]
+    other = next((v for v in first["variants"] if v != first["baseline"]), first["baseline"])
+    lines += ["", "Compare in the runs table: search, e.g., "
+              f"`tags.group = '{first['name']}' and tags.profile = 'paper'`, or one variant "
+              f"`tags.variant = '{other}'`; sort by `metrics.final_test_error` (or "
+              "`final_val_error`). 'fail' means the paper reports > 20% error."]
+    return "\n".join(lines)
+
+
+def describe_experiment(cl, exp_id: str, spec: dict) -> None:
+    """Set the experiment's description (``mlflow.note.content``) from its spec."""
+    note = experiment_note(spec)
+    if cl.get_experiment(exp_id).tags.get(NOTE_TAG) != note:
+        cl.set_experiment_tag(exp_id, NOTE_TAG, note)
+
+
+def model_label(model: dict) -> str:
+    """What the config builds, e.g. ``cifar_resnet-8`` or ``cifar_resnet-8 plain``."""
+    opts = model.get("options") or {}
+    label = model["name"] + (f"-{opts['depth']}" if "depth" in opts else "")
+    flags = [k for k, v in opts.items() if v is True]
+    return " ".join([label, *flags])
+
+
+def run_name(variant: str, seed: int, model: dict, profile: str) -> str:
+    """Variant first (the table truncates names), then seed, the model that actually ran
+    (a smoke profile swaps ResNet-110 for a depth-8 net) and the profile when not ``paper``."""
+    parts = [variant, f"s{seed}", model_label(model)]
+    return " | ".join(parts + ([profile] if profile and profile != "paper" else []))
+
+
+def run_note(tags: dict, cfg: dict, info: dict) -> str:
+    """The run's description: what it is in the claim and what actually trained on what."""
+    paper = tags.get("paper_error") or "no number"
+    paper = "fail (> 20%)" if paper == "fail" else paper
+    return (f"{tags.get('group', '')} / {tags.get('variant', '')}, seed {tags.get('seed', '')}, "
+            f"{tags.get('profile', '')} profile: {model_label(cfg['model'])} on "
+            f"{info.get('dataset_label') or info.get('dataset', '?')}. Paper: {paper}; "
+            f"baseline: {tags.get('baseline', '')}.")
 
 
 def git_info() -> tuple[str, bool | None]:
@@ -137,9 +211,30 @@ class RunLogger:
             self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
         )
 
+    def log_dataset(self, info: dict, cfg: dict, split: str) -> None:
+        """The data set as a run input (``mlflow.log_input``), context ``train+test`` or
+        ``train+val``."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        data = cfg.get("data") or {}
+        source = {"name": data.get("name", info.get("dataset", "")),
+                  "data_dir": str(data.get("data_dir") or "")}
+        ds = Dataset(name=str(info.get("dataset_label") or info.get("dataset") or "unknown"),
+                     digest=str(info.get("dataset_checksum") or "unknown")[:36],
+                     source_type="convnets", source=json.dumps(source),
+                     profile=json.dumps({"eval_split": split}))
+        # one input per (name, digest) is kept by MLflow, so the context names both splits
+        tag = InputTag("mlflow.data.context", f"train+{split}")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [tag])])
+
     def log_result(self, result, cfg: dict) -> None:
-        """Final metrics and the artifacts: resolved config, curve CSV, predictions."""
+        """Final metrics, the data set input and the artifacts: resolved config, curve CSV,
+        predictions."""
         self.log_epoch(result.history[-1]["iteration"], result.final)
+        self.log_dataset(result.info, cfg, result.eval_split)
+        tags = self.client.get_run(self.run_id).data.tags
+        if "variant" in tags and NOTE_TAG not in tags:
+            self.set_tags({NOTE_TAG: run_note(tags, cfg, result.info)})
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

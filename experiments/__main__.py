@@ -52,14 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     p_val = sub.add_parser("validate", help="validate specs (all, or the named ones)")
     p_val.add_argument("names", nargs="*")
     p_run = sub.add_parser("run", help="run a claim's grid x seeds into MLflow")
-    p_run.add_argument("name", help="spec name, e.g. resnetv2-orderings")
+    p_run.add_argument("name", help="spec name (see `list`), e.g. resnetv2-orderings, or the "
+                       "path of a spec file whose stem equals its `name:`")
     p_run.add_argument("--profile", choices=PROFILES, default="smoke")
     p_run.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="config override for every run, e.g. --set optim.lr=0.05")
     p_run.add_argument("--variant", action="append", default=[],
                        help="only this variant ('group/variant' or 'variant'); repeatable")
-    p_run.add_argument("--dataset", default=None, help="e.g. imagefolder:/data/cifar10-jpeg-q75")
+    p_run.add_argument("--dataset", default=None,
+                       help="e.g. imagefolder:/data/cifar10-jpeg-q75; drops the spec's and "
+                            "profile's data options (smoke's synthetic sizes) unless it names "
+                            "the same data set")
     p_run.add_argument("--data-dir", default=None)
     p_run.add_argument("--device", default=None)
     p_run.add_argument("--lr", choices=["spec", "tuned"], default="spec",
@@ -109,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             print(f"  {job.key} config {job.config_hash}")
         return 0
+    from convnets import tracking
     from experiments.runner import run_jobs, summary_table
 
+    cl = tracking.client()  # the experiment, its kind tag and its description, before any run
+    tracking.describe_experiment(
+        cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
                         deadline=deadline)

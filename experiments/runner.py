@@ -73,7 +73,8 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
             if diverged:  # deterministic: it would diverge again; --force retries
                 return dict(row, status="FAILED (diverged earlier)", error=None,
                             run_id=diverged[0].info.run_id)
-        run_name = f"{job.group}/{job.variant}/seed{job.seed}"
+        run_name = tracking.run_name(job.variant, job.seed, job.config["model"],
+                                     job.tags.get("profile", ""))
         tags = dict(job.tags, config_hash=h, **tracking.environment_tags())
         run_id = cl.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         action = "new"

@@ -263,12 +263,14 @@ def expand(
                     raise SpecError(f"{where}: --lr tuned but no tuned lr recorded for {full!r}")
                 cfg.setdefault("optim", {})["lr"] = tuned_lr[full]
                 lr_source = "tuned"
-            for key, value in sets:
+            if dataset:  # options written for another data set (smoke's synthetic sizes) go
+                if (cfg.get("data") or {}).get("name") != dataset:
+                    cfg.get("data", {}).pop("options", None)
+                set_dotted(cfg, "data.name", dataset)
+            for key, value in sets:  # after --dataset, so --set data.options.X=... stays
                 set_dotted(cfg, key, value)
                 if key == "optim.lr":
                     lr_source = "command line"
-            if dataset:
-                set_dotted(cfg, "data.name", dataset)
             if data_dir:
                 set_dotted(cfg, "data.data_dir", data_dir)
             if device:
