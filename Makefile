@@ -61,7 +61,7 @@ lr-search: _notice ## Optuna learning-rate search: make lr-search EXP=degradatio
 tables: ## regenerate paper_tables/ (SOURCE=snapshot|mlflow)
 	$(PY) -m analysis tables --source $(SOURCE)
 
-bench: ## training throughput benchmark -> paper_tables/bench.md (tiny on CPU)
+bench: ## training throughput, side by side -> paper_tables/bench.md (GPU) or bench-cpu.md (CPU)
 	$(PY) -m convnets.bench
 
 mlflow-ui: ## serve the MLflow UI on 127.0.0.1:5000 over the local store
