@@ -75,7 +75,7 @@ lr-search: _notice ## Optuna learning-rate search: make lr-search EXP=degradatio
 tables: ## regenerate paper_tables/ (SOURCE=snapshot|mlflow)
 	$(PY) -m analysis tables --source $(SOURCE)
 
-bench: ## training throughput benchmark -> paper_tables/bench.md (tiny on CPU)
+bench: ## training throughput, side by side -> paper_tables/bench.md (GPU) or bench-cpu.md (CPU)
 	$(PY) -m convnets.bench
 
 # One worker and no background job consumers (MLflow 3 starts 4 workers and a huey consumer).

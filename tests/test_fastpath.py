@@ -41,12 +41,14 @@ def test_compiled_step_reaches_the_same_loss():
 
 def test_bench_runs_tiny_on_cpu(capsys, tmp_path):
     out = tmp_path / "bench.md"
-    assert bench.main(["--device", "cpu", "--out", str(out)]) == 0
+    assert bench.main(["--device", "cpu", "--size", "tiny", "--no-kruns", "--out",
+                       str(out)]) == 0
     text = out.read_text()
-    assert "CPU tiny run" in text and "not a speed figure" in text
+    assert "Tiny run" in text and "not a speed figure" in text
     assert "baseline: DataLoader + eager fp32" in text
-    assert "resident data, bulk aug, no sync (fp32)" in text
-    assert "torch: " in text and "commit: " in text
+    assert "| trainer: fp32 " in text and "| trainer: bf16 " in text
+    assert "torch: " in text and "commit: " in text and "cpu: " in text
+    assert "measured bf16 matmul peak" in text and "measured fp32 matmul peak" in text
 
 
 def test_parallel_runs_finish_every_job_once(mlflow_store, tmp_path):

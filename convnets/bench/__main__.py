@@ -1,0 +1,5 @@
+import sys
+
+from convnets.bench import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""K runs of one config at once: K processes, or K seeds batched into one network."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from convnets.bench.measure import (
+    Result,
+    Spec,
+    Timing,
+    bench_fast,
+    device_stats,
+    peak_mem,
+    reset_mem,
+    synthetic,
+    time_windows,
+)
+from convnets.models import build_model
+from convnets.multiseed import SeedStack
+from convnets.train import Runtime, epoch_data
+
+
+def _worker(spec, device, flags, t, threads, barrier, queue):
+    if threads:  # K processes share the CPU's cores instead of each taking all of them
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as in the single-run measurements
+    data = synthetic(max(4 * spec.batch, 2048), spec.shape)
+    # warm up (and compile) before the barrier, so all K processes time the same window
+    bench_fast(spec, data, device, flags, Timing(t.warmup, 1, 1), "warm")
+    barrier.wait(timeout=600)
+    queue.put(bench_fast(spec, data, device, flags, Timing(1, t.iters, t.windows),
+                         "k").images_per_sec)
+
+
+def bench_processes(k: int, spec: Spec, device, flags: dict, t: Timing) -> Result:
+    """Aggregate images/s of ``k`` processes training at once on one device."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(k), ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // k) if device.type == "cpu" else 0
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(spec, str(device), flags, t, threads, barrier, queue))
+             for _ in range(k)]
+    for p in procs:
+        p.start()
+    try:
+        rates = [queue.get(timeout=900) for _ in procs]
+    finally:
+        for p in procs:  # a worker that died must not leave the others waiting
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    return Result(spec.label, f"{k} processes", spec.batch, sum(rates), None,
+                  precision="bf16" if flags["bf16"] else "fp32", seeds=k)
+
+
+def bench_batched(k: int, spec: Spec, data, device, flags: dict, t: Timing) -> Result:
+    """``k`` seeds in one vmap-ed network (``convnets.multiseed``), batch ``spec.batch`` each."""
+    rt = Runtime(device=device, **dict(flags, channels_last=False, compile=None))
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(build_model(spec.name, **spec.options).to(device))
+    x_train, y_train, mean, std = device_stats(spec, data, device)
+    cfg = {"optim": {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4},
+           "data": {"resize": spec.resize}}
+    stack = SeedStack(models, cfg, rt, mean, std)
+    gens = [torch.Generator().manual_seed(s) for s in range(k)]
+    reset_mem(device)
+    batch = spec.batch
+    n = (x_train.shape[0] // batch) * batch
+    state = {"pos": n}
+
+    def one():
+        if state["pos"] + batch > n:  # every seed its own permutation and augmentation
+            xs, ys = zip(*[epoch_data(x_train, y_train, n, 4, spec.augment, g) for g in gens],
+                         strict=True)
+            state["x"], state["y"], state["pos"] = torch.stack(xs), torch.stack(ys), 0
+        p = state["pos"]
+        stack.step(state["x"][:, p : p + batch], state["y"][:, p : p + batch], 0.1)
+        state["pos"] += batch
+
+    _, rate = time_windows(one, k * batch, device, t)
+    return Result(spec.label, f"{k} seeds batched (vmap)", batch, rate, peak_mem(device),
+                  precision="bf16" if rt.bf16 else "fp32", seeds=k)

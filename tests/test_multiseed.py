@@ -1,0 +1,132 @@
+"""K seeds batched into one network train what K separate ``fit`` runs train."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import convnets.multiseed as M
+import convnets.train as T
+from convnets.augment import to_float
+
+BASE = {
+    "data": {"name": "synthetic", "options": {"n_train": 256, "n_test": 64, "image_size": 8}},
+    "schedule": {"unit": "epochs", "length": 2},
+    "batch_size": 16,  # 16 iterations per epoch: 32 in all
+    "runtime": {"precision": "fp32"},
+}
+MODELS = {
+    "resnet option A": {"name": "cifar_resnet", "options": {"depth": 8, "downsample": "A"}},
+    "full pre-activation": {"name": "cifar_resnet", "options": {"depth": 8,
+                                                                "unit": "full_preact"}},
+    "DenseNet-BC": {"name": "densenet_cifar", "options": {"depth": 10, "growth_rate": 4,
+                                                          "bottleneck": True,
+                                                          "compression": 0.5}},
+}
+SEEDS = [0, 1, 2]
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """Everything in float64: the batched and single kernels then agree bit for bit.
+
+    In float32 the batched (grouped) convolution sums in a different order than K single
+    convolutions; those last-bit differences grow over SGD steps on these tiny nets (about 1e-3
+    in the loss after 24 steps), so float32 cannot tell a semantic slip from rounding. In
+    float64 the same per-seed semantics leave no difference at all.
+    """
+    def to_double(*args, **kwargs):
+        return to_float(*args, **kwargs).double()
+
+    monkeypatch.setattr(T, "to_float", to_double)
+    monkeypatch.setattr(M, "to_float", to_double)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_batched_seeds_equal_single_runs_in_float64(float64, model):
+    cfg = dict(BASE, model=MODELS[model])
+    singles = [T.fit(dict(cfg, seed=s), progress=False) for s in SEEDS]
+    batched = M.fit_seeds(cfg, SEEDS)
+    for one, many in zip(singles, batched, strict=True):
+        for a, b in zip(one.history, many.history, strict=True):
+            assert abs(a["train_loss"] - b["train_loss"]) <= 1e-12
+            assert a["train_error"] == b["train_error"]
+        assert (one.predictions == many.predictions).all()
+        assert one.final["final_test_error"] == many.final["final_test_error"]
+    # the seeds really differ (own init and data order), so equality is not trivial
+    assert len({r.history[-1]["train_loss"] for r in singles}) == 3
+
+
+def test_batched_seeds_track_single_runs_in_float32():
+    """First-epoch (16-step) mean loss within 1e-5 (measured: about 1e-6)."""
+    cfg = dict(BASE, model=MODELS["resnet option A"],
+               schedule={"unit": "epochs", "length": 1})
+    singles = [T.fit(dict(cfg, seed=s), progress=False) for s in SEEDS]
+    batched = M.fit_seeds(cfg, SEEDS)
+    for one, many in zip(singles, batched, strict=True):
+        assert many.history[0]["train_loss"] == pytest.approx(one.history[0]["train_loss"],
+                                                               abs=1e-5)
+
+
+def test_resume_is_bitwise_and_checkpoints_are_per_seed(tmp_path):
+    cfg = dict(BASE, model=MODELS["resnet option A"])
+    paths = [tmp_path / f"seed{s}.pt" for s in SEEDS]
+    whole = M.fit_seeds(cfg, SEEDS)
+
+    def stop(metrics):
+        if metrics["epoch"] == 1 and metrics["seed_index"] == len(SEEDS) - 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        M.fit_seeds(cfg, SEEDS, checkpoints=paths, on_epoch_end=stop)
+    for p in paths:  # fit's own format: a seed can resume alone
+        state = torch.load(p, map_location="cpu", weights_only=False)
+        assert state["epoch"] == 1 and "momentum_buffer" in state["optimizer"]["state"][0]
+    resumed = M.fit_seeds(cfg, SEEDS, checkpoints=paths)
+    for a, b in zip(whole, resumed, strict=True):
+        assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+        assert (a.predictions == b.predictions).all()
+
+
+def test_one_seed_resumes_alone_from_a_batched_checkpoint(tmp_path):
+    cfg = dict(BASE, model=MODELS["resnet option A"])
+    paths = [tmp_path / f"seed{s}.pt" for s in SEEDS]
+
+    def stop(metrics):
+        if metrics["seed_index"] == len(SEEDS) - 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        M.fit_seeds(cfg, SEEDS, checkpoints=paths, on_epoch_end=stop)
+    alone = T.fit(dict(cfg, seed=1), checkpoint=paths[1], progress=False)
+    assert len(alone.history) == 2 and math.isfinite(alone.history[-1]["train_loss"])
+
+
+def test_a_diverging_seed_leaves_the_others(monkeypatch):
+    cfg = dict(BASE, model=MODELS["resnet option A"], schedule={"unit": "epochs", "length": 1})
+    real = M.SeedStack.step
+
+    def step(self, xb, yb, lr):  # seed index 1 "diverges"; the others step as usual
+        loss, wrong = real(self, xb, yb, lr)
+        return loss * torch.tensor([1.0, math.nan, 1.0]), wrong
+
+    reference = M.fit_seeds(cfg, SEEDS)
+    monkeypatch.setattr(M.SeedStack, "step", step)
+    out = M.fit_seeds(cfg, SEEDS)
+    assert isinstance(out[1], T.DivergedError)
+    for k in (0, 2):
+        assert out[k].history[0]["train_loss"] == reference[k].history[0]["train_loss"]
+        assert (out[k].predictions == reference[k].predictions).all()
+
+
+def test_dropout_is_refused():
+    cfg = dict(BASE, model={"name": "densenet_cifar", "options": {
+        "depth": 10, "growth_rate": 4, "bottleneck": True, "dropout": 0.2}})
+    with pytest.raises(RuntimeError, match="randomness"):
+        M.fit_seeds(cfg, [0, 1])
