@@ -26,8 +26,8 @@ when they change; its tensors are verified against the stored shapes and sha256 
 
 from __future__ import annotations
 
-import gzip
 import functools
+import gzip
 import hashlib
 import math
 import os

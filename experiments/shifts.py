@@ -261,9 +261,8 @@ def _device() -> str:
 def shakedown(jobs):
     """One training step per fast-path setting the jobs use, on a tiny batch; a setting that
     fails falls back to eager fp32-layout defaults (and says so) rather than losing the lease."""
-    from experiments.spec import set_dotted
-
     from convnets.train import resolve_runtime
+    from experiments.spec import set_dotted
 
     settings = {json.dumps(j.config["runtime"], sort_keys=True): j for j in jobs}
     fallback = set()

@@ -10,8 +10,8 @@ import pytest
 
 from convnets import tracking
 from convnets.train import config_hash
-from experiments.deadline import parse_deadline
 from experiments.__main__ import main
+from experiments.deadline import parse_deadline
 from tests.test_data import write_imagefolder
 from tests.test_experiments import _write
 
@@ -84,7 +84,6 @@ def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, c
 def test_shift_dry_run_on_cpu_end_to_end(tmp_path, monkeypatch):
     """The first shift's device command with the smoke profile: part, add-part, tables."""
     from analysis.__main__ import main as analysis_main
-
     from experiments import shifts
 
     monkeypatch.setenv("CONVNETS_DEADLINE", "")
