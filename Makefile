@@ -11,14 +11,16 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 #> DATA_DIR  folder holding the data sets (else $$CONVNETS_DATA, else ~/.cache/convnets/data)
 #> DEVICE    cuda | cpu | cuda:1 ... (default: the trainer's choice)
 #> EXTRA     more `experiments run` options, e.g. EXTRA="--dataset imagefolder:/data/c10-q75"
-#> SOURCE    make tables: snapshot (paper_tables/data) | mlflow (the live store)
+#> SOURCE    make tables: ledger (every part in paper_tables/data) | mlflow (the live store)
+#> OUT       make gpu-shift: folder for the shift's part, store and log
 #> EXP       make lr-search: the spec to tune (default degradation)
 #> PORT      make mlflow-ui: port on 127.0.0.1 (default 5000)
 SEEDS ?=
 DATA_DIR ?=
 DEVICE ?=
 EXP ?= degradation
-SOURCE ?= snapshot
+SOURCE ?= ledger
+OUT ?=
 EXTRA ?=
 PORT ?= 5000
 
@@ -26,7 +28,7 @@ PORT ?= 5000
 PROFILE ?= $(shell $(PY) -c "import torch; print('paper' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
 RUN_ARGS = --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(DEVICE),--device $(DEVICE)) $(EXTRA)
 
-.PHONY: help setup test lint ablation-resnetv2 degradation densenet nin seed-claims reproduce \
+.PHONY: help setup test lint shifts gpu-shift ablation-resnetv2 degradation densenet nin seed-claims reproduce \
         lr-search tables bench mlflow-ui optuna-dashboard clean-stores _notice
 
 help: ## list the targets and the variables they take
@@ -72,7 +74,7 @@ reproduce: ablation-resnetv2 degradation densenet nin seed-claims ## every claim
 lr-search: _notice ## Optuna learning-rate search: make lr-search EXP=degradation
 	$(PY) -m experiments lr-search $(EXP) $(RUN_ARGS)
 
-tables: ## regenerate paper_tables/ (SOURCE=snapshot|mlflow)
+tables: ## regenerate paper_tables/ from every ledger part (SOURCE=ledger|mlflow)
 	$(PY) -m analysis tables --source $(SOURCE)
 
 bench: ## training throughput, side by side -> paper_tables/bench.md (GPU) or bench-cpu.md (CPU)
@@ -88,3 +90,10 @@ mlflow-ui: ## MLflow UI on 127.0.0.1:PORT (default 5000), one worker, over the l
 optuna-dashboard: ## optuna-dashboard on 127.0.0.1:8080 over optuna.db (needs the dashboard extra)
 	@test -x $(VENV)/bin/optuna-dashboard || { echo "optuna-dashboard is not installed: $(VENV)/bin/pip install -e '.[dashboard]'" >&2; exit 1; }
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 "$${OPTUNA_STORAGE:-sqlite:///$(CURDIR)/optuna.db}"
+
+shifts: ## the GPU shift queue with each shift's state (from the ledger) and estimate
+	$(PY) -m experiments shifts
+
+gpu-shift: ## the device side of the next pending shift: make gpu-shift OUT=DIR (python3 without a venv)
+	@test -n "$(OUT)" || { echo "usage: make gpu-shift OUT=DIR"; exit 2; }
+	PYTHON=$$( [ -x $(PY) ] && echo $(PY) || echo python3 ) bash experiments/gpu_shift.sh $(OUT) $(EXTRA)

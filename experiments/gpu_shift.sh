@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole device side of one GPU shift, in one call (see experiments/shifts.py):
+#   bash experiments/gpu_shift.sh OUT_DIR [extra `python -m experiments shift` options]
+# 1. installs the carried wheels (.whl/, from ../shared/device/fetch-wheels.sh) if present;
+# 2. extracts only the data archives the next pending shift needs from .data/ into /tmp/data;
+# 3. runs `python -m experiments shift --out OUT_DIR` (shakedown, bench if asked, the shift's
+#    runs with a deadline, the ledger part, store.tgz), with its log teed, unbuffered, into
+#    OUT_DIR/shift.log.
+# Back on your machine: python -m analysis add-part OUT_DIR/part && make tables
+# CPU dry run (a test does this): bash experiments/gpu_shift.sh /tmp/out --profile smoke
+set -uo pipefail
+out=${1:?usage: gpu_shift.sh OUT_DIR [shift options]}; shift
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export MLFLOW_DISABLE_TELEMETRY=true GIT_PYTHON_REFRESH=quiet PYTHONUNBUFFERED=1
+{
+  echo "=== gpu-shift $(date -u +%FT%TZ) on $(hostname)"
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || exit 3
+    export PYTHONPATH="/tmp/site:$PWD"
+  fi
+  data_root=${DATA_ROOT:-/tmp/data}
+  mkdir -p "$data_root"
+  for item in $("$py" -m experiments shifts --next-data); do
+    if [ -e "$data_root/${item%%.tar.xz}" ]; then continue; fi
+    if [ -f ".data/$item" ]; then tar -xJf ".data/$item" -C "$data_root"
+    elif [ -d ".data/$item" ]; then cp -r ".data/$item" "$data_root/"
+    else echo "note: .data/$item not carried; runs that need it will say so"; fi
+  done
+  "$py" -m experiments shift --out "$out" --data-dir "$data_root" "$@"
+  echo "=== rc $? $(date -u +%FT%TZ)"
+} 2>&1 | tee -a "$out/shift.log"
+exit "${PIPESTATUS[0]}"
