@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -56,7 +57,9 @@ __all__ = [
 
 ENV_DATA_DIR = "CONVNETS_DATA"
 CACHE_DIRNAME = ".convnets-cache"
-_CACHE_FORMAT = 1
+# 2: the file carries a digest of all of its content (class names included), not only the
+# pixel and label tensors; a format-1 file is stale and is rebuilt
+_CACHE_FORMAT = 2
 _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 _DECODE_CHUNK = 1024
 
@@ -349,6 +352,16 @@ def _source_key(entries: Sequence[tuple[str, int, int]], extra: str = "") -> str
 
 
 _SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+_DIGEST_KEY = "content_sha256"
+
+
+def _content_digest(blob: dict[str, Any]) -> str:
+    """Digest of everything in a cache file except the digest itself: every non-tensor entry
+    (format, source key, class names, shapes, the tensors' own sha256) as canonical JSON. The
+    tensors are covered through ``sha256``, which ``_read_cache`` verifies against them."""
+    meta = {k: v for k, v in blob.items() if k not in _SPLIT_KEYS and k != _DIGEST_KEY}
+    text = json.dumps(meta, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
@@ -377,7 +390,9 @@ def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
                    else type(t).__name__)
             raise DatasetError(f"cache file {path}: {k} is {got}, expected {dtype} "
                                f"{list(shapes.get(k, ()))}; {delete}")
-    if _sha256(*tensors) != sha:
+    extra = sorted(k for k, v in blob.items() if isinstance(v, torch.Tensor)
+                   and k not in _SPLIT_KEYS)
+    if extra or _sha256(*tensors) != sha or blob.get(_DIGEST_KEY) != _content_digest(blob):
         raise DatasetError(f"cache file {path} fails its sha256 check (modified or corrupt); "
                            f"{delete}")
     out = dict(zip(_SPLIT_KEYS, (t.contiguous() for t in tensors), strict=True))
@@ -395,6 +410,7 @@ def _write_cache(path: Path, key: str, payload: dict[str, Any]) -> None:
         "sha256": payload["sha256"],
         **{k: payload[k] for k in _SPLIT_KEYS},
     }
+    blob[_DIGEST_KEY] = _content_digest(blob)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
