@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -271,7 +272,7 @@ def restore_checkpoint(path: Path, model, optimizer, data_gen: torch.Generator,
     Returns the checkpoint dict (epoch, iteration, history, wall_time_s, meta). Loaded on the
     CPU: RNG states must stay CPU byte tensors; ``load_state_dict`` moves the rest.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     data_gen.set_state(state["data_gen"])
@@ -279,6 +280,22 @@ def restore_checkpoint(path: Path, model, optimizer, data_gen: torch.Generator,
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     return state
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint read with torch's weights-only unpickler.
+
+    Checkpoints may sit on a shared disk (docs/scaling.md), and a full unpickler runs any code
+    a file names. What ``save_checkpoint`` writes is tensors, RNG byte tensors, state dicts and
+    plain containers of numbers and strings, all of which the weights-only unpickler accepts, so
+    the allow-list of extra globals stays empty: anything else is refused, not executed.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RuntimeError(f"checkpoint {path} holds objects outside the weights-only "
+                           f"allow-list, so it was not written by convnets.train (delete it to "
+                           f"start afresh): {str(err).splitlines()[0]}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -607,7 +624,7 @@ def fit(
 def read_checkpoint_meta(path: str | Path) -> dict:
     """The ``meta`` a checkpoint was written with ({} if none or unreadable)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
+        return load_checkpoint(path).get("meta", {})
     except Exception:  # a truncated or foreign file: treat as no checkpoint
         return {}
 
