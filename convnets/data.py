@@ -49,6 +49,7 @@ __all__ = [
     "DatasetError",
     "ImageSet",
     "channel_stats",
+    "check_dataset_name",
     "default_data_dir",
     "list_datasets",
     "load_dataset",
@@ -138,6 +139,25 @@ def default_data_dir() -> Path:
 def list_datasets() -> list[str]:
     """Names :func:`load_dataset` accepts (``imagefolder:PATH`` takes a folder path)."""
     return sorted(_LOADERS) + ["imagefolder:PATH"]
+
+
+def check_dataset_name(name: Any, options: dict[str, Any]) -> None:
+    """Raise ``DatasetError`` for a name or option ``load_dataset`` would refuse, without
+    reading any data (spec validation calls it before a run starts)."""
+    if not isinstance(name, str) or not name.strip():
+        raise DatasetError(f"dataset name must be a non-empty string, got {name!r}; known: "
+                           f"{', '.join(list_datasets())}")
+    options = {k: v for k, v in options.items() if v is not None}
+    raw = name.strip()
+    if raw.lower().startswith("imagefolder:"):
+        if not raw.split(":", 1)[1].strip():
+            raise DatasetError(f"dataset {name!r} names no folder; use imagefolder:PATH")
+        _check_options("imagefolder", options, _IMAGEFOLDER_OPTIONS)
+        return
+    key = _ALIASES.get(raw.lower().replace("-", "_"), raw.lower().replace("-", "_"))
+    if key not in _LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    _check_options(key, options, _LOADERS[key][1])
 
 
 def load_dataset(
