@@ -10,7 +10,15 @@ from pathlib import Path
 import yaml
 
 from experiments.search import add_lr_search_parser, run_lr_search
-from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec, parse_set
+from experiments.spec import (
+    PROFILES,
+    SpecError,
+    expand,
+    list_specs,
+    load_spec,
+    parse_set,
+    require_devices,
+)
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 
@@ -86,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.ddp and args.parallel > 1:
             raise SpecError("--ddp and --parallel do not combine: pick one way to use devices")
+        if args.seeds is not None and args.seeds < 1:
+            raise SpecError(f"--seeds {args.seeds}: must be a positive number of seeds "
+                            "(omit it for the profile's count)")
         spec, jobs = _jobs(args)
+        require_devices(jobs)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -95,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             print(f"  {job.key} config {job.config_hash}")
         return 0
-    from experiments.runner import run_jobs, summary_table
+    from experiments.runner import Terminated, run_jobs, summary_table
 
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:
+        return 143 if isinstance(err, Terminated) else 130
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"
     print(summary_table(rows, split))
     failed = sum(r["status"].startswith("FAILED") for r in rows)
@@ -113,4 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from experiments.runner import stop_on_sigterm
+
+    stop_on_sigterm()  # the command line only: a process that imports main() keeps its own
     sys.exit(main())

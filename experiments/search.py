@@ -785,5 +785,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from experiments.runner import stop_on_sigterm
+
+    stop_on_sigterm()  # SIGTERM ends the search as Ctrl-C does (runs KILLED, not RUNNING)
     sys.exit(main())
 

@@ -228,6 +228,20 @@ def _check_as_written(spec: dict) -> None:
                                 f"before profile overrides): {err.args[0]}") from None
 
 
+def require_devices(jobs: list[Job]) -> None:
+    """A CUDA device asked for on a machine without one fails here, before any MLflow run is
+    created, rather than in the first run's setup."""
+    wanted = sorted({str(j.config["runtime"]["device"]) for j in jobs})
+    cuda = [d for d in wanted if d.startswith("cuda")]
+    if cuda and not torch.cuda.is_available():
+        raise SpecError(f"runtime.device {cuda[0]!r} (--device or the spec): no CUDA device is "
+                        "visible on this machine; use --device cpu or auto")
+    for d in cuda:
+        if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
+            raise SpecError(f"runtime.device {d!r}: only {torch.cuda.device_count()} CUDA "
+                            "device(s) are visible")
+
+
 def expected_direction(var: dict, base: dict, is_baseline: bool) -> str:
     """'higher' / 'lower' / '': the paper's direction of this variant's error vs the baseline."""
     if is_baseline:
