@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.search import add_lr_search_parser, run_lr_search
+from experiments.search import add_lr_search_parser, check_tuned, run_lr_search
 from experiments.spec import (
     PROFILES,
     SpecError,
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--device", default=None)
     p_run.add_argument("--lr", choices=["spec", "tuned"], default="spec",
                        help="tuned: use experiments/tuned/NAME.yaml from lr-search")
+    p_run.add_argument("--allow-tuned-mismatch", action="store_true",
+                       help="with --lr tuned: accept lrs searched for another profile or data")
     p_run.add_argument("--force", action="store_true", help="rerun FINISHED runs too")
     p_run.add_argument("--parallel", type=int, default=1, help="K runs at once (processes)")
     p_run.add_argument("--ddp", type=int, default=0, metavar="K",
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                             "(omit it for the profile's count)")
         spec, jobs = _jobs(args)
         require_devices(jobs)
+        if args.lr == "tuned":
+            check_tuned(args.name, jobs, allow_mismatch=args.allow_tuned_mismatch)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
