@@ -69,7 +69,7 @@ from typing import Any
 import yaml
 
 from convnets import tracking
-from experiments.spec import PROFILES, SpecError, expand, load_spec, parse_set
+from experiments.spec import PROFILES, SpecError, expand, load_spec, parse_set, require_devices
 
 SEARCH_DIR = Path(__file__).resolve().parent / "search"
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
@@ -743,6 +743,7 @@ def lr_search(
     storage = storage or default_storage()
     jobs = expand(spec, profile, seeds=1, sets=list(sets), only=variants or s.variants or None,
                   dataset=dataset, data_dir=data_dir, device=device)
+    require_devices(jobs)  # before any study or MLflow run exists
     with first_use_lock(tracking.tracking_uri()):  # a fresh MLflow store: one creator
         cl = tracking.client()
         exp_id = tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()})

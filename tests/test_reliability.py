@@ -49,6 +49,17 @@ def test_cuda_without_cuda_is_refused_before_mlflow(fresh_store, tmp_path, capsy
     assert not fresh_store.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_lr_search_on_cuda_without_cuda_is_refused(fresh_store, tmp_path, capsys):
+    from experiments.search import main as search_main
+
+    spec = _write(tmp_path)
+    assert search_main([spec, "--device", "cuda", "--storage",
+                        f"sqlite:///{tmp_path / 'optuna.db'}"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not fresh_store.exists() and not (tmp_path / "optuna.db").exists()
+
+
 LONG = TINY.replace("length: 2, drops: [0.5]", "length: 400, drops: [0.5]")
 
 
