@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -49,6 +50,7 @@ __all__ = [
     "DatasetError",
     "ImageSet",
     "channel_stats",
+    "check_dataset_name",
     "default_data_dir",
     "list_datasets",
     "load_dataset",
@@ -58,7 +60,9 @@ __all__ = [
 
 ENV_DATA_DIR = "CONVNETS_DATA"
 CACHE_DIRNAME = ".convnets-cache"
-_CACHE_FORMAT = 1
+# 2: the file carries a digest of all of its content (class names included), not only the
+# pixel and label tensors; a format-1 file is stale and is rebuilt
+_CACHE_FORMAT = 2
 _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 _DECODE_CHUNK = 1024
 
@@ -137,6 +141,25 @@ def default_data_dir() -> Path:
 def list_datasets() -> list[str]:
     """Names :func:`load_dataset` accepts (``imagefolder:PATH`` takes a folder path)."""
     return sorted(_LOADERS) + ["imagefolder:PATH"]
+
+
+def check_dataset_name(name: Any, options: dict[str, Any]) -> None:
+    """Raise ``DatasetError`` for a name or option ``load_dataset`` would refuse, without
+    reading any data (spec validation calls it before a run starts)."""
+    if not isinstance(name, str) or not name.strip():
+        raise DatasetError(f"dataset name must be a non-empty string, got {name!r}; known: "
+                           f"{', '.join(list_datasets())}")
+    options = {k: v for k, v in options.items() if v is not None}
+    raw = name.strip()
+    if raw.lower().startswith("imagefolder:"):
+        if not raw.split(":", 1)[1].strip():
+            raise DatasetError(f"dataset {name!r} names no folder; use imagefolder:PATH")
+        _check_options("imagefolder", options, _IMAGEFOLDER_OPTIONS)
+        return
+    key = _ALIASES.get(raw.lower().replace("-", "_"), raw.lower().replace("-", "_"))
+    if key not in _LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    _check_options(key, options, _LOADERS[key][1])
 
 
 def load_dataset(
@@ -371,6 +394,16 @@ def _source_key(entries: Sequence[tuple[str, int, int]], extra: str = "") -> str
 
 
 _SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+_DIGEST_KEY = "content_sha256"
+
+
+def _content_digest(blob: dict[str, Any]) -> str:
+    """Digest of everything in a cache file except the digest itself: every non-tensor entry
+    (format, source key, class names, shapes, the tensors' own sha256) as canonical JSON. The
+    tensors are covered through ``sha256``, which ``_read_cache`` verifies against them."""
+    meta = {k: v for k, v in blob.items() if k not in _SPLIT_KEYS and k != _DIGEST_KEY}
+    text = json.dumps(meta, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
@@ -399,7 +432,9 @@ def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
                    else type(t).__name__)
             raise DatasetError(f"cache file {path}: {k} is {got}, expected {dtype} "
                                f"{list(shapes.get(k, ()))}; {delete}")
-    if _sha256(*tensors) != sha:
+    extra = sorted(k for k, v in blob.items() if isinstance(v, torch.Tensor)
+                   and k not in _SPLIT_KEYS)
+    if extra or _sha256(*tensors) != sha or blob.get(_DIGEST_KEY) != _content_digest(blob):
         raise DatasetError(f"cache file {path} fails its sha256 check (modified or corrupt); "
                            f"{delete}")
     out = dict(zip(_SPLIT_KEYS, (t.contiguous() for t in tensors), strict=True))
@@ -417,6 +452,7 @@ def _write_cache(path: Path, key: str, payload: dict[str, Any]) -> None:
         "sha256": payload["sha256"],
         **{k: payload[k] for k in _SPLIT_KEYS},
     }
+    blob[_DIGEST_KEY] = _content_digest(blob)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -151,33 +152,115 @@ def _merge(base: dict, over: dict, path: str = "") -> dict:
 
 def resolve_config(cfg: dict) -> dict:
     """Defaults filled in, unknown keys and bad values rejected (ConfigError names the key)."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(cfg).__name__}")
     c = _merge(DEFAULTS, cfg)
-    if not c["model"]["name"]:
+    _check_model_data(c)
+    _check_optim_schedule(c)
+    for key in ("batch_size", "eval_batch_size", "eval_every"):
+        _require_int(key, c[key], 1)
+    _require_int("seed", c["seed"], None)
+    _check_runtime(c["runtime"])
+    _check_recipe_keys(c)
+    return c
+
+
+# Strict value types: YAML reads `true` as a bool and Python's bool is an int, so `batch_size:
+# true` would train with batch 1; a quoted 'no' is a non-empty string, i.e. true. Neither is
+# what the author meant, so both are errors.
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _require_int(key: str, v: Any, low: int | None) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+        what = "an integer" if low is None else f"an integer >= {low}"
+        raise ConfigError(f"'{key}' must be {what}, got {v!r}")
+
+
+def _require_number(key: str, v: Any, low: float, *, strict: bool) -> None:
+    if not _is_number(v) or v < low or (strict and v == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ConfigError(f"'{key}' must be a finite number {bound}, got {v!r}")
+
+
+def _require_bool(key: str, v: Any, *, auto: bool = False) -> None:
+    if not (isinstance(v, bool) or (auto and v == "auto")):
+        allowed = "true, false or auto" if auto else "true or false"
+        raise ConfigError(f"'{key}' must be {allowed} (unquoted), got {v!r}")
+
+
+def _check_model_data(c: dict) -> None:
+    from convnets.data import DatasetError, check_dataset_name
+
+    m, d = c["model"], c["data"]
+    if not m["name"]:
         raise ConfigError("config key 'model.name' is required")
+    if not isinstance(m["name"], str):
+        raise ConfigError(f"'model.name' must be a string, got {m['name']!r}")
+    for key in ("model.options", "data.options"):
+        group, sub = key.split(".")
+        if not isinstance(c[group][sub], dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {c[group][sub]!r}")
+    try:
+        check_dataset_name(d["name"], d["options"])
+    except DatasetError as err:
+        raise ConfigError(f"'data.name' / 'data.options': {err}") from None
+    if d["data_dir"] is not None and not isinstance(d["data_dir"], str):
+        raise ConfigError(f"'data.data_dir' must be a path string, got {d['data_dir']!r}")
+    _require_int("data.val_size", d["val_size"], 0)
+    _require_int("data.split_seed", d["split_seed"], None)
+    _require_int("data.pad", d["pad"], 0)
+    _require_bool("data.augment", d["augment"])  # data.normalize: see _check_recipe_keys
+    if d["resize"] is not None:
+        _require_int("data.resize", d["resize"], 1)
+
+
+def _check_optim_schedule(c: dict) -> None:
     o, s = c["optim"], c["schedule"]
-    if not (isinstance(o["lr"], (int, float)) and o["lr"] > 0):
-        raise ConfigError(f"'optim.lr' must be a positive number, got {o['lr']!r}")
-    for key in ("momentum", "weight_decay"):
-        if o[key] < 0:
-            raise ConfigError(f"'optim.{key}' must be >= 0, got {o[key]!r}")
+    _require_number("optim.lr", o["lr"], 0, strict=True)
+    _require_number("optim.momentum", o["momentum"], 0, strict=False)
+    _require_number("optim.weight_decay", o["weight_decay"], 0, strict=False)
+    _require_bool("optim.nesterov", o["nesterov"])
     if s["unit"] not in ("iterations", "epochs"):
         raise ConfigError(f"'schedule.unit' must be iterations or epochs, got {s['unit']!r}")
-    if not (isinstance(s["length"], (int, float)) and s["length"] > 0):
-        raise ConfigError(f"'schedule.length' must be positive, got {s['length']!r}")
-    for d in s["drops"]:
+    _require_number("schedule.length", s["length"], 0, strict=True)
+    drops = s["drops"]
+    if not isinstance(drops, list) or not all(_is_number(d) for d in drops):
+        raise ConfigError(f"'schedule.drops' must be a list of fractions of the length, e.g. "
+                          f"[0.5, 0.75], got {drops!r}")
+    for d in drops:
         if not 0 < d < 1:
             raise ConfigError(
                 f"'schedule.drops' are fractions of the length in (0, 1); {d!r} is past the end"
             )
-    if s["warmup_iterations"] < 0 or s["warmup_lr"] <= 0:
-        raise ConfigError("'schedule.warmup_iterations' must be >= 0 and 'warmup_lr' > 0")
-    for key in ("batch_size", "eval_batch_size", "eval_every"):
-        if not (isinstance(c[key], int) and c[key] > 0):
-            raise ConfigError(f"'{key}' must be a positive integer, got {c[key]!r}")
-    if c["runtime"]["precision"] not in ("auto", "fp32", "bf16"):
+    if not (_is_number(s["gamma"]) and 0 < s["gamma"] <= 1):
+        raise ConfigError(f"'schedule.gamma' (lr factor at each drop) must be in (0, 1], "
+                          f"got {s['gamma']!r}")
+    _require_int("schedule.warmup_iterations", s["warmup_iterations"], 0)
+    _require_number("schedule.warmup_lr", s["warmup_lr"], 0, strict=True)
+    # in epochs the length in iterations needs the data set's size; in iterations it is known
+    if s["unit"] == "iterations" and s["warmup_iterations"] >= s["length"]:
+        raise ConfigError(f"'schedule.warmup_iterations' ({s['warmup_iterations']}) must be "
+                          f"shorter than 'schedule.length' ({s['length']} iterations)")
+
+
+def _check_runtime(rt: dict) -> None:
+    dev = rt["device"]
+    if not (isinstance(dev, str) and (dev in ("auto", "cpu", "cuda", "mps")
+                                      or (dev.startswith("cuda:") and dev[5:].isdigit()))):
+        raise ConfigError(f"'runtime.device' must be auto, cpu, cuda or cuda:N, got {dev!r}")
+    if rt["precision"] not in ("auto", "fp32", "bf16"):
         raise ConfigError("'runtime.precision' must be auto, fp32 or bf16")
-    _check_recipe_keys(c)
-    return c
+    for key in ("channels_last", "fused_sgd", "deterministic"):
+        _require_bool(f"runtime.{key}", rt[key], auto=True)
+    _require_bool("runtime.cudnn_benchmark", rt["cudnn_benchmark"])
+    comp = rt["compile"]
+    if not (isinstance(comp, bool) or comp is None or comp == "auto" or comp in COMPILE_MODES):
+        raise ConfigError(f"'runtime.compile' must be auto, true, false or one of "
+                          f"{COMPILE_MODES}, got {comp!r}")
 
 
 def _check_recipe_keys(c: dict) -> None:
@@ -417,7 +500,7 @@ def restore_checkpoint(path: Path, model, optimizer, data_gen: torch.Generator,
     Returns the checkpoint dict (epoch, iteration, history, wall_time_s, meta). Loaded on the
     CPU: RNG states must stay CPU byte tensors; ``load_state_dict`` moves the rest.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     data_gen.set_state(state["data_gen"])
@@ -425,6 +508,22 @@ def restore_checkpoint(path: Path, model, optimizer, data_gen: torch.Generator,
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     return state
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint read with torch's weights-only unpickler.
+
+    Checkpoints may sit on a shared disk (docs/scaling.md), and a full unpickler runs any code
+    a file names. What ``save_checkpoint`` writes is tensors, RNG byte tensors, state dicts and
+    plain containers of numbers and strings, all of which the weights-only unpickler accepts, so
+    the allow-list of extra globals stays empty: anything else is refused, not executed.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RuntimeError(f"checkpoint {path} holds objects outside the weights-only "
+                           f"allow-list, so it was not written by convnets.train (delete it to "
+                           f"start afresh): {str(err).splitlines()[0]}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -849,7 +948,7 @@ def fit(
 def read_checkpoint_meta(path: str | Path) -> dict:
     """The ``meta`` a checkpoint was written with ({} if none or unreadable)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
+        return load_checkpoint(path).get("meta", {})
     except Exception:  # a truncated or foreign file: treat as no checkpoint
         return {}
 

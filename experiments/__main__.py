@@ -10,9 +10,17 @@ from pathlib import Path
 import yaml
 
 from experiments.deadline import ENV, parse_deadline
-from experiments.search import add_lr_search_parser, run_lr_search
+from experiments.search import add_lr_search_parser, check_tuned, run_lr_search
 from experiments.shifts import add_shifts_parser, run_shifts_command
-from experiments.spec import PROFILES, SpecError, expand, list_specs, load_spec, parse_set
+from experiments.spec import (
+    PROFILES,
+    SpecError,
+    expand,
+    list_specs,
+    load_spec,
+    parse_set,
+    require_devices,
+)
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--device", default=None)
     p_run.add_argument("--lr", choices=["spec", "tuned"], default="spec",
                        help="tuned: use experiments/tuned/NAME.yaml from lr-search")
+    p_run.add_argument("--allow-tuned-mismatch", action="store_true",
+                       help="with --lr tuned: accept lrs searched for another profile or data")
     p_run.add_argument("--force", action="store_true", help="rerun FINISHED runs too")
     p_run.add_argument("--parallel", type=int, default=1, help="K runs at once (processes)")
     p_run.add_argument("--ddp", type=int, default=0, metavar="K",
@@ -100,11 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.ddp and args.parallel > 1:
             raise SpecError("--ddp and --parallel do not combine: pick one way to use devices")
+        if args.seeds is not None and args.seeds < 1:
+            raise SpecError(f"--seeds {args.seeds}: must be a positive number of seeds "
+                            "(omit it for the profile's count)")
         try:
             deadline = parse_deadline(args.deadline)
         except ValueError as err:
             raise SpecError(f"--deadline: {err}") from None
         spec, jobs = _jobs(args)
+        require_devices(jobs)
+        if args.lr == "tuned":
+            check_tuned(args.name, jobs, allow_mismatch=args.allow_tuned_mismatch)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {job.key} config {job.config_hash}")
         return 0
     from convnets import tracking
-    from experiments.runner import run_jobs, summary_table
+    from experiments.runner import Terminated, run_jobs, summary_table
 
     cl = tracking.client()  # the experiment, its kind tag and its description, before any run
     tracking.describe_experiment(
@@ -122,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
                         deadline=deadline)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:
+        return 143 if isinstance(err, Terminated) else 130
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"
     print(summary_table(rows, split))
     return report(rows)
@@ -145,4 +161,7 @@ def report(rows: list[dict]) -> int:
 
 
 if __name__ == "__main__":
+    from experiments.runner import stop_on_sigterm
+
+    stop_on_sigterm()  # the command line only: a process that imports main() keeps its own
     sys.exit(main())

@@ -10,6 +10,8 @@ checkpoint and stops.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -21,6 +23,23 @@ from convnets import tracking
 from convnets.train import DeadlineReached, DivergedError, fit, read_checkpoint_meta
 from experiments.deadline import Deadline
 from experiments.spec import Job
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler: a KeyboardInterrupt, so every path that handles Ctrl-C
+    (checkpoint kept, run KILLED, queued jobs cancelled) handles it the same way."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM as Ctrl-C in this process. Batch systems (Slurm, Kubernetes, preemptible
+    VMs) stop a job with SIGTERM, whose default action ends Python at once, leaving its MLflow
+    run RUNNING. Only the main thread may install a handler; elsewhere this does nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def checkpoint_dir() -> Path:
@@ -110,8 +129,9 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
         logger.finish("KILLED")
         print(f"  KILLED: {err}; checkpoint kept", flush=True)
         return dict(row, status="KILLED (deadline)", error=None, run_id=run_id)
-    except KeyboardInterrupt:
-        logger.set_tags({"failure_reason": "interrupted (Ctrl-C); checkpoint kept"})
+    except KeyboardInterrupt as err:
+        why = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+        logger.set_tags({"failure_reason": f"interrupted ({why}); checkpoint kept"})
         logger.finish("KILLED")
         raise
     except Exception as err:  # a crash (in training or logging): record it, keep the checkpoint
@@ -148,7 +168,8 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
         claim = next(j.tags.get("claim", "") for j in jobs if j.experiment == name)
         tracking.experiment_id(cl, name, {"claim": claim})
     # Separate processes share the GPU; each keeps its own batch size and CUDA context.
-    pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
+                               initializer=stop_on_sigterm)
     try:
         futures = {pool.submit(run_job, job, force=force, deadline=deadline): job
                    for job in jobs}
@@ -160,9 +181,13 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
                 rows.append({"group": job.group, "variant": job.variant, "seed": job.seed,
                              "config": job.config_hash, "status": f"FAILED ({err})",
                              "error": None, "run_id": ""})
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         # queued jobs never start; running ones get the interrupt too, mark themselves KILLED
-        # and keep their checkpoints
+        # and keep their checkpoints (Ctrl-C reaches the whole process group; a SIGTERM sent
+        # to this process alone is passed on to the workers)
+        if isinstance(err, Terminated):
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
         print("\ninterrupted: queued runs cancelled; rerun the same command to resume.",
               flush=True)

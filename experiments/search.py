@@ -41,12 +41,21 @@ The best lr per variant goes to the parent run (tags ``best_lr``, ``best_val_err
 ``experiments/tuned/<NAME>.yaml`` (``$CONVNETS_TUNED_DIR`` overrides the folder), merged with the
 entries already there; ``python -m experiments run NAME --lr tuned`` reads it. An entry from a
 bigger profile (paper > quick > smoke) is not replaced by a smaller one unless ``--overwrite``.
+Each entry records its profile, data set (``dataset_id``: name and content options, plus the
+data's checksum) and budget; ``run --lr tuned`` refuses an entry searched for another profile or
+data set (smoke values come from synthetic data) unless ``--allow-tuned-mismatch``.
+
+A fresh SQLite file (Optuna's or MLflow's) is opened under ``first_use_lock``, so processes
+started at once do not both create its schema.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import fcntl
+import json
 import os
 import re
 import sys
@@ -60,7 +69,7 @@ from typing import Any
 import yaml
 
 from convnets import tracking
-from experiments.spec import PROFILES, SpecError, expand, load_spec, parse_set
+from experiments.spec import PROFILES, SpecError, expand, load_spec, parse_set, require_devices
 
 SEARCH_DIR = Path(__file__).resolve().parent / "search"
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
@@ -205,6 +214,30 @@ def public_storage(url: str) -> str:
     return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1@", url)
 
 
+@contextlib.contextmanager
+def first_use_lock(url: str):
+    """Hold an exclusive lock beside a SQLite database while a store opens it.
+
+    Optuna and MLflow both create their schema (and run their migrations) on the first open;
+    two processes opening a fresh file at once both try, and the second dies (``UNIQUE
+    constraint failed: alembic_version.version_num``, ``duplicate column name``). The lock is
+    a separate ``<db>.init-lock`` file: locking the database file itself would be wrong, since
+    closing any descriptor of it drops the POSIX locks SQLite holds in this process. Database
+    servers (PostgreSQL) and journals need no lock."""
+    m = re.match(r"^sqlite:///(.+)$", url)
+    if not m or m.group(1) in (":memory:", ""):
+        yield
+        return
+    lock = Path(m.group(1)).with_name(Path(m.group(1)).name + ".init-lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def make_storage(url: str):
     """An Optuna storage for ``url``: ``journal:PATH`` or any SQLAlchemy database URL."""
     import optuna
@@ -217,7 +250,9 @@ def make_storage(url: str):
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:"):
         # several workers write to one file: wait for the lock instead of failing at once
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        with first_use_lock(url):
+            return optuna.storages.RDBStorage(url,
+                                              engine_kwargs={"connect_args": {"timeout": 120}})
     # a database server shared by several machines: a worker that dies leaves its trial
     # RUNNING; the heartbeat marks such trials FAIL after the grace period
     with warnings.catch_warnings():
@@ -600,6 +635,37 @@ def tuned_dir() -> Path:
     return Path(os.environ.get("CONVNETS_TUNED_DIR") or TUNED_DIR)
 
 
+def dataset_id(cfg: dict) -> str:
+    """What a tuned lr was searched on: the data set's name and the options that change its
+    content (``label`` and ``cache`` do not), e.g. ``synthetic {"image_size": 16, ...}``."""
+    d = cfg["data"]
+    opts = {k: v for k, v in sorted((d.get("options") or {}).items())
+            if k not in ("label", "cache") and v is not None}
+    return f"{d['name']} {json.dumps(opts, sort_keys=True)}" if opts else str(d["name"])
+
+
+def check_tuned(name: str, jobs: list, *, allow_mismatch: bool = False) -> None:
+    """Refuse tuned learning rates searched for another profile or data set than the job's
+    (a smoke search on synthetic data says nothing about CIFAR-10), unless ``allow_mismatch``;
+    an allowed mismatch is tagged on the run (``tuned_from``)."""
+    path = tuned_dir() / f"{Path(name).stem}.yaml"
+    best = (yaml.safe_load(path.read_text()) or {}).get("best") or {}
+    bad = []
+    for job in jobs:
+        entry = best.get(f"{job.group}/{job.variant}") or {}
+        have = (entry.get("profile"), entry.get("dataset"))
+        want = (job.tags.get("profile"), dataset_id(job.config))
+        if have != want:
+            job.tags["tuned_from"] = f"profile {have[0]}, dataset {have[1]}"
+            bad.append(f"{job.group}/{job.variant}: tuned for profile {have[0]!r} on "
+                       f"{have[1]!r}, this run is profile {want[0]!r} on {want[1]!r}")
+    if bad and not allow_mismatch:
+        lines = "\n  ".join(dict.fromkeys(bad))
+        raise SpecError(f"--lr tuned: {path} was searched for other runs:\n  {lines}\n"
+                        f"run `lr-search {Path(name).stem} --profile {jobs[0].tags['profile']}`"
+                        " first, or pass --allow-tuned-mismatch to use these values anyway")
+
+
 def record_best(experiment: str, rows: list[dict], *, profile: str, budget_epochs: int,
                 storage: str, overwrite: bool = False) -> Path:
     """Merge the best lr per variant into ``tuned_dir()/<experiment>.yaml``."""
@@ -617,6 +683,8 @@ def record_best(experiment: str, rows: list[dict], *, profile: str, budget_epoch
                   f"{path} (this is {profile}; --overwrite replaces it)", flush=True)
             continue
         best[r["variant"]] = {
+            "dataset": r["dataset"],
+            "dataset_checksum": r["dataset_checksum"],
             "lr": float(f"{r['best_lr']:.6g}"),
             "val_error": round(float(r["best_val_error"]), 4),
             "trials": int(r["trials"]),
@@ -675,8 +743,10 @@ def lr_search(
     storage = storage or default_storage()
     jobs = expand(spec, profile, seeds=1, sets=list(sets), only=variants or s.variants or None,
                   dataset=dataset, data_dir=data_dir, device=device)
-    cl = tracking.client()
-    exp_id = tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()})
+    require_devices(jobs)  # before any study or MLflow run exists
+    with first_use_lock(tracking.tracking_uri()):  # a fresh MLflow store: one creator
+        cl = tracking.client()
+        exp_id = tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()})
     loaded: dict[str, tuple[int, Any]] = {}
     rows = []
     for job in jobs:
@@ -691,8 +761,8 @@ def lr_search(
                    settings=s, seed=seed,
                    sampler_seed=seed if sampler_seed is None else sampler_seed,
                    experiment_id=exp_id)
-        rows.append(search_variant(t, trials=trials, workers=workers, n_train=n_train,
-                                   dataset=ds))
+        row = search_variant(t, trials=trials, workers=workers, n_train=n_train, dataset=ds)
+        rows.append(dict(row, dataset=dataset_id(job.config), dataset_checksum=ds.checksum))
     if record and any(r["best_lr"] is not None for r in rows):
         out = record_best(spec["name"], rows, profile=profile, budget_epochs=s.budget_epochs,
                           storage=storage, overwrite=overwrite)
@@ -785,5 +855,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from experiments.runner import stop_on_sigterm
+
+    stop_on_sigterm()  # SIGTERM ends the search as Ctrl-C does (runs KILLED, not RUNNING)
     sys.exit(main())
 

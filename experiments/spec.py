@@ -19,6 +19,17 @@ import yaml
 from convnets.models import build_model, check_options, get_entry
 from convnets.names import PROFILES
 from convnets.train import ConfigError, config_hash, resolve_config
+from experiments.spec_check import (
+    SpecError,
+    check_groups,
+    check_keys,
+    check_seeds,
+    check_variant,
+    read_yaml,
+    require_mapping,
+    require_str_list,
+    require_text,
+)
 
 SPEC_DIR = Path(__file__).resolve().parent
 
@@ -56,10 +67,6 @@ PROFILE_KEYS = {
     "models": "model replacements: {registered name: {name: ..., options: {...}}}",
     "variants": "list of 'group/variant' or 'variant' to run (default: all)",
 }
-
-
-class SpecError(ValueError):
-    """A spec is malformed; the message names the file and the key."""
 
 
 @dataclass
@@ -127,78 +134,122 @@ def spec_path(name: str) -> Path:
     return path
 
 
+#: YAML files beside the specs that are not specs (the GPU shift queue)
+NOT_SPECS = ("shifts",)
+
+
 def list_specs() -> list[str]:
-    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
-
-
-def _check_keys(where: str, mapping: Any, allowed: dict) -> None:
-    if not isinstance(mapping, dict):
-        raise SpecError(f"{where}: expected a mapping, got {type(mapping).__name__}")
-    for key in mapping:
-        if key not in allowed:
-            raise SpecError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml") if p.stem not in NOT_SPECS)
 
 
 def load_spec(name: str) -> dict:
-    """Read and structurally validate a spec (keys, models, options, paper numbers)."""
+    """Read and validate a spec: structure and types, models and options, paper numbers, and
+    every run config, both as written (recipe + group + variant, before any profile) and as
+    each profile resolves it, so nothing a profile overrides escapes the checks."""
     path = spec_path(name)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
-    _check_keys(str(path), spec, SPEC_KEYS)
+    spec = read_yaml(path, path.read_text())
+    check_keys(str(path), spec, SPEC_KEYS)
     for key in ("name", "claim", "citation", "groups", "profiles"):
         if key not in spec:
             raise SpecError(f"{path}: missing required key {key!r}")
+    for key in ("name", "claim", "citation") + (("notes",) if "notes" in spec else ()):
+        require_text(f"{path}: {key}", spec[key])
     if spec["name"] != path.stem:
         raise SpecError(f"{path}: name {spec['name']!r} must equal the file stem {path.stem!r}")
+    if spec.get("recipe") is not None:
+        require_mapping(f"{path}: recipe", spec["recipe"])
     spec["_path"] = str(path)
     diffs = spec.get("differences")
     if diffs is not None and not (isinstance(diffs, list)
                                   and all(isinstance(d, str) and d.strip() for d in diffs)):
         raise SpecError(f"{path}: differences must be a list of non-empty strings")
+    check_groups(str(path), spec["groups"])
     for gi, group in enumerate(spec["groups"]):
-        where = f"{path}: groups[{gi}]"
-        _check_keys(where, group, GROUP_KEYS)
-        for key in ("name", "baseline", "variants"):
-            if key not in group:
-                raise SpecError(f"{where}: missing required key {key!r}")
-        if group["baseline"] not in group["variants"]:
-            raise SpecError(f"{where}.baseline: {group['baseline']!r} is not one of its variants")
-        for vname, var in group["variants"].items():
-            vwhere = f"{where}.variants.{vname}"
-            var = var or {}
-            group["variants"][vname] = var
-            _check_keys(vwhere, var, VARIANT_KEYS)
-            model = var.get("model", group.get("model"))
-            if not model:
-                raise SpecError(f"{vwhere}: no model (set group.model or variant.model)")
-            try:
-                get_entry(model)
-                check_options(model, var.get("options", {}))
-            except (KeyError, ValueError) as err:
-                raise SpecError(f"{vwhere}: {err.args[0]}") from None
-            paper = var.get("paper")
-            if not (paper is None or paper == "fail" or isinstance(paper, (int, float))):
-                raise SpecError(f"{vwhere}.paper: {paper!r} is not a number, 'fail' or null")
-            if var.get("expect") not in (None, "higher", "lower"):
-                raise SpecError(f"{vwhere}.expect: {var['expect']!r} is not higher or lower")
+        _check_group(f"{path}: groups[{gi}]", group)
+    require_mapping(f"{path}: profiles", spec["profiles"])
+    if not spec["profiles"]:
+        raise SpecError(f"{path}: profiles: define at least one of {', '.join(PROFILES)}")
     for pname, prof in spec["profiles"].items():
-        where = f"{path}: profiles.{pname}"
-        if pname not in PROFILES:
-            raise SpecError(f"{where}: unknown profile; profiles are {', '.join(PROFILES)}")
-        _check_keys(where, prof, PROFILE_KEYS)
-        seeds = prof.get("seeds", 1)
-        if not (isinstance(seeds, int) and seeds > 0):
-            raise SpecError(f"{where}.seeds: must be a positive integer, got {seeds!r}")
-        for repl_from, repl in (prof.get("models") or {}).items():
-            _check_keys(f"{where}.models.{repl_from}", repl, {"name": "", "options": ""})
-            try:
-                get_entry(repl_from)
-                get_entry(repl["name"])
-            except KeyError as err:
-                raise SpecError(f"{where}.models.{repl_from}: {err.args[0]}") from None
+        _check_profile(f"{path}: profiles.{pname}", pname, prof)
+    _check_as_written(spec)
+    for pname in spec["profiles"]:
+        expand(spec, pname)
     return spec
+
+
+def _check_group(where: str, group: dict) -> None:
+    check_keys(where, group, GROUP_KEYS)
+    for key in ("name", "baseline", "variants"):
+        if key not in group:
+            raise SpecError(f"{where}: missing required key {key!r}")
+    if group["baseline"] not in group["variants"]:
+        raise SpecError(f"{where}.baseline: {group['baseline']!r} is not one of its variants")
+    for vname, var in group["variants"].items():
+        vwhere = f"{where}.variants.{vname}"
+        var = {} if var is None else var
+        group["variants"][vname] = var
+        check_keys(vwhere, var, VARIANT_KEYS)
+        check_variant(vwhere, var)
+        model = var.get("model", group.get("model"))
+        if not model:
+            raise SpecError(f"{vwhere}: no model (set group.model or variant.model)")
+        try:
+            get_entry(model)
+            check_options(model, var.get("options") or {})
+        except (KeyError, ValueError, TypeError) as err:
+            raise SpecError(f"{vwhere}: {err.args[0] if err.args else err}") from None
+
+
+def _check_profile(where: str, pname: str, prof: Any) -> None:
+    if pname not in PROFILES:
+        raise SpecError(f"{where}: unknown profile; profiles are {', '.join(PROFILES)}")
+    check_keys(where, prof, PROFILE_KEYS)
+    check_seeds(where, prof.get("seeds", 1))
+    if prof.get("overrides") is not None:
+        require_mapping(f"{where}.overrides", prof["overrides"])
+    if prof.get("variants") is not None:
+        require_str_list(f"{where}.variants", prof["variants"])
+    for repl_from, repl in require_mapping(f"{where}.models", prof.get("models") or {}).items():
+        rwhere = f"{where}.models.{repl_from}"
+        check_keys(rwhere, repl, {"name": "", "options": ""})
+        require_text(f"{rwhere}.name", repl.get("name"))
+        require_mapping(f"{rwhere}.options", repl.get("options") or {})
+        try:
+            get_entry(repl_from)
+            get_entry(repl["name"])
+            check_options(repl["name"], repl.get("options") or {})
+        except (KeyError, ValueError, TypeError) as err:
+            raise SpecError(f"{rwhere}: {err.args[0] if err.args else err}") from None
+
+
+def _check_as_written(spec: dict) -> None:
+    """Each variant's config before any profile touches it must itself be valid: a profile
+    that overrides a bad value (a string batch_size) would otherwise hide it from its runs."""
+    for gi, group in enumerate(spec["groups"]):
+        for vname, var in group["variants"].items():
+            cfg = deep_merge(spec.get("recipe") or {}, group.get("recipe") or {})
+            cfg = deep_merge(cfg, var.get("recipe") or {})
+            cfg["model"] = {"name": var.get("model", group.get("model")),
+                            "options": dict(var.get("options") or {})}
+            try:
+                resolve_config(cfg)
+            except ConfigError as err:
+                raise SpecError(f"{spec['_path']}: groups[{gi}].variants.{vname} (as written, "
+                                f"before profile overrides): {err.args[0]}") from None
+
+
+def require_devices(jobs: list[Job]) -> None:
+    """A CUDA device asked for on a machine without one fails here, before any MLflow run is
+    created, rather than in the first run's setup."""
+    wanted = sorted({str(j.config["runtime"]["device"]) for j in jobs})
+    cuda = [d for d in wanted if d.startswith("cuda")]
+    if cuda and not torch.cuda.is_available():
+        raise SpecError(f"runtime.device {cuda[0]!r} (--device or the spec): no CUDA device is "
+                        "visible on this machine; use --device cpu or auto")
+    for d in cuda:
+        if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
+            raise SpecError(f"runtime.device {d!r}: only {torch.cuda.device_count()} CUDA "
+                            "device(s) are visible")
 
 
 def expected_direction(var: dict, base: dict, is_baseline: bool) -> str:
@@ -246,16 +297,16 @@ def expand(
                 continue
             if only and full not in only and vname not in only:
                 continue
-            where = f"{path}: groups[{gi}].variants.{vname}"
-            cfg = deep_merge(spec.get("recipe", {}), group.get("recipe", {}))
-            cfg = deep_merge(cfg, var.get("recipe", {}))
-            cfg = deep_merge(cfg, prof.get("overrides", {}))
+            where = f"{path}: groups[{gi}].variants.{vname} (profile {profile})"
+            cfg = deep_merge(spec.get("recipe") or {}, group.get("recipe") or {})
+            cfg = deep_merge(cfg, var.get("recipe") or {})
+            cfg = deep_merge(cfg, prof.get("overrides") or {})
             cfg = deep_merge(cfg, (group.get("profile_overrides") or {}).get(profile, {}))
             model = var.get("model", group.get("model"))
-            options = dict(var.get("options", {}))
+            options = dict(var.get("options") or {})
             if model in replacements:
                 repl = replacements[model]
-                model, options = repl["name"], {**repl.get("options", {}), **options}
+                model, options = repl["name"], {**(repl.get("options") or {}), **options}
             cfg["model"] = {"name": model, "options": options}
             lr_source = "spec"
             if tuned_lr is not None:

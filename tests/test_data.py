@@ -232,9 +232,61 @@ def test_cache_written_reused_and_verified(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*unreadable.*delete"):
         load_dataset("cifar10", tmp_path)
 
+    cache.write_bytes(b"")  # an empty file
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*unreadable.*delete"):
+        load_dataset("cifar10", tmp_path)
+
+    cache.unlink()
+    load_dataset("cifar10", tmp_path)
+    good = cache.read_bytes()
+    cache.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*unreadable.*delete"):
+        load_dataset("cifar10", tmp_path)
+
+    cache.write_bytes(b"not a torch file")
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*unreadable.*delete"):
+        load_dataset("cifar10", tmp_path)
+
     cache.unlink()
     assert load_dataset("cifar10", tmp_path).checksum == first.checksum
     assert load_dataset("cifar10", tmp_path, cache=False).checksum == first.checksum
+
+
+def test_cache_edit_outside_the_tensors_is_detected(tmp_path):
+    """The digest covers every entry of the cache: an edited class name (pixels, labels and
+    their sha256 untouched) is corruption, not a silently renamed class."""
+    write_cifar10(tmp_path)
+    first = load_dataset("cifar10", tmp_path)
+    cache = tmp_path / ".convnets-cache" / "cifar10.pt"
+    blob = torch.load(cache, weights_only=True)
+    assert blob["classes"][0] == first.classes[0] != "renamed"
+    blob["classes"][0] = "renamed"
+    torch.save(blob, cache)
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*sha256.*delete"):
+        load_dataset("cifar10", tmp_path)
+
+    blob = torch.load(cache, weights_only=True)
+    blob["classes"][0] = first.classes[0]
+    blob["extra"] = torch.zeros(3)  # a tensor smuggled in beside the four splits
+    torch.save(blob, cache)
+    with pytest.raises(DatasetError, match=r"(?s)cifar10\.pt.*sha256.*delete"):
+        load_dataset("cifar10", tmp_path)
+
+    blob.pop("extra")
+    torch.save(blob, cache)
+    assert load_dataset("cifar10", tmp_path).classes == first.classes
+
+
+def test_cache_of_the_previous_format_is_rebuilt(tmp_path):
+    write_cifar10(tmp_path)
+    first = load_dataset("cifar10", tmp_path)
+    cache = tmp_path / ".convnets-cache" / "cifar10.pt"
+    blob = torch.load(cache, weights_only=True)
+    blob["format"] = 1
+    blob.pop("content_sha256")
+    torch.save(blob, cache)
+    assert load_dataset("cifar10", tmp_path).checksum == first.checksum
+    assert torch.load(cache, weights_only=True)["format"] == 2
 
 
 def test_cache_invalidated_when_sources_change(tmp_path):

@@ -1,0 +1,124 @@
+"""Command line refuses bad counts and absent devices up front; SIGTERM stops a run as Ctrl-C
+does; the scaling guide never exposes an unauthenticated tracking server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import experiments.runner as runner
+from experiments.__main__ import main
+from tests.test_experiments import TINY, _write
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_store(tmp_path, monkeypatch):
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(tmp_path / "ckpt"))
+    monkeypatch.setattr(runner, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
+    return db
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1"])
+def test_seed_counts_below_one_are_refused(fresh_store, tmp_path, capsys, seeds):
+    spec = _write(tmp_path)
+    assert main(["run", spec, "--profile", "smoke", "--seeds", seeds]) == 2
+    assert f"--seeds {seeds}: must be a positive number" in capsys.readouterr().err
+    assert not fresh_store.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_is_refused_before_mlflow(fresh_store, tmp_path, capsys, device):
+    spec = _write(tmp_path)
+    assert main(["run", spec, "--profile", "smoke", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert f"runtime.device {device!r}" in err and "no CUDA device" in err
+    assert not fresh_store.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_lr_search_on_cuda_without_cuda_is_refused(fresh_store, tmp_path, capsys):
+    from experiments.search import main as search_main
+
+    spec = _write(tmp_path)
+    assert search_main([spec, "--device", "cuda", "--storage",
+                        f"sqlite:///{tmp_path / 'optuna.db'}"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not fresh_store.exists() and not (tmp_path / "optuna.db").exists()
+
+
+LONG = TINY.replace("length: 2, drops: [0.5]", "length: 400, drops: [0.5]")
+
+
+def _wait_for(predicate, proc, timeout=240.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early ({proc.returncode}): {proc.stdout.read()}")
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("timed out waiting for the run's first checkpoint")
+
+
+def test_sigterm_marks_the_run_killed_and_keeps_its_checkpoint(tmp_path):
+    spec = _write(tmp_path, "term", LONG.format(name="term"))
+    ckpt_dir = tmp_path / "ckpt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CONVNETS_CHECKPOINTS=str(ckpt_dir),
+               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke",
+         "--variant", "base", "--seeds", "1"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: any(ckpt_dir.glob("term/*.pt")), proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out
+    cl = MlflowClient(uri)
+    exp = cl.get_experiment_by_name("term")
+    (run,) = cl.search_runs([exp.experiment_id])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "interrupted (SIGTERM); checkpoint kept"
+    assert len(list(ckpt_dir.glob("term/*.pt"))) == 1
+
+
+def test_stop_on_sigterm_turns_the_signal_into_a_keyboard_interrupt():
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        runner.stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode boundary
+        assert isinstance(info.value, runner.Terminated)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_scaling_guide_binds_the_tracking_server_safely():
+    text = (REPO / "docs" / "scaling.md").read_text()
+    commands = re.findall(r"^mlflow server .*$", text, re.MULTILINE)
+    assert commands, "docs/scaling.md should show how to run the tracking server"
+    for cmd in commands:
+        assert "--host 127.0.0.1" in cmd, cmd
+    assert "--host 0.0.0.0" not in text
+    assert "--app-name basic-auth" in text and "MLFLOW_TRACKING_PASSWORD" in text
+    assert "proxy" in text and "authentication" in text
