@@ -150,7 +150,8 @@ def _iterations(cfg: dict) -> int:
     return int(s["length"] * ((n - cfg["data"]["val_size"]) // cfg["batch_size"]))
 
 
-def shift_states(shifts, assumed, ledger_dir=None) -> list[dict]:
+def shift_states(shifts, assumed, ledger_dir=None, estimate: bool = True) -> list[dict]:
+    """Per shift: state, runs, the jobs missing and (``estimate``) the estimated seconds."""
     done = done_keys(ledger_dir)
     out = []
     for s in shifts:
@@ -159,7 +160,8 @@ def shift_states(shifts, assumed, ledger_dir=None) -> list[dict]:
                                            j.tags["profile"]) not in done]
         state = ("done" if not missing else "pending" if len(missing) == len(jobs)
                  else f"partly done ({len(missing)} of {len(jobs)} runs missing)")
-        est = estimate_seconds(missing or jobs, assumed) + 60 * s.bench_minutes
+        est = (estimate_seconds(missing or jobs, assumed) + 60 * s.bench_minutes
+               if estimate else float("nan"))
         out.append(dict(shift=s, state=state, runs=len(jobs), missing=missing, estimate_s=est))
     return out
 
@@ -184,7 +186,7 @@ def add_shifts_parser(sub) -> None:
 def run_shifts_command(args) -> int:
     shifts, raw = load_queue(args.queue)
     if args.cmd == "shifts":
-        states = shift_states(shifts, raw["assumed"])
+        states = shift_states(shifts, raw["assumed"], estimate=not args.next_data)
         if args.next_data:
             nxt = next((s for s in states if s["state"] != "done"), None)
             print(" ".join(nxt["shift"].data) if nxt else "")
@@ -209,7 +211,7 @@ def run_shift(args, shifts, raw) -> int:
 
     t_start = time.time()
     deadline = parse_deadline(args.deadline)
-    states = shift_states(shifts, raw["assumed"])
+    states = shift_states(shifts, raw["assumed"], estimate=False)
     pick = [s for s in states if (s["shift"].id == args.id if args.id else s["state"] != "done")]
     if not pick:
         print("no pending shift: the queue is done" if not args.id else f"no shift {args.id!r}")
@@ -244,7 +246,7 @@ def run_shift(args, shifts, raw) -> int:
         if (store / "artifacts").exists():
             tar.add(store / "artifacts", arcname="artifacts")
     print(f"part: {part}\nstore: {out / 'store.tgz'}\nnext, on your machine: "
-          f"python -m analysis add-part {out} && make tables", flush=True)
+          f"python -m analysis add-part {out / 'part'} && make tables", flush=True)
     return 0
 
 
