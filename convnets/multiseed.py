@@ -166,6 +166,23 @@ def build_stack(cfg: dict, seeds: list[int], rt, data) -> SeedStack:
     return SeedStack(models, cfg, rt, data.mean, data.std)
 
 
+def _refuse_unsupported(cfg: dict) -> None:
+    """Recipe keys the batched step does not implement yet: refuse rather than train another
+    recipe than the K single runs would."""
+    o, s = cfg["optim"], cfg["schedule"]
+    unsupported = {
+        "bn_group": cfg["bn_group"] is not None,
+        "schedule.warmup_until_error": s["warmup_until_error"] is not None,
+        "optim.lr_mult": bool(o["lr_mult"]),
+        "optim.bias_lr_mult": o["bias_lr_mult"] != 1.0,
+        "optim.bias_decay": o["bias_decay"] is not True,
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"batched seeds do not support {', '.join(bad)} yet; run the seeds "
+                         "separately")
+
+
 def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
               checkpoint_metas=None, dataset=None, on_epoch_end=None) -> list:
     """Train ``cfg`` once per seed, all seeds in one batched network.
@@ -176,6 +193,7 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
     Raises ``MixedProgressError`` if existing checkpoints stand at different epochs.
     """
     cfg = resolve_config(cfg)
+    _refuse_unsupported(cfg)
     k_seeds = len(seeds)
     loggers = loggers or [NullLogger() for _ in seeds]
     paths = [Path(p) if p else None for p in (checkpoints or [None] * k_seeds)]
@@ -199,7 +217,8 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
         t0 = time.perf_counter()
         steps = min(steps_per_epoch, sched.total - iteration)
         xs, ys = zip(*[epoch_data(data.train_x, data.train_y, steps * batch, pad,
-                                  cfg["data"]["augment"], g) for g in gens], strict=True)
+                                  cfg["data"]["augment"], g, data.pad_fill) for g in gens],
+                         strict=True)
         x_all, y_all = torch.stack(xs), torch.stack(ys)
         loss_sum = torch.zeros(k_seeds, device=rt.device)
         wrong = torch.zeros(k_seeds, device=rt.device, dtype=torch.long)

@@ -138,4 +138,5 @@ def test_snapshot_tables_equal_mlflow_tables(store, tmp_path, capsys):
     main(["--tracking-uri", uri, "export", "--out", str(tmp_path / "cli")])
     assert (tmp_path / "cli" / "runs.csv").read_text() == (tmp_path / "data" / "runs.csv").read_text()
     with pytest.raises(SystemExit):  # no snapshot there: a clear error, not a traceback
-        main(["tables", "--snapshot", str(tmp_path / "none"), "--out", str(tmp_path / "x")])
+        main(["tables", "--source", "snapshot", "--snapshot", str(tmp_path / "none"),
+              "--out", str(tmp_path / "x")])

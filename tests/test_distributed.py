@@ -24,6 +24,7 @@ CFG = {
     "schedule": {"unit": "epochs", "length": 2},  # 2 x 8 steps
     "batch_size": 32,  # global batch: 2 ranks x 16
     "seed": 1,
+    "runtime": {"precision": "fp32"},  # the equality is an fp32 property
 }
 
 

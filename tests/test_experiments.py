@@ -184,7 +184,7 @@ def test_runner_to_snapshot_to_tables_end_to_end(mlflow_store, tmp_path):
     live = (tmp_path / "live" / "e2e.csv").read_text()
     assert live == (tmp_path / "snapout" / "e2e.csv").read_text()
     md = (tmp_path / "snapout" / "e2e.md").read_text()
-    assert md.startswith("**SMOKE: not evidence**")
+    assert md.split("\n")[1].startswith("**SMOKE: not evidence**")
     assert "synthetic" in md and "Runs: 4" in md
 
 

@@ -87,6 +87,7 @@ def test_bench_runs_tiny_on_cpu(capsys, tmp_path):
     assert "measured bf16 matmul peak" in text and "measured fp32 matmul peak" in text
 
 
+@pytest.mark.slow  # > 9 s; `pytest -m slow` runs it
 def test_parallel_runs_finish_every_job_once(mlflow_store, tmp_path):
     from experiments.__main__ import main
 

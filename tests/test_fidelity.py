@@ -28,7 +28,7 @@ from convnets.train import (
 )
 
 SYNTH = {"name": "synthetic", "options": {"n_train": 256, "n_test": 128, "image_size": 16}}
-CPU = {"device": "cpu"}
+CPU = {"device": "cpu", "precision": "fp32"}
 
 
 def _data(**data):

@@ -243,6 +243,7 @@ def _check_workers(storage: str, env: Path) -> None:
     print(f"2 workers on {storage.split(':')[0]}: {time.perf_counter() - t0:.1f} s")
 
 
+@pytest.mark.slow  # > 9 s; `pytest -m slow` runs it
 def test_two_workers_share_a_journal_study(env):
     _check_workers(f"journal:{env / 'workers.journal'}", env)
 
@@ -305,5 +306,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # > 9 s; `pytest -m slow` runs it
 def test_two_workers_share_a_postgresql_study(env, postgres_url):
     _check_workers(postgres_url, env)
