@@ -73,6 +73,14 @@ def select(runs: pd.DataFrame, experiment: str, profile: str | None = None):
     return sel, profile
 
 
+def devices(sel: pd.DataFrame, parts: dict) -> str:
+    """The devices that made ``sel``: a run tagged just 'cpu' is named by its part's manifest."""
+    if "part" not in sel or not parts:
+        return _join(sel["device"])
+    return _join(parts.get(p, {}).get("device", d) if d == "cpu" else d
+                 for d, p in zip(sel["device"], sel["part"], strict=True))
+
+
 def data_date(runs: pd.DataFrame) -> str:
     """The date tables are stamped with: the newest run's start (a function of the data)."""
     times = [t for t in runs["start_time"] if t]
@@ -101,7 +109,7 @@ def provenance(sel: pd.DataFrame, all_runs: pd.DataFrame, profile: str, parts: d
              f"evaluated on the {_join(sel['eval_split'])} split; "
              f"precision: {_join(sel['precision'])}",
              f"Runs: {len(sel)} ({len(sel) - n_fail} finished, {n_fail} failed); "
-             f"device(s): {_join(sel['device'])}",
+             f"device(s): {devices(sel, parts)}",
              f"Commits: {span}"]
     if "part" in sel:
         lines.append("Parts: " + "; ".join(parts_table(parts, sel["part"])))
@@ -220,6 +228,7 @@ def write_claim(data: RunData, experiment: str, out: Path, profile: str | None,
     if draw and (experiment == "degradation" or experiment.startswith("seed004")):
         figs += figures.curves_figure(sel, data.curves, out / "figures" / f"{name}_curves", smoke)
     entry = dict(name=name, experiment=experiment, profile=profile, table=table, sel=sel,
+                 parts=data.parts,
                  verdict=verdict, figures=figs, smoke=smoke)
     return entry, files + figs
 
@@ -234,7 +243,7 @@ def _index_line(e: dict) -> str:
     pngs = " · ".join(f"[fig](figures/{p.name})" for p in e["figures"] if p.suffix == ".png")
     return (f"- **[{_md(e['experiment'])}]({e['name']}.md)**{tag}: {_md(verdict)}; "
             f"{len(sel)} runs, {n_txt} per variant, {e['profile']} profile; "
-            f"{_md(_join(sel['dataset_label']))}; {_md(_join(sel['device']))} · "
+            f"{_md(_join(sel['dataset_label']))}; {_md(devices(sel, e['parts']))} · "
             f"[tex]({e['name']}.tex) · [csv]({e['name']}.csv)" + (f" · {pngs}" if pngs else ""))
 
 
