@@ -50,6 +50,7 @@ def test_conversion_keeps_parameters_and_state_dict_keys():
     assert list(model.state_dict()) == keys  # checkpoints load into fit's model and back
 
 
+@pytest.mark.slow  # > 10 s; `pytest -m slow` runs it
 def test_two_processes_train_what_one_process_trains(mlflow_store, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(CFG))

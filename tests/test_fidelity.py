@@ -317,6 +317,7 @@ def test_bad_recipe_key_is_named(bad, key):
 
 
 # ------------------------------------------------------------------ provenance
+@pytest.mark.slow  # > 10 s; `pytest -m slow` runs it
 def test_spec_differences_reach_run_tags_and_table_provenance():
     import pandas as pd
 

@@ -109,6 +109,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # > 10 s; `pytest -m slow` runs it
 def test_processes_opening_a_fresh_sqlite_store_at_once_all_succeed(tmp_path):
     """Two processes, released together, open the same fresh Optuna and MLflow SQLite files
     (schema creation included). Without the first-use lock one of them usually dies with an
