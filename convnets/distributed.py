@@ -369,6 +369,8 @@ def launch(cfg: dict, nprocs: int, *, run_id: str | None = None,
         mp.spawn(_spawned, nprocs=nprocs, join=True,
                  args=(nprocs, free_port(), resolve_config(cfg), run_id,
                        str(checkpoint) if checkpoint else None, progress, out))
+        # our own result file in a private temp dir (a RunResult dataclass), never a
+        # checkpoint from a shared disk: the full unpickler is safe here
         payload = torch.load(out, weights_only=False)
     if "diverged" in payload:
         raise DivergedError(payload["diverged"])

@@ -43,6 +43,7 @@ from convnets.train import (
     check_finite,
     epoch_data,
     evaluate,
+    load_checkpoint,
     plan_iterations,
     prepare_data,
     resolve_config,
@@ -141,8 +142,7 @@ class _OptView:
 
 def _restore(stack: SeedStack, paths: list[Path | None], gens: list[torch.Generator]):
     """Load every existing per-seed checkpoint; returns (epoch, iteration, histories, walls)."""
-    states = [torch.load(p, map_location="cpu", weights_only=False) if p and p.exists()
-              else None for p in paths]
+    states = [load_checkpoint(p) if p and p.exists() else None for p in paths]
     epochs = {s["epoch"] if s else 0 for s in states}
     if len(epochs) > 1:
         raise MixedProgressError(f"per-seed checkpoints stand at epochs {sorted(epochs)}")
