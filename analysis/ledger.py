@@ -213,7 +213,7 @@ def add_part(src: Path, ledger: Path = LEDGER_DIR) -> Path:
     """Validate the part at ``src`` and copy it into the ledger; returns the new folder."""
     src = Path(src)
     if not (src / MANIFEST).exists():  # a campaign's output folder holding one part
-        inner = [p for p in src.glob(f"*/{MANIFEST}")]
+        inner = list(src.glob(f"*/{MANIFEST}"))
         if len(inner) == 1:
             src = inner[0].parent
     manifest = validate_part(src)
@@ -269,12 +269,12 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
 def _dedupe(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     ordered = runs.sort_values(["part_ended", "part"], kind="stable")
     dup = ordered.duplicated(DUP_KEY, keep="last")
+    winner = {tuple(k): p for *k, p in ordered.loc[~dup, [*DUP_KEY, "part"]].itertuples(False)}
     dropped = []
     for r in ordered[dup].itertuples():
-        winner = ordered[~dup & (ordered[DUP_KEY] == pd.Series(
-            {k: getattr(r, k) for k in DUP_KEY})).all(axis=1)]["part"].iloc[0]
+        won = winner[tuple(getattr(r, k) for k in DUP_KEY)]
         msg = (f"run {r.experiment}/{r.group}/{r.variant}/seed{r.seed} (config {r.config_hash}, "
-               f"{r.profile}) is in parts {r.part} and {winner}: counted once, from {winner}")
+               f"{r.profile}) is in parts {r.part} and {won}: counted once, from {won}")
         dropped.append(msg)
         warnings.warn(msg, stacklevel=3)
     out = ordered[~dup]

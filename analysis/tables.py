@@ -57,14 +57,10 @@ def select(runs: pd.DataFrame, experiment: str, profile: str | None = None):
     present = list(dict.fromkeys(r["profile"]))
     profile = profile or next((p for p in PROFILES if p in present), present[0] if present else "")
     r = r[r["profile"] == profile].sort_values(["start_time", "run_id"])
-    cell = ["config_hash", "dataset_checksum"]
-    size = r.groupby(["group", "variant", *cell])["run_id"].transform("size")
-    last = r.groupby(["group", "variant", *cell])["start_time"].transform("max")
-    best = (r.assign(_n=size, _t=last).sort_values(["_n", "_t"])
-            .groupby(["group", "variant"])[cell].last().reset_index())
-    keep = r.merge(best, on=["group", "variant", *cell], how="left", indicator=True)
-    keep.index = r.index
-    chosen = keep["_merge"] == "both"
+    cell = ["group", "variant", "config_hash", "dataset_checksum"]
+    sizes = r.groupby(cell).agg(_n=("run_id", "size"), _t=("start_time", "max")).reset_index()
+    best = sizes.sort_values(["_n", "_t"]).groupby(["group", "variant"]).tail(1)[cell]
+    chosen = pd.MultiIndex.from_frame(r[cell]).isin(pd.MultiIndex.from_frame(best))
     dropped = r[~chosen]
     sel = r[chosen].drop_duplicates(["group", "variant", "seed"], keep="last")
     sel.attrs["not_pooled"] = [

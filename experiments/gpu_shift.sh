@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole device side of one GPU shift, in one call (see experiments/shifts.py):
 #   bash experiments/gpu_shift.sh OUT_DIR [extra `python -m experiments shift` options]
-# 1. installs the carried wheels (.whl/, from ../shared/device/fetch-wheels.sh) if present;
-# 2. extracts only the data archives the next pending shift needs from .data/ into /tmp/data;
+# 1. installs the carried wheels (.whl/: mlflow, optuna and their dependencies) if present;
+# 2. extracts only the data the next pending shift needs from .data/ into $DATA_ROOT
+#    (default /tmp/data), which becomes --data-dir;
 # 3. runs `python -m experiments shift --out OUT_DIR` (shakedown, bench if asked, the shift's
 #    runs with a deadline, the ledger part, store.tgz), with its log teed, unbuffered, into
 #    OUT_DIR/shift.log.

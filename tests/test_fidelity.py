@@ -26,6 +26,7 @@ from convnets.train import (
     resolve_config,
     resolve_runtime,
 )
+from tests.test_train import interrupt_after_epoch_1_and_resume
 
 SYNTH = {"name": "synthetic", "options": {"n_train": 256, "n_test": 128, "image_size": 16}}
 CPU = {"device": "cpu", "precision": "fp32"}
@@ -201,17 +202,7 @@ def test_rule_run_logs_warmup_end_and_resumes_bitwise(tmp_path):
     assert 4 <= end <= 20
     assert "warmup_end_iteration" in full.history[-1]
 
-    class Stop(Exception):
-        pass
-
-    def interrupt(metrics):
-        if metrics["epoch"] == 1:
-            raise Stop
-
-    ckpt = tmp_path / "run.pt"
-    with pytest.raises(Stop):
-        fit(RUN, checkpoint=ckpt, progress=False, on_epoch_end=interrupt)
-    resumed = fit(RUN, checkpoint=ckpt, progress=False)
+    resumed = interrupt_after_epoch_1_and_resume(RUN, tmp_path / "run.pt")
     assert _strip(resumed.history) == _strip(full.history)
     assert (resumed.predictions == full.predictions).all()
 

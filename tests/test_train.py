@@ -66,8 +66,8 @@ def test_densenet_epoch_schedule():
     assert s.lr(225 * 781) == pytest.approx(0.001)
 
 
-def test_resumed_run_equals_uninterrupted_bitwise(tmp_path):
-    full = fit(SMALL, progress=False)
+def interrupt_after_epoch_1_and_resume(cfg, ckpt):
+    """Train ``cfg``, stop it after its first epoch (checkpoint kept), then resume it."""
 
     class Stop(Exception):
         pass
@@ -76,11 +76,15 @@ def test_resumed_run_equals_uninterrupted_bitwise(tmp_path):
         if metrics["epoch"] == 1:
             raise Stop
 
-    ckpt = tmp_path / "run.pt"
     with pytest.raises(Stop):
-        fit(SMALL, checkpoint=ckpt, progress=False, on_epoch_end=interrupt)
+        fit(cfg, checkpoint=ckpt, progress=False, on_epoch_end=interrupt)
     assert ckpt.exists()
-    resumed = fit(SMALL, checkpoint=ckpt, progress=False)
+    return fit(cfg, checkpoint=ckpt, progress=False)
+
+
+def test_resumed_run_equals_uninterrupted_bitwise(tmp_path):
+    full = fit(SMALL, progress=False)
+    resumed = interrupt_after_epoch_1_and_resume(SMALL, tmp_path / "run.pt")
     assert _strip_timing(resumed.history) == _strip_timing(full.history)
     assert resumed.final["final_test_error"] == full.final["final_test_error"]
     assert resumed.final["final_train_loss"] == full.final["final_train_loss"]
