@@ -40,7 +40,11 @@ def bench_processes(k: int, spec: Spec, device, flags: dict, t: Timing) -> Resul
     """Aggregate images/s of ``k`` processes training at once on one device."""
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    # forkserver: one server process imports torch and this module once (no CUDA, no OpenMP
+    # pool in it, so forking it is safe), and every worker of every row forks from it instead
+    # of re-importing torch: K=8 spawned interpreters cost ~30 CPU-seconds per row on 2 cores
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["convnets.bench.seeds"])
     barrier, queue = ctx.Barrier(k), ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // k) if device.type == "cpu" else 0
     procs = [ctx.Process(target=_worker, daemon=True,
