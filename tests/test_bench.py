@@ -199,3 +199,16 @@ def test_gpu_path_plans_gpu_rows_and_synchronises(monkeypatch):
     first, rate = measure.time_windows(lambda: None, 10, cuda, measure.Timing(1, 5, 2))
     assert rate == 50.0  # 5 steps x 10 images in the fake 1 s window
     assert synced.count("device") == 2 and synced.count("event") == 2 and len(events) == 4
+
+
+def test_k_rows_that_cannot_fit_in_host_memory_fail_at_once():
+    from convnets.bench.seeds import if_it_fits, mem_available_gib
+
+    assert if_it_fits(lambda: "ran", 2, 1e-6)() == "ran"
+    assert if_it_fits(lambda: "ran", 8, None)() == "ran"  # GPU rows: no host check
+    if mem_available_gib() is not None:
+        with pytest.raises(MemoryError, match="needs about"):
+            if_it_fits(lambda: "ran", 8, 1e6)()
+    cpu = bench.SIZES["cpu"]
+    assert cpu.kruns == {"resnet56": (2, 4, 8), "resnet110": (2, 4, 8)}
+    assert set(cpu.seed_gib) == set(cpu.kruns)

@@ -35,7 +35,7 @@ import torch
 from convnets.bench.measure import Spec, Timing, bench_baseline, bench_fast, matmul_peak
 from convnets.bench.plan import Row, State, data_for, execute, load_state, resume_from
 from convnets.bench.report import environment, render
-from convnets.bench.seeds import bench_batched, bench_processes
+from convnets.bench.seeds import bench_batched, bench_processes, if_it_fits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_ITERS = 10 * (60000 // 64)
@@ -91,13 +91,18 @@ class Size:
     peak_n: int  # matmul size for the peak rows
     peak_s: float  # seconds of matmuls per peak row
     loader_workers: int | None = None  # the baseline's DataLoader workers (None: its default)
+    #: CPU: host GiB per seed of the K-runs step (peak RSS of the batched bf16 step at batch
+    #: 128, measured on the 2-core Xeon: resnet110 3.1 GiB at K=1, 6.1 at K=2); rows that
+    #: would not fit in MemAvailable fail at once instead of getting the bench OOM-killed
+    seed_gib: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 SIZES = {
     "gpu": Size(Timing(15, 30, 5), [m.label for m in MODELS[:-1]], ["resnet56", "resnet110"],
                 {"resnet56": K_ALL, "resnet110": K_ALL}, 50000, 8192, 2.0),
     "cpu": Size(Timing(1, 2, 2), CPU_MODELS, ["resnet20"],
-                {"resnet56": K_ALL, "resnet110": K_ALL}, 4096, 4096, 3.0),
+                {"resnet56": K_ALL, "resnet110": K_ALL}, 4096, 4096, 3.0,
+                seed_gib={"resnet56": 1.6, "resnet110": 3.1}),
     "tiny": Size(Timing(0, 1, 1), ["tiny resnet8 (16x16)"], [],
                  {"tiny resnet8 (16x16)": (2,)}, 64, 128, 0.01, loader_workers=0),
 }
@@ -131,17 +136,20 @@ def _peak_rows(device, size: Size) -> list[Row]:
             for p in precisions]
 
 
-def _krun_rows(spec: Spec, ks, data, device, t: Timing) -> list[Row]:
+def _krun_rows(spec: Spec, ks, data, device, t: Timing, gib: float | None) -> list[Row]:
     f = K_FLAGS
+    gib = gib if device.type == "cpu" else None
     rows = [Row("kruns", spec.label, "1 run (trainer step)",
                 functools.partial(bench_fast, spec, data, device, f, t, "1 run"), spec),
             Row("kruns", spec.label, "1 seed batched (vmap, K=1)",
                 functools.partial(bench_batched, 1, spec, data, device, f, t), spec)]
     for k in ks:
         rows += [Row("kruns", spec.label, f"{k} processes",
-                     functools.partial(bench_processes, k, spec, device, f, t), spec),
+                     if_it_fits(functools.partial(bench_processes, k, spec, device, f, t),
+                                k, gib), spec),
                  Row("kruns", spec.label, f"{k} seeds batched (vmap)",
-                     functools.partial(bench_batched, k, spec, data, device, f, t), spec)]
+                     if_it_fits(functools.partial(bench_batched, k, spec, data, device, f, t),
+                                k, gib), spec)]
     return rows
 
 
@@ -166,7 +174,8 @@ def plan_rows(args, device, size: Size) -> tuple[list[Row], list[Spec]]:
             continue
         ks = tuple(k for k in ks if not args.k or k in args.k)
         spec = specs[label]
-        rows += _krun_rows(spec, ks, data_for(size.n_data, spec.shape), device, t)
+        rows += _krun_rows(spec, ks, data_for(size.n_data, spec.shape), device, t,
+                           size.seed_gib.get(label))
     used = {r.model for r in rows}
     return rows, [s for s in MODELS if s.label in used]
 

@@ -92,3 +92,30 @@ def bench_batched(k: int, spec: Spec, data, device, flags: dict, t: Timing) -> R
     _, rate = time_windows(one, k * batch, device, t)
     return Result(spec.label, f"{k} seeds batched (vmap)", batch, rate, peak_mem(device),
                   precision="bf16" if rt.bf16 else "fp32", seeds=k)
+
+
+def mem_available_gib() -> float | None:
+    """MemAvailable of /proc/meminfo (Linux), GiB; None where unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def if_it_fits(fn, k: int, gib_per_seed: float | None):
+    """``fn`` behind a host-memory check: K seeds of a CPU step that cannot fit in RAM would
+    get the bench OOM-killed (and a --resume would retry them); such a row fails at once, with
+    the estimate, and is listed as failed. ``gib_per_seed`` is measured (peak RSS per seed)."""
+
+    def run():
+        free = mem_available_gib()
+        if gib_per_seed and free is not None and k * gib_per_seed > 0.9 * free:
+            raise MemoryError(f"needs about {k * gib_per_seed:.0f} GiB for {k} seeds "
+                              f"({gib_per_seed} GiB each), {free:.0f} GiB available")
+        return fn()
+
+    return run
+
