@@ -77,8 +77,9 @@ lr-search: _notice ## Optuna learning-rate search: make lr-search EXP=degradatio
 tables: ## regenerate paper_tables/ from every ledger part (SOURCE=ledger|mlflow)
 	$(PY) -m analysis tables --source $(SOURCE)
 
-bench: ## training throughput, side by side -> paper_tables/bench.md (GPU) or bench-cpu.md (CPU)
-	$(PY) -m convnets.bench
+# BENCH_ARGS: e.g. --resume (keep the rows a cut-off run wrote, measure the rest), --load "..."
+bench: ## training throughput, side by side -> paper_tables/bench-gpu.md (GPU) or bench-cpu.md (CPU)
+	$(PY) -m convnets.bench $(BENCH_ARGS)
 
 # One worker and no background job consumers (MLflow 3 starts 4 workers and a huey consumer).
 mlflow-ui: ## MLflow UI on 127.0.0.1:PORT (default 5000), one worker, over the local store

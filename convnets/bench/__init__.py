@@ -1,39 +1,41 @@
 """`python -m convnets.bench` (`make bench`): training throughput, side by side in one run.
 
-For each model at its paper's batch size it times
+Rows, in the order measured:
 
-* ``baseline``: the conventional recipe: a torchvision-style dataset (uint8 array -> PIL ->
-  per-sample transforms) through a ``DataLoader``, eager fp32, plain SGD;
-* the trainer's own step (``convnets.train.make_step`` and ``epoch_data``, the code real runs
-  use: data resident on the device, bulk augmentation, no host sync), one technique at a time:
-  bf16 autocast, fused SGD, channels_last, torch.compile, CUDA graphs (GPU);
-* K runs of one config at once for resnet56 and resnet110: one run, K processes, and K seeds
-  batched into one network (``convnets.multiseed``);
-* the device's measured matmul peak (bf16 and fp32), and each row's achieved FLOP/s against it.
+* the device's matmul peak: a large bf16 and a large fp32 matmul (and TF32 on CUDA), GFLOP/s;
+* for each model at its paper's batch size, ``baseline``: the conventional recipe, a
+  torchvision-style dataset (uint8 array -> PIL -> per-sample transforms) through a
+  ``DataLoader``, eager fp32, plain SGD;
+* then the trainer's own step (``convnets.train.make_step`` and ``epoch_data``, the code real
+  runs use: data resident on the device, bulk augmentation, no host sync), one technique at a
+  time: bf16 autocast, fused SGD, channels_last, torch.compile (inductor), CUDA graphs (GPU),
+  other torch thread counts (CPU); every model row gets its achieved FLOP/s and the fraction
+  of the matching measured peak;
+* K runs of one config at once for resnet56 and resnet110 (K = 2, 4, 8): one run, one seed in
+  the batched form, K processes, and K seeds batched into one network (``convnets.multiseed``).
 
-``--size`` picks the scale: ``gpu`` (default with CUDA; writes ``paper_tables/bench.md``),
-``cpu`` (default without; every model with few steps, writes ``paper_tables/bench-cpu.md``,
-about 10 minutes on 2 cores) and ``tiny`` (seconds; tests use it, writes nothing by default).
+``--size`` picks the scale: ``gpu`` (default with CUDA; writes ``paper_tables/bench-gpu.md``),
+``cpu`` (default without; the four CPU models with few steps, writes
+``paper_tables/bench-cpu.md``) and ``tiny`` (seconds: tests; writes nothing unless ``--out``).
+Each row is written out as soon as it is measured (``convnets.bench.plan``); ``--resume``
+measures only the rows an earlier, cut-off run of the same size did not finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from convnets.bench.measure import (
-    Result,
-    Spec,
-    Timing,
-    bench_baseline,
-    bench_fast,
-    matmul_peak_tflops,
-    synthetic,
-)
-from convnets.bench.report import environment, report
-from convnets.bench.seeds import bench_batched, bench_processes
+from convnets.bench.measure import Spec, Timing, bench_baseline, bench_fast, matmul_peak
+from convnets.bench.plan import Row, State, data_for, execute, load_state, resume_from
+from convnets.bench.report import environment, render
+from convnets.bench.seeds import bench_batched, bench_processes, if_it_fits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_ITERS = 10 * (60000 // 64)
@@ -50,8 +52,11 @@ MODELS = [
     # d2l ch. 8.7: Fashion-MNIST at 96x96, batch 256, 10 epochs, [0, 1] inputs
     Spec("d2l DenseNet (96x96)", "d2l_densenet", {}, 256, 10 * (60000 // 256), (1, 28, 28),
          augment=False, normalize=False, resize=96),
+    # --size tiny only: seconds on a loaded CPU, exercises every code path
+    Spec("tiny resnet8 (16x16)", "cifar_resnet", {"depth": 8}, 16, 64000, (3, 16, 16)),
 ]
 CPU_MODELS = ["resnet20", "resnet56", "MNIST Inception", "d2l DenseNet (96x96)"]
+K_ALL = (2, 4, 8)
 
 
 def _flags(bf16=False, fused_sgd=False, channels_last=False, compile=None) -> dict:
@@ -71,17 +76,40 @@ LADDER = [
     ("trainer: bf16, fused SGD, channels_last, CUDA graphs",
      _flags(bf16=True, fused_sgd=True, channels_last=True, compile="reduce-overhead")),
 ]
-SIZES = {  # (timing, models, compile for these models, K values per K-runs model, data)
-    "gpu": (Timing(15, 30, 5), [m.label for m in MODELS], ["resnet56", "resnet110"],
-            {"resnet56": (2, 4, 8), "resnet110": (2, 4, 8)}, 50000),
-    "cpu": (Timing(1, 3, 3), CPU_MODELS, ["resnet20"],
-            {"resnet56": (2, 4, 8), "resnet110": (2, 4)}, 4096),
-    "tiny": (Timing(1, 1, 2), ["resnet20"], [], {"resnet20": (2,)}, 256),
+#: the K-runs rows and the thread rows use the eager bf16 step with fused SGD: K compilations
+#: at once would dominate the bench, and vmap's batched step runs eagerly
+K_FLAGS = LADDER[2][1]
+
+
+@dataclass
+class Size:
+    timing: Timing
+    models: list[str]
+    compiled: list[str]  # models that get the torch.compile rows
+    kruns: dict[str, tuple[int, ...]]  # model -> K values
+    n_data: int  # synthetic training images per model
+    peak_n: int  # matmul size for the peak rows
+    peak_s: float  # seconds of matmuls per peak row
+    loader_workers: int | None = None  # the baseline's DataLoader workers (None: its default)
+    #: CPU: host GiB per seed of the K-runs step (peak RSS of the batched bf16 step at batch
+    #: 128, measured on the 2-core Xeon: resnet110 3.1 GiB at K=1, 6.1 at K=2); rows that
+    #: would not fit in MemAvailable fail at once instead of getting the bench OOM-killed
+    seed_gib: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+SIZES = {
+    "gpu": Size(Timing(15, 30, 5), [m.label for m in MODELS[:-1]], ["resnet56", "resnet110"],
+                {"resnet56": K_ALL, "resnet110": K_ALL}, 50000, 8192, 2.0),
+    "cpu": Size(Timing(1, 2, 2), CPU_MODELS, ["resnet20"],
+                {"resnet56": K_ALL, "resnet110": K_ALL}, 4096, 4096, 3.0,
+                seed_gib={"resnet56": 1.6, "resnet110": 3.1}),
+    "tiny": Size(Timing(0, 1, 1), ["tiny resnet8 (16x16)"], [],
+                 {"tiny resnet8 (16x16)": (2,)}, 64, 128, 0.01, loader_workers=0),
 }
 
 
-def _rungs(device, compiled: bool, cuda_graphs: bool):
-    """The ladder rows this device and model get (compile rows cost 30-120 s each)."""
+def _rungs(device, compiled: bool, cuda_graphs: bool, tiny: bool, threads: list[int]):
+    """The ladder rows this device and model get (compile rows cost 30-120 s each on CPU)."""
     out = []
     for label, f in LADDER:
         if f["compile"] == "reduce-overhead" and not (device.type == "cuda" and cuda_graphs):
@@ -91,63 +119,94 @@ def _rungs(device, compiled: bool, cuda_graphs: bool):
         if f["compile"] and device.type == "cpu" and f["channels_last"]:
             continue  # one compile row on a 2-core CPU: the measured eager winner's layout
         out.append((label, f))
+    if tiny:
+        out = out[:2]
+    if device.type == "cpu":  # thread settings: the bf16 + fused SGD step at other counts
+        cores = os.cpu_count() or 1
+        for n in threads or sorted({1, cores // 2, cores} - {0, torch.get_num_threads()}):
+            out.append((f"trainer: bf16, fused SGD, {n} thread{'s' * (n > 1)}",
+                        dict(K_FLAGS, threads=n)))
     return out
 
 
-def _guarded(fn, label: str, results: list, *args):
-    """Run one measurement; a failing configuration must not lose the rest."""
-    try:
-        r = fn(*args)
-    except Exception as err:
-        print(f"   {label} failed: {type(err).__name__}: {err}"[:300], flush=True)
-        return
-    results.append(r)
-    extra = f" (first step {r.compile_s:.1f}s)" if r.compile_s else ""
-    print(f"   {r.config:50s} {r.images_per_sec:10.0f} img/s{extra}", flush=True)
+def _peak_rows(device, size: Size) -> list[Row]:
+    precisions = ["bf16", "fp32"] + (["tf32"] if device.type == "cuda" else [])
+    return [Row("peak", f"matmul {size.peak_n}x{size.peak_n}", p,
+                functools.partial(matmul_peak, device, p, size.peak_n, size.peak_s))
+            for p in precisions]
 
 
-def run(args) -> str:
+def _krun_rows(spec: Spec, ks, data, device, t: Timing, gib: float | None) -> list[Row]:
+    f = K_FLAGS
+    gib = gib if device.type == "cpu" else None
+    rows = [Row("kruns", spec.label, "1 run (trainer step)",
+                functools.partial(bench_fast, spec, data, device, f, t, "1 run"), spec),
+            Row("kruns", spec.label, "1 seed batched (vmap, K=1)",
+                functools.partial(bench_batched, 1, spec, data, device, f, t), spec)]
+    for k in ks:
+        rows += [Row("kruns", spec.label, f"{k} processes",
+                     if_it_fits(functools.partial(bench_processes, k, spec, device, f, t),
+                                k, gib), spec),
+                 Row("kruns", spec.label, f"{k} seeds batched (vmap)",
+                     if_it_fits(functools.partial(bench_batched, k, spec, data, device, f, t),
+                                k, gib), spec)]
+    return rows
+
+
+def plan_rows(args, device, size: Size) -> tuple[list[Row], list[Spec]]:
+    """Every row of this bench, in the order measured, and the models they use."""
+    t = size.timing
+    specs = {m.label: m for m in MODELS}
+    wanted = [x for x in size.models if not args.models or x in args.models]
+    tiny = args.size == "tiny"
+    rows = _peak_rows(device, size)
+    for spec in (specs[x] for x in wanted):
+        data = data_for(size.n_data, spec.shape)
+        rows.append(Row("model", spec.label, "baseline: DataLoader + eager fp32",
+                        functools.partial(bench_baseline, spec, data, device, t,
+                                          size.loader_workers), spec))
+        compiled = spec.label in size.compiled and not args.no_compile
+        for label, flags in _rungs(device, compiled, args.cuda_graphs, tiny, args.threads):
+            rows.append(Row("model", spec.label, label, functools.partial(
+                bench_fast, spec, data, device, flags, t, label), spec))
+    for label, ks in ({} if args.no_kruns else size.kruns).items():
+        if args.models and label not in args.models:
+            continue
+        ks = tuple(k for k in ks if not args.k or k in args.k)
+        spec = specs[label]
+        rows += _krun_rows(spec, ks, data_for(size.n_data, spec.shape), device, t,
+                           size.seed_gib.get(label))
+    used = {r.model for r in rows}
+    return rows, [s for s in MODELS if s.label in used]
+
+
+def default_out(device: torch.device, size: str) -> Path | None:
+    """paper_tables/bench-cpu.md on CPU, bench-gpu.md on CUDA; the tiny size writes nothing."""
+    if size == "tiny":
+        return None
+    return REPO_ROOT / "paper_tables" / f"bench-{'gpu' if device.type == 'cuda' else 'cpu'}.md"
+
+
+def run(args) -> State:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    size = args.size or ("gpu" if device.type == "cuda" else "cpu")
-    timing, labels, compiled, kvals, n_data = SIZES[size]
-    timing = Timing(args.warmup or timing.warmup, args.iters or timing.iters,
-                    args.windows or timing.windows)
+    args.size = args.size or ("gpu" if device.type == "cuda" else "cpu")
+    size = SIZES[args.size]
+    given = {"warmup": args.warmup, "iters": args.iters, "windows": args.windows}
+    timing = dataclasses.replace(size.timing, **{k: v for k, v in given.items() if v is not None})
+    size = dataclasses.replace(size, timing=timing)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    tiny = size == "tiny"
-    specs = {m.label: m for m in MODELS}
-    if tiny:  # seconds: a small batch of the smallest model
-        specs["resnet20"] = Spec("resnet20", "resnet20", {}, 32, 64000)
-    chosen = [specs[x] for x in labels if not args.models or x in args.models]
-    peaks = {p: matmul_peak_tflops(device, dt) for p, dt in
-             (("bf16", torch.bfloat16), ("fp32", torch.float32))}
-    results: list[Result] = []
-    for spec in chosen:
-        print(f"== {spec.label}", flush=True)
-        data = synthetic(n_data, spec.shape)
-        _guarded(bench_baseline, "baseline", results, spec, data, device, timing)
-        rungs = _rungs(device, spec.label in compiled and not args.no_compile, args.cuda_graphs)
-        for rung, flags in (rungs[:2] if tiny else rungs):
-            _guarded(bench_fast, rung, results, spec, data, device, flags, timing, rung)
-            torch.compiler.reset()  # each configuration compiles from scratch
-    kruns: list[Result] = []
-    # the K-runs rows use the eager bf16 step with fused SGD: K compilations at once would
-    # dominate the bench, and vmap's batched step runs eagerly
-    flags = dict(LADDER[2][1])
-    for label, ks in kvals.items():
-        if args.no_kruns or (args.models and label not in args.models):
-            continue
-        spec = specs[label]
-        print(f"== {label}: K runs at once", flush=True)
-        data = synthetic(n_data, spec.shape)
-        _guarded(bench_batched, "1 run", kruns, 1, spec, data, device, flags, timing)
-        if kruns and kruns[-1].model == label and kruns[-1].seeds == 1:
-            kruns[-1].config = "1 run (batched form, K=1)"
-        for k in ks:
-            _guarded(bench_processes, f"{k} processes", kruns, k, spec, device, flags, timing)
-            _guarded(bench_batched, f"{k} batched", kruns, k, spec, data, device, flags,
-                     timing)
-    return report(results, kruns, chosen, peaks, environment(device, args.load), size, timing)
+    rows, specs = plan_rows(args, device, size)
+    out = Path(args.out) if args.out else default_out(device, args.size)
+    state = State(environment(device, args.load), args.size, asdict(size.timing),
+                  [r.key for r in rows])
+    if args.resume:
+        resume_from(state, load_state(out) if out else None)
+    by_label = {s.label: s for s in specs}
+    state = execute(rows, state, functools.partial(render, specs=by_label), out)
+    if out:
+        print(f"wrote {out}")
+    return state
 
 
 def main(argv=None) -> int:
@@ -156,27 +215,25 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default=None,
                    help="gpu (default with CUDA), cpu (default without), tiny (tests)")
     p.add_argument("--models", nargs="*", default=[], help="labels (default: the size's)")
+    p.add_argument("--k", type=int, nargs="*", default=[], help="K values (default: 2 4 8)")
+    p.add_argument("--threads", type=int, nargs="*", default=[],
+                   help="thread counts for the CPU thread rows (default: 1, cores/2 and "
+                        "cores, less the current torch.get_num_threads())")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
-    p.add_argument("--no-kruns", action="store_true", help="skip the K-runs table")
+    p.add_argument("--no-kruns", action="store_true", help="skip the K-runs rows")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--windows", type=int, default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows the output already holds (same device, size and "
+                        "timing) and measure the rest")
     p.add_argument("--load", default=None,
                    help="what else ran on the machine during the bench (goes in the table)")
     p.add_argument("--out", default=None,
-                   help="where to write the table (default: paper_tables/bench.md on GPU, "
-                        "paper_tables/bench-cpu.md for --size cpu; tiny writes nothing)")
+                   help="the table (default: paper_tables/bench-gpu.md with CUDA, "
+                        "paper_tables/bench-cpu.md on CPU; --size tiny writes nothing)")
     args = p.parse_args(argv)
-    text = run(args)
-    print(text)
-    out = args.out
-    if out is None and args.size != "tiny":
-        gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu"
-        size = args.size or ("gpu" if gpu else "cpu")
-        out = REPO_ROOT / "paper_tables" / ("bench.md" if size == "gpu" else "bench-cpu.md")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
-        print(f"wrote {out}")
+    state = run(args)
+    print(render(state, specs={s.label: s for s in MODELS}), end="")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import statistics
 import time
@@ -40,6 +42,16 @@ class Result:
     compile_s: float | None = None
     precision: str = "fp32"
     seeds: int = 1  # models trained per step (batched seeds or processes)
+    flops_per_image: float | None = None  # training FLOPs of one image (3 x forward)
+
+
+@dataclass
+class Peak:
+    """A measured square-matmul rate: the ceiling that achieved FLOP/s is compared with."""
+
+    precision: str
+    n: int
+    gflops: float
 
 
 @dataclass
@@ -146,10 +158,13 @@ def baseline_transform(spec: Spec, data):
     return T.Compose(tf)
 
 
-def bench_baseline(spec: Spec, data, device, t: Timing) -> Result:
-    """torchvision Dataset + DataLoader, eager fp32, plain SGD: how public reproductions train."""
-    # 2 workers is the tutorials' usual setting; on a GPU host the loader gets up to 8 cores
-    workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else min(2, os.cpu_count())
+def bench_baseline(spec: Spec, data, device, t: Timing, workers: int | None = None) -> Result:
+    """torchvision Dataset + DataLoader, eager fp32, plain SGD: how public reproductions train.
+
+    ``workers``: loader processes; default 2 (the tutorials' usual setting) on CPU, up to 8 on a
+    GPU host."""
+    if workers is None:
+        workers = min(8 if device.type == "cuda" else 2, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
         SampleDataset(*data, baseline_transform(spec, data)), batch_size=spec.batch,
         shuffle=True, drop_last=True, num_workers=workers,
@@ -188,7 +203,23 @@ def device_stats(spec: Spec, data, device):
 
 
 def bench_fast(spec: Spec, data, device, flags: dict, t: Timing, label: str) -> Result:
-    """The trainer's own step (``make_step``) and epoch data path, with the given flags."""
+    """The trainer's own step (``make_step``) and epoch data path, with the given flags.
+
+    ``flags`` may hold ``threads``: the torch intra-op thread count for this row (restored
+    afterwards); the other keys are ``convnets.train.Runtime``'s."""
+    flags = dict(flags)
+    threads = flags.pop("threads", None)
+    if not threads:
+        return _bench_fast(spec, data, device, flags, t, label)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _bench_fast(spec, data, device, flags, t, label)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench_fast(spec: Spec, data, device, flags: dict, t: Timing, label: str) -> Result:
     rt = Runtime(device=device, **flags)
     torch.manual_seed(0)
     model = build_model(spec.name, **spec.options).to(device)
@@ -217,17 +248,49 @@ def bench_fast(spec: Spec, data, device, flags: dict, t: Timing, label: str) -> 
                   first if rt.compile else None, "bf16" if rt.bf16 else "fp32")
 
 
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Measured square-matmul throughput: the ceiling for achieved FLOP/s."""
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    timer = Timer(device)
-    reps = 20 if device.type == "cuda" else 4
-    timer.start()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / timer.stop() / 1e12
+PEAK_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
+
+
+def matmul_peak(device: torch.device, precision: str, n: int, min_s: float) -> Peak:
+    """Measured ``n`` x ``n`` matmul GFLOP/s: the best of 3 windows of >= ``min_s`` / 3 each.
+
+    Compute bound at the sizes the bench uses (4096 on CPU, 8192 on GPU): 2n^3 FLOPs over
+    3n^2 elements moved is 2n/3 FLOPs per element, over a thousand. ``tf32`` is fp32 inputs
+    with TF32 tensor-core matmuls allowed (CUDA; cuDNN convolutions allow TF32 by default)."""
+    dtype = PEAK_DTYPES[precision]
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        c = a @ b  # warm-up (kernel choice, page faults)
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        sync(device)
+        reps = max(1, math.ceil(min_s / 3 / max(time.perf_counter() - t0, 1e-9)))
+        timer, best = Timer(device), 0.0
+        for _ in range(3):
+            timer.start()
+            for _ in range(reps):
+                torch.mm(a, b, out=c)
+            best = max(best, 2 * n**3 * reps / timer.stop() / 1e9)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    return Peak(precision, n, best)
+
+
+@functools.cache
+def _forward_macs(name: str, options: tuple, shape: tuple) -> int:
+    from convnets.complexity import complexity
+
+    return complexity(build_model(name, **dict(options)), shape)["macs"]
+
+
+def train_flops(spec: Spec) -> float:
+    """Training FLOPs of one image: 2 x forward MACs (``convnets.complexity``), x3 for the
+    forward and the backward pass (input and weight gradients each cost about a forward).
+    The image is the one the network sees: the stored shape, or ``resize`` (d2l: 96x96)."""
+    shape = (spec.shape[0], spec.resize, spec.resize) if spec.resize else spec.shape
+    return 3 * 2 * _forward_macs(spec.name, tuple(sorted(spec.options.items())), tuple(shape))

@@ -1,4 +1,4 @@
-"""The bench's markdown: provenance, the side-by-side table, the K-runs table."""
+"""The bench's markdown: status, provenance, the peak, model and K-runs tables, missing rows."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import platform
 import torch
 
 from convnets.bench.measure import Result, Spec
-from convnets.complexity import complexity
-from convnets.models import build_model, get_entry
 
 
 def cpu_model() -> str:
@@ -32,6 +30,7 @@ def environment(device: torch.device, load: str | None) -> dict[str, str]:
         "cpu": cpu_model(),
         "cpu cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": str(torch.version.cuda),
         "cpu capability": torch.backends.cpu.get_cpu_capability(),
@@ -53,69 +52,157 @@ def environment(device: torch.device, load: str | None) -> dict[str, str]:
                 capture_output=True, text=True, timeout=20).stdout.strip()
         except OSError:
             env["driver"] = "unknown"
+        env["cudnn"] = str(torch.backends.cudnn.version())
     return env
 
 
-def _row(r: Result, spec: Spec, results: list[Result], peaks: dict[str, float]):
-    entry = get_entry(spec.name)
-    shape = (spec.shape[0], spec.resize, spec.resize) if spec.resize else entry.input_size
-    macs = complexity(build_model(spec.name, **spec.options), shape)["macs"]
-    tflops = 3 * 2 * macs * r.images_per_sec / 1e12  # forward + backward ~ 3x forward
-    base = next((b.images_per_sec for b in results
-                 if b.model == r.model and b.config.startswith("baseline")), None)
-    peak = peaks.get(r.precision)
-    proj_min = spec.paper_iters * spec.batch * r.seeds / r.images_per_sec / 60
-    gflops = f"{1000 * tflops:,.0f}" + (f" ({100 * tflops / peak:.1f}%)" if peak else "")
-    return (r.model, r.config, r.precision, r.batch, f"{r.images_per_sec:,.0f}",
-            f"{r.images_per_sec / base:.2f}x" if base else "",
-            f"{r.peak_mem_mib:,.0f}" if r.peak_mem_mib is not None else "", gflops,
-            f"{proj_min:,.0f}", f"{r.compile_s:.0f}" if r.compile_s else "")
+def _num(v: float) -> str:
+    """Three significant figures at least, thousands separated: 1,234 / 56.7 / 0.0123."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-HEADERS = ["model", "configuration", "precision", "batch", "images/s", "vs baseline",
-           "peak MiB", "GFLOP/s (of peak)", "projected run(s) (min)", "first step s"]
+def _done(state, section: str) -> list:
+    """The section's measured rows, in the plan's order (resumed ones included)."""
+    return [state.done[k] for k in state.keys if k.startswith(f"{section} |") and
+            k in state.done]
 
 
-def report(results: list[Result], kruns: list[Result], specs: list[Spec],
-           peaks: dict[str, float], env: dict, size: str, timing) -> str:
-    from tabulate import tabulate
+def _peaks(state) -> dict[str, float]:
+    return {r.precision: r.gflops for r in _done(state, "peak")}
 
-    by_label = {s.label: s for s in specs}
-    lines = ["# Training throughput", ""]
-    if size == "tiny":
-        lines += ["**Tiny run: exercises the code only; not a speed figure.**", ""]
-    lines += [f"- {k}: {v}" for k, v in env.items()]
-    lines += [f"- measured {p} matmul peak: {v * 1000:,.0f} GFLOP/s" for p, v in peaks.items()]
-    lines += [
+
+def matching_peak(r: Result, peaks: dict[str, float]) -> str:
+    """The peak a row's FLOP/s is compared with: bf16 rows with the bf16 matmul; fp32 rows with
+    TF32 where it was measured (CUDA, where cuDNN convolutions use TF32 by default), else fp32."""
+    if r.precision == "bf16":
+        return "bf16"
+    return "tf32" if "tf32" in peaks else "fp32"
+
+
+def _flops_cells(r: Result, peaks: dict[str, float]) -> tuple[str, str, str]:
+    """(achieved GFLOP/s, the matching peak, achieved / peak) for all the row's images."""
+    if not r.flops_per_image:
+        return "", "", ""
+    achieved = r.flops_per_image * r.images_per_sec / 1e9
+    p = matching_peak(r, peaks)
+    if p not in peaks:
+        return _num(achieved), f"{p}: not measured", ""
+    return _num(achieved), f"{p} {_num(peaks[p])}", f"{100 * achieved / peaks[p]:.3g}%"
+
+
+def _mib(r: Result) -> str:
+    return f"{r.peak_mem_mib:,.0f}" if r.peak_mem_mib is not None else ""
+
+
+def _minutes(r: Result, spec: Spec | None) -> str:
+    if spec is None:
+        return ""
+    return _num(spec.paper_iters * spec.batch * r.seeds / r.images_per_sec / 60)
+
+
+MODEL_HEADERS = ["model", "configuration", "precision", "batch", "images/s", "vs baseline",
+                 "peak MiB", "achieved GFLOP/s", "peak GFLOP/s", "fraction of peak",
+                 "projected run (min)", "first step s"]
+K_HEADERS = ["model", "configuration", "precision", "K", "images/s per seed",
+             "images/s (all seeds)", "vs 1 run", "achieved GFLOP/s", "peak GFLOP/s",
+             "fraction of peak", "projected K runs (min)", "peak MiB"]
+
+
+def _model_rows(state, specs: dict[str, Spec]) -> list[tuple]:
+    peaks, out = _peaks(state), []
+    for r in _done(state, "model"):
+        base = state.done.get(f"model | {r.model} | baseline: DataLoader + eager fp32")
+        out.append((r.model, r.config, r.precision, r.batch, _num(r.images_per_sec),
+                    f"{r.images_per_sec / base.images_per_sec:.2f}x" if base else "",
+                    _mib(r), *_flops_cells(r, peaks), _minutes(r, specs.get(r.model)),
+                    f"{r.compile_s:.0f}" if r.compile_s else ""))
+    return out
+
+
+def _k_rows(state, specs: dict[str, Spec]) -> list[tuple]:
+    peaks, out = _peaks(state), []
+    for r in _done(state, "kruns"):
+        one = state.done.get(f"kruns | {r.model} | 1 run (trainer step)")
+        out.append((r.model, r.config, r.precision, r.seeds, _num(r.images_per_sec / r.seeds),
+                    _num(r.images_per_sec),
+                    f"{r.images_per_sec / one.images_per_sec:.2f}x" if one else "",
+                    *_flops_cells(r, peaks), _minutes(r, specs.get(r.model)), _mib(r)))
+    return out
+
+
+def _status(state) -> list[str]:
+    n, m = len(state.done), len(state.keys)
+    if state.running:
+        return [f"**partial: {n} of {m} rows** (the bench is running or was cut off; the rows "
+                "not measured are listed at the end)", ""]
+    if n < m:
+        return [f"**incomplete: {n} of {m} rows** ({m - n} failed; listed at the end)", ""]
+    return [f"complete: {m} of {m} rows", ""]
+
+
+def _notes(state) -> list[str]:
+    t = state.timing
+    return [
         "- data: synthetic uint8 images of each model's stored shape (throughput does not "
         "depend on pixel values); d2l DenseNet: 1x28x28 upsampled to 96x96 in the step",
-        f"- images/s: median over {timing.windows} windows of {timing.iters} steps after "
-        f"{timing.warmup} warm-up steps (CUDA events on GPU, wall clock on CPU); peak memory: "
-        "torch.cuda.max_memory_allocated (GPU only)",
-        "- achieved FLOP/s = 3 x 2 x forward MACs x images/s, against the measured matmul "
-        "peak of the row's precision",
+        f"- images/s: median over {t['windows']} windows of {t['iters']} steps after "
+        f"{t['warmup']} warm-up steps and a first step (CUDA events on GPU, wall clock on "
+        "CPU); peak memory: torch.cuda.max_memory_allocated (GPU only)",
+        "- achieved GFLOP/s = training FLOPs per image x images/s, where training FLOPs per "
+        "image = 3 x the forward pass's (2 x MACs from `convnets.complexity`): an assumption, "
+        "backward ~ 2 x forward (input and weight gradients), BN/ReLU/pooling not counted",
+        "- fraction of peak = achieved GFLOP/s / the measured matmul peak of the row's "
+        "precision (bf16 rows: bf16; fp32 rows: TF32 where measured, i.e. CUDA, else fp32)",
         "- projected run = the paper's schedule (iterations x batch, per seed) / images/s, "
         "evaluation excluded; for K runs at once, the time for all K",
-        "",
-        tabulate([_row(r, by_label[r.model], results, peaks) for r in results],
-                 headers=HEADERS, tablefmt="github"),
     ]
-    if kruns:
-        lines += ["", "## K runs of one config at once", "",
-                  "1 run: the trainer's eager step (no compile, no channels_last, so the three "
-                  "forms run the same kernels); K processes: separate processes on one device "
-                  "(on CPU each gets cores/K threads); K seeds batched: `convnets.multiseed` "
-                  "(vmap over stacked parameters, per-seed data, BN and optimizer state). "
-                  "images/s counts every seed's images; 'vs 1 run' is the speed-up of "
-                  "getting K seeds done.", ""]
-        single = {r.model: r.images_per_sec for r in kruns if r.seeds == 1}
-        rows = []
-        for r in kruns:
-            ratio = r.images_per_sec / single[r.model] if r.model in single else None
-            rows.append((r.model, r.config, r.precision, r.seeds, f"{r.images_per_sec:,.0f}",
-                         f"{ratio:.2f}x" if ratio else "",
-                         f"{r.peak_mem_mib:,.0f}" if r.peak_mem_mib is not None else ""))
-        lines.append(tabulate(rows, headers=["model", "configuration", "precision", "K",
-                                             "images/s (all seeds)", "vs 1 run", "peak MiB"],
-                              tablefmt="github"))
-    return "\n".join(lines) + "\n"
+
+
+K_NOTE = ("1 run: the trainer's eager bf16 + fused SGD step; 1 seed batched: the same "
+          "through `convnets.multiseed`'s vmap (its overhead alone); K processes: separate "
+          "processes on one device, at once (on CPU each gets cores/K threads); K seeds "
+          "batched: `convnets.multiseed` (vmap over stacked parameters, per-seed data, BN and "
+          "optimizer state). images/s (all seeds) counts every seed's images; 'vs 1 run' is "
+          "the speed-up of getting K seeds done.")
+
+
+def _missing(state) -> list[str]:
+    lost = [k for k in state.keys if k not in state.done]
+    if not lost:
+        return []
+    why = "not measured yet (running, or cut off)" if state.running else "not measured"
+    return ["", "## Rows not measured", ""] + [
+        f"- {k}: " + (f"failed: {state.failed[k]}" if k in state.failed else why)
+        for k in lost]
+
+
+def render(state, specs: dict[str, Spec]) -> str:
+    """The whole markdown table of ``state`` (a ``convnets.bench.plan.State``)."""
+    from tabulate import tabulate
+
+    lines = ["# Training throughput", ""] + _status(state)
+    if state.size == "tiny":
+        lines += ["**Tiny run: exercises the code only; not a speed figure.**", ""]
+    lines += [f"- {k}: {v}" for k, v in state.env.items()]
+    if state.resumed:
+        lines.append(f"- resumed: {len(state.resumed)} rows from the run of {state.earlier}; "
+                     "the others measured in this run")
+    peaks = _done(state, "peak")
+    lines += [f"- measured {r.precision} matmul peak: {_num(r.gflops)} GFLOP/s "
+              f"({r.n}x{r.n})" for r in peaks]
+    lines += _notes(state) + [""]
+    if peaks:
+        lines += ["## Matmul peak", "", tabulate(
+            [(f"{r.n}x{r.n}", r.precision, _num(r.gflops)) for r in peaks],
+            headers=["matmul", "precision", "GFLOP/s"], tablefmt="github"), ""]
+    model_rows = _model_rows(state, specs)
+    if model_rows:
+        lines += ["## Models", "", tabulate(model_rows, headers=MODEL_HEADERS,
+                                            tablefmt="github", disable_numparse=True), ""]
+    k_rows = _k_rows(state, specs)
+    if k_rows:
+        lines += ["## K runs of one config at once", "", K_NOTE, "",
+                  tabulate(k_rows, headers=K_HEADERS, tablefmt="github",
+                           disable_numparse=True)]
+    lines += _missing(state)
+    return "\n".join(lines) + f"\n\n<!-- bench-state {state.to_json()} -->\n"
