@@ -2,9 +2,10 @@
 
     torchrun --nproc_per_node=2 -m convnets.distributed --config cfg.yaml [--experiment NAME]
 
-``ddp_fit`` is ``convnets.train.fit`` for K processes, built from the trainer's pieces
-(``resolve_config``, ``prepare_data``, ``make_optimizer``, ``make_step``, ``make_schedule``,
-``epoch_data``, ``evaluate``), so K processes train what one process would:
+This module holds the process group, synchronised batch norm on CPU, the DDP wrapper and the
+launchers; it has no training loop. Every rank runs ``convnets.train.fit``, the one loop, whose
+``world`` (``convnets.runtime.World``) is this process group, so K processes train what one
+process would:
 
 * every rank draws the epoch's permutation and augmentation from the same seeded CPU generator
   (the one ``fit`` uses) and takes its own contiguous slice of each global batch: rank r of K
@@ -23,17 +24,18 @@ Backend: nccl on CUDA (one GPU per rank, ``cuda:$LOCAL_RANK``), gloo on CPU.
 
 Launch with torchrun (above), or from Python with :func:`launch` (``torch.multiprocessing``,
 one node), which the experiment runner can use for ``--ddp K``.
+
+Imports the trainer (``fit``) and its parts; ``convnets.train`` imports this module only inside
+a K-process run (``data_parallel``), never at import time.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,39 +44,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from convnets.train import (
-    ConfigError,
-    DivergedError,
-    NullLogger,
-    RunResult,
-    _Progress,
-    build_result,
-    check_finite,
-    data_seed,
-    epoch_data,
-    evaluate,
-    make_optimizer,
-    make_step,
-    plan_iterations,
-    prepare_data,
-    resolve_config,
-    resolve_runtime,
-    restore_checkpoint,
-    save_checkpoint,
-    seed_everything,
-)
+from convnets.config import ConfigError, resolve_config
+from convnets.results import DivergedError, RunResult
+from convnets.runtime import rank, world_size
+from convnets.train import fit
+
+__all__ = ["CPUSyncBatchNorm", "convert_sync_batchnorm", "data_parallel", "ddp_fit",
+           "init_from_env", "launch", "main", "rank", "world_size"]
 
 # ---------------------------------------------------------------------------------------------
 # Process group
 # ---------------------------------------------------------------------------------------------
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def init_from_env() -> torch.device:
@@ -181,142 +161,18 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return convert(model)
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
+def data_parallel(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(``model`` with batch norm synchronised over the process group, DDP around it): what
+    ``fit`` trains in a K-process run. Checkpoints and evaluation use the first (no
+    ``module.`` prefix in the keys), the training step calls the second."""
+    module = convert_sync_batchnorm(model, device)
+    ids = [device.index] if device.type == "cuda" else None
+    return module, nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-def ddp_fit(
-    cfg: dict,
-    *,
-    logger=None,
-    checkpoint: str | Path | None = None,
-    progress: bool = True,
-    on_epoch_end=None,
-    dataset=None,
-    trace: list | None = None,
-    checkpoint_meta: dict | None = None,
-) -> RunResult | None:
-    """Train one run on all ranks of the (initialised) process group; like ``fit``.
-
-    Args:
-        cfg: trainer config; ``batch_size`` is the global batch (divisible by the world size).
-        logger: used on rank 0 only (``log_epoch`` once per epoch).
-        checkpoint: written by rank 0 at every epoch end; read by every rank on start.
-        checkpoint_meta: stored in the checkpoint as ``meta`` (as ``fit`` does).
-        trace: if a list, the training-set indices of this rank's slice of every step are
-            appended to it (the tests compare them with a single process).
-
-    Returns:
-        rank 0: the ``RunResult`` (predictions on the evaluation set); other ranks: None.
-        Without an initialised process group this is a single-process run (world size 1).
-    """
-    cfg = resolve_config(cfg)
-    world, me = world_size(), rank()
-    logger = logger if (logger is not None and me == 0) else NullLogger()
-    runtime = copy.deepcopy(cfg["runtime"])
-    if torch.cuda.is_available() and world > 1:
-        runtime["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', me))}"
-    rt = resolve_runtime(runtime)
-    batch = cfg["batch_size"]
-    if batch % world:
-        raise ConfigError(f"'batch_size' {batch} (the global batch) is not divisible by the "
-                          f"{world} processes")
-    per = batch // world
-    for key, value in (("bn_group", cfg["bn_group"]),
-                       ("schedule.warmup_until_error", cfg["schedule"]["warmup_until_error"])):
-        if value is not None:  # not implemented across processes: refuse rather than ignore
-            raise ConfigError(f"'{key}' is not supported by DDP runs (got {value!r}); "
-                              "run it with convnets.train.fit")
-    seed = int(cfg["seed"])
-    seed_everything(seed)  # the same init on every rank (DDP also broadcasts rank 0's weights)
-    data = prepare_data(cfg, rt.device, dataset)
-    from convnets.models import build_model
-
-    model = build_model(cfg["model"]["name"], num_classes=data.num_classes,
-                        **cfg["model"]["options"]).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1:
-        model = convert_sync_batchnorm(model, rt.device)
-    module = model
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    optimizer = make_optimizer(model, cfg, rt)
-    n_train = data.train_x.shape[0]
-    steps_per_epoch, sched, n_epochs = plan_iterations(cfg, n_train, batch)
-    data_gen = torch.Generator().manual_seed(data_seed(seed))
-    index = torch.arange(n_train, device=rt.device)
-
-    history: list[dict[str, float]] = []
-    start_epoch, iteration, wall_before = 0, 0, 0.0
-    ckpt_path = Path(checkpoint) if checkpoint else None
-    if ckpt_path and ckpt_path.exists():
-        state = restore_checkpoint(ckpt_path, module, optimizer, data_gen, rt.device)
-        start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
-        wall_before = state.get("wall_time_s", 0.0)
-
-    step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
-    bar = _Progress(sched.total, progress and me == 0, initial=iteration)
-    pred, err = None, None
-    wall0 = time.perf_counter()
-    augment = cfg["data"]["augment"]
-    pad = cfg["data"]["pad"] if augment else 0
-    try:
-        for epoch in range(start_epoch, n_epochs):
-            t0 = time.perf_counter()
-            steps = min(steps_per_epoch, sched.total - iteration)
-            # the whole epoch as fit draws it; the "labels" are the sample indices
-            x_all, idx_all = epoch_data(data.train_x, index, steps * batch, pad, augment,
-                                        data_gen, data.pad_fill)
-            y_all = data.train_y[idx_all]
-            loss_sum = torch.zeros((), device=rt.device)
-            wrong = torch.zeros((), device=rt.device, dtype=torch.long)
-            for s in range(steps):
-                lo = s * batch + me * per
-                lr = sched.lr(iteration)
-                loss, n_wrong = step(x_all[lo : lo + per], y_all[lo : lo + per], lr)
-                if trace is not None:
-                    trace.append(idx_all[lo : lo + per].cpu())
-                loss_sum += loss
-                wrong += n_wrong
-                iteration += 1
-            totals = torch.stack([loss_sum.double(), wrong.double()])
-            if world > 1:
-                dist.all_reduce(totals)
-            train_loss = totals[0].item() / (steps * world)
-            train_err = totals[1].item() * 100.0 / (steps * batch)
-            dt = time.perf_counter() - t0
-            # all-reduced: every rank stops together
-            check_finite(train_loss, epoch, iteration, steps, lr)
-            metrics = {"epoch": epoch + 1, "iteration": iteration, "train_loss": train_loss,
-                       "train_error": train_err, "lr": lr, "images_per_sec": steps * batch / dt,
-                       "epoch_time_s": dt}
-            last = epoch == n_epochs - 1
-            if me == 0 and (last or (epoch + 1) % cfg["eval_every"] == 0):
-                err, pred = evaluate(module, data, rt, cfg)
-                metrics[f"{data.eval_split}_error"] = err
-            history.append(metrics)
-            # checkpoint first, then log (as fit does)
-            if ckpt_path and me == 0:
-                save_checkpoint(ckpt_path, module, optimizer, data_gen, rt.device,
-                                epoch=epoch + 1, iteration=iteration, history=history,
-                                config=cfg, meta=checkpoint_meta or {}, world_size=world,
-                                wall_time_s=wall_before + time.perf_counter() - wall0)
-            logger.log_epoch(iteration, metrics)
-            bar.update(steps, metrics, data.eval_split)
-            if on_epoch_end:
-                on_epoch_end(metrics)
-    finally:
-        bar.close()
-    if me != 0:
-        return None
-    if pred is None:  # resumed from a checkpoint of the finished run
-        err, pred = evaluate(module, data, rt, cfg)
-    return build_result(history, err, pred, data, rt, sched, steps_per_epoch,
-                        wall_before + time.perf_counter() - wall0, world_size=world,
-                        per_rank_batch=per)
+#: ``fit`` trains on every rank of the initialised process group (its ``world`` defaults to
+#: it); the old name of its K-process form, kept for callers (tests/test_distributed.py)
+ddp_fit = fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +199,7 @@ def _spawned(local_rank: int, nprocs: int, port: int, cfg: dict, run_id: str | N
 
         logger = tracking.RunLogger(tracking.client(), run_id)
     try:
-        result = ddp_fit(cfg, logger=logger, checkpoint=checkpoint, progress=progress,
+        result = fit(cfg, logger=logger, checkpoint=checkpoint, progress=progress,
                          checkpoint_meta={"run_id": run_id} if run_id else None)
         payload: dict[str, Any] = {"result": result}
     except DivergedError as err:
@@ -416,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     trace: list | None = [] if args.trace else None
     status, code, result = "FINISHED", 0, None
     try:
-        result = ddp_fit(cfg, logger=logger, checkpoint=args.checkpoint,
+        result = fit(cfg, logger=logger, checkpoint=args.checkpoint,
                          progress=not args.no_progress, trace=trace,
                          checkpoint_meta={"run_id": run_id} if run_id else None)
     except DivergedError as err:

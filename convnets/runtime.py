@@ -1,0 +1,203 @@
+"""How a run executes, never what it trains: the device, precision, compile mode and the other
+fast-path switches (``Runtime``), seeding, and the processes of a data-parallel run (``World``).
+
+Imports torch and ``convnets.config`` only; nothing here may import the trainer, the models or
+``convnets.distributed`` (which builds on this module).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from convnets.config import COMPILE_MODES, ConfigError
+
+#: what ``compile: auto`` means on CUDA: eager until `make bench` on a GPU shows compile pays
+AUTO_COMPILE_CUDA: str | None = None
+#: ``data_seed`` multiplies the run seed by this prime (the 1000th) and adds ``DATA_SEED_OFFSET``,
+#: so the data-order generator of run s never starts where that of a nearby run does. Changing
+#: either changes every run's data order (and so its results): they are fixed.
+DATA_SEED_PRIME = 7919
+DATA_SEED_OFFSET = 17
+
+
+def resolved_precision(rt: dict) -> str:
+    """``fp32`` or ``bf16``: what ``runtime.precision`` means on the device it resolves to."""
+    if rt["precision"] != "auto":
+        return rt["precision"]
+    dev = rt["device"]
+    cuda = (dev == "auto" and torch.cuda.is_available()) or str(dev).startswith("cuda")
+    return "bf16" if cuda or cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 / AMX): only then does bf16
+    autocast pay on CPU; emulated bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class Runtime:
+    """The resolved ``runtime`` switches of a run (``resolve_runtime``)."""
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    compile: str | None  # None (eager) or a torch.compile mode
+    fused_sgd: bool
+
+    @property
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+
+def resolve_runtime(rt: dict) -> Runtime:
+    dev = rt["device"]
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"'runtime.device' is {dev!r} but no CUDA device is visible")
+    cuda = device.type == "cuda"
+
+    def flag(key: str, auto: bool) -> bool:
+        v = rt[key]
+        return auto if v == "auto" else bool(v)
+
+    precision = rt["precision"]
+    # CPU, measured by `make bench` (paper_tables/bench-cpu.md, 2-core Xeon with AMX): bf16
+    # autocast takes the trainer's ResNet-20 step from 462 to 820 images/s, ResNet-56 from 141
+    # to 216. `precision: fp32` stays available: the deterministic mode in which resume is
+    # bitwise on every CPU.
+    bf16 = (precision == "bf16") or (precision == "auto" and (cuda or cpu_has_bf16()))
+    comp = rt["compile"]
+    if comp == "auto":
+        # CPU: eager. Inductor took 78 s to compile the ResNet-20 step and then ran it at 782
+        # images/s against 820 eager (bf16): no gain to pay for.
+        comp = AUTO_COMPILE_CUDA if cuda else None
+    elif comp is True:
+        comp = "default"
+    elif comp is False or comp is None:
+        comp = None
+    elif comp not in COMPILE_MODES:
+        raise ConfigError(f"'runtime.compile' must be auto, true, false or one of {COMPILE_MODES}")
+    if cuda:
+        torch.backends.cudnn.benchmark = bool(rt["cudnn_benchmark"])
+    if flag("deterministic", not cuda):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return Runtime(
+        device=device,
+        bf16=bf16,
+        # CPU: off. NCHW measured faster for the ResNets (ResNet-20 bf16 764 vs 801 images/s,
+        # ResNet-56 227 vs 233), the bulk of the claims; the MNIST Inception net (2498 vs 1869)
+        # and the d2l DenseNet at 96x96 (198 vs 124) gain: set it per spec there.
+        channels_last=flag("channels_last", cuda),
+        compile=comp,
+        # CPU: off. The fused CPU SGD measured within noise of the plain one (801 vs 820
+        # images/s on ResNet-20, 233 vs 216 on ResNet-56).
+        fused_sgd=flag("fused_sgd", cuda),
+    )
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's model name, or ``cpu``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model initialisation)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def data_seed(seed: int) -> int:
+    """Seed of the CPU generator that draws permutations and augmentation for run ``seed``."""
+    return seed * DATA_SEED_PRIME + DATA_SEED_OFFSET
+
+
+# ---------------------------------------------------------------------------------------------
+# The processes of one run
+# ---------------------------------------------------------------------------------------------
+
+
+def rank() -> int:
+    """This process's rank in the initialised process group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Processes in the initialised process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@dataclass(frozen=True)
+class World:
+    """The ``size`` processes that train one run together, seen from the one of rank ``rank``.
+
+    ``fit`` trains through it: every rank draws the whole epoch from the same seeded generator
+    and trains on its own contiguous ``per_rank`` slice of each global batch (rank r of step s:
+    samples ``[s*B + r*B/K, s*B + (r+1)*B/K)``); the epoch's totals are summed over ranks; only
+    the main rank evaluates, logs, shows progress and writes checkpoints. ``World()`` is one
+    process, where all of this is the identity.
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # the GPU of this rank on its node (``$LOCAL_RANK``)
+
+    @classmethod
+    def current(cls) -> World:
+        """This process's place in the initialised process group (``World()`` without one)."""
+        r, k = rank(), world_size()
+        return cls(r, k, int(os.environ.get("LOCAL_RANK", r))) if k > 1 else cls()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def per_rank(self, cfg: dict, deadline: float | None = None) -> int:
+        """Images per step on this rank; refuses what K processes cannot train as one does."""
+        batch = cfg["batch_size"]
+        if self.size == 1:
+            return batch
+        if batch % self.size:
+            raise ConfigError(f"'batch_size' {batch} (the global batch) is not divisible by the "
+                              f"{self.size} processes")
+        for key, value in (("bn_group", cfg["bn_group"]),
+                           ("schedule.warmup_until_error",
+                            cfg["schedule"]["warmup_until_error"])):
+            if value is not None:  # not implemented across processes: refuse, don't ignore
+                raise ConfigError(f"'{key}' is not supported by DDP runs (got {value!r}); "
+                                  "run it in one process")
+        if deadline is not None:  # ranks reading their own clocks could stop at different steps
+            raise ConfigError("a deadline is not supported by DDP runs")
+        return batch // self.size
+
+    def place(self, rt: dict) -> dict:
+        """``runtime`` config for this rank: its own GPU (``cuda:LOCAL_RANK``) under CUDA."""
+        if self.size == 1 or not torch.cuda.is_available():
+            return rt
+        return dict(rt, device=f"cuda:{self.local_rank}")
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks (in place)."""
+        if self.size > 1:
+            dist.all_reduce(t)
+        return t
+
+    def info(self, per_rank: int) -> dict:
+        """What a result records about the processes ({} for one)."""
+        return {} if self.size == 1 else {"world_size": self.size, "per_rank_batch": per_rank}
