@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,57 +43,72 @@ def _list_images(folder: Path, prefix: str) -> list[tuple[str, tuple[str, int, i
     return [(p, entry) for _, p, entry in found]
 
 
+def _read_image(path: str) -> tuple[torch.Tensor, bool]:
+    """The bytes of an image file as a uint8 tensor, and whether they start like a JPEG."""
+    try:
+        with open(path, "rb") as f:
+            raw = bytearray(f.read())
+    except OSError as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+    if not raw:
+        raise DatasetError(f"cannot decode image {path}: the file is empty")
+    return torch.frombuffer(raw, dtype=torch.uint8), raw[:3] == b"\xff\xd8\xff"
+
+
+def _decode_one(path: str, data: torch.Tensor, jpeg: bool, read_mode: Any) -> torch.Tensor:
+    """One image decoded on its own; a DatasetError names the file that fails."""
+    from torchvision.io import decode_image, decode_jpeg
+
+    try:
+        if jpeg:
+            img = decode_jpeg(data, mode=read_mode)
+        else:
+            img = decode_image(data, mode=read_mode)
+    except (RuntimeError, ValueError) as e:
+        raise DatasetError(f"cannot decode image {path}: {e}".strip()) from e
+    if img.dtype != torch.uint8:
+        raise DatasetError(f"{path}: decodes to {img.dtype}, only 8-bit images are supported")
+    return img
+
+
+def _chunk_images(chunk: Sequence[str], read_mode: Any) -> Iterator[torch.Tensor]:
+    """The images of ``chunk`` in order, decoded lazily: the JPEGs in one batched call where
+    torchvision can, the rest (and every image of a batch that fails) one by one."""
+    from torchvision.io import decode_jpeg
+
+    datas, is_jpeg = zip(*(_read_image(p) for p in chunk), strict=True)
+    imgs: list[torch.Tensor | None] = [None] * len(chunk)
+    jpeg_idx = [i for i, j in enumerate(is_jpeg) if j]
+    if len(jpeg_idx) > 1:  # one call per chunk (batched where torchvision can)
+        try:
+            decoded = decode_jpeg([datas[i] for i in jpeg_idx], mode=read_mode)
+            for i, img in zip(jpeg_idx, decoded, strict=True):
+                imgs[i] = img
+        except (RuntimeError, ValueError):
+            pass  # decode one by one below to name the bad file
+    for i, p in enumerate(chunk):
+        img = imgs[i]
+        if img is None or img.dtype != torch.uint8:
+            img = _decode_one(p, datas[i], is_jpeg[i], read_mode)
+        yield img
+
+
 def _decode_files(
     files: Sequence[str], mode: str, shape: tuple[int, ...] | None, ref: str | None
 ) -> tuple[torch.Tensor, tuple[int, ...] | None, str | None]:
     """Decode ``files`` into one uint8 (N, C, H, W) tensor; all must have ``shape``."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode
 
     read_mode = {"unchanged": ImageReadMode.UNCHANGED, "rgb": ImageReadMode.RGB,
                  "gray": ImageReadMode.GRAY}[mode]
-
-    def decode_one(path: str, data: torch.Tensor, jpeg: bool) -> torch.Tensor:
-        try:
-            if jpeg:
-                img = decode_jpeg(data, mode=read_mode)
-            else:
-                img = decode_image(data, mode=read_mode)
-        except (RuntimeError, ValueError) as e:
-            raise DatasetError(f"cannot decode image {path}: {e}".strip()) from e
-        if img.dtype != torch.uint8:
-            raise DatasetError(f"{path}: decodes to {img.dtype}, only 8-bit images are supported")
-        return img
-
-    def read(path: str) -> tuple[torch.Tensor, bool]:
-        try:
-            with open(path, "rb") as f:
-                raw = bytearray(f.read())
-        except OSError as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from e
-        if not raw:
-            raise DatasetError(f"cannot decode image {path}: the file is empty")
-        return torch.frombuffer(raw, dtype=torch.uint8), raw[:3] == b"\xff\xd8\xff"
-
     out: torch.Tensor | None = None
     with warnings.catch_warnings():
         # torchvision >= 0.29 marks its decoders deprecated (in favour of torchcodec)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         for start in range(0, len(files), _DECODE_CHUNK):
             chunk = files[start : start + _DECODE_CHUNK]
-            datas, is_jpeg = zip(*(read(p) for p in chunk), strict=True)
-            imgs: list[torch.Tensor | None] = [None] * len(chunk)
-            jpeg_idx = [i for i, j in enumerate(is_jpeg) if j]
-            if len(jpeg_idx) > 1:  # one call per chunk (batched where torchvision can)
-                try:
-                    decoded = decode_jpeg([datas[i] for i in jpeg_idx], mode=read_mode)
-                    for i, img in zip(jpeg_idx, decoded, strict=True):
-                        imgs[i] = img
-                except (RuntimeError, ValueError):
-                    pass  # decode one by one below to name the bad file
-            for i, p in enumerate(chunk):
-                img = imgs[i]
-                if img is None or img.dtype != torch.uint8:
-                    img = decode_one(p, datas[i], is_jpeg[i])
+            for i, (p, img) in enumerate(zip(chunk, _chunk_images(chunk, read_mode),
+                                             strict=True)):
                 if shape is None:
                     shape, ref = tuple(img.shape), p
                 if tuple(img.shape) != shape:
@@ -118,7 +133,8 @@ def _imagefolder_label(folder: str) -> str:
     return f"ImageFolder ({folder})"
 
 
-def _load_imagefolder(path: str, data_dir: Path | None, **opts: Any) -> Dataset:
+def _folder_root(path: str, data_dir: Path | None) -> Path:
+    """The image folder ``path`` names, resolved; a relative one may lie under ``data_dir``."""
     if not path.strip():
         raise DatasetError("imagefolder needs a path: dataset=imagefolder:PATH with "
                            "PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg")
@@ -130,26 +146,35 @@ def _load_imagefolder(path: str, data_dir: Path | None, **opts: Any) -> Dataset:
         raise DatasetError(f"image folder {root} does not exist; expected PATH/train/<class>/"
                            "*.jpg and PATH/test/<class>/*.jpg (e.g. tar -xJf "
                            "cifar10-jpeg-q75.tar.xz -C DIR gives DIR/cifar10-jpeg-q75)")
-    root = root.resolve()
-    mode = str(opts.get("mode", "unchanged")).lower()
-    if mode not in ("unchanged", "rgb", "gray"):
-        raise DatasetError(f"imagefolder option mode={mode!r} must be 'unchanged', 'rgb' or "
-                           "'gray'")
+    return root.resolve()
+
+
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _class_names(root: Path) -> list[str]:
+    """Class folder names of ``root/train`` (sorted); ``root/test`` may hold no others."""
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise DatasetError(f"image folder {root} has no {split}/ folder; expected "
                                f"{root}/{split}/<class>/*.jpg")
-    classes = sorted(d.name for d in (root / "train").iterdir()
-                     if d.is_dir() and not d.name.startswith("."))
+    classes = _subfolders(root / "train")
     if not classes:
         raise DatasetError(f"{root / 'train'} has no class folders; expected "
                            f"{root}/train/<class>/*.jpg")
-    test_classes = sorted(d.name for d in (root / "test").iterdir()
-                          if d.is_dir() and not d.name.startswith("."))
-    extra = sorted(set(test_classes) - set(classes))
+    extra = sorted(set(_subfolders(root / "test")) - set(classes))
     if extra:
         raise DatasetError(f"{root / 'test'} has class folders absent from train/: "
                            f"{', '.join(extra)}")
+    return classes
+
+
+def _split_listing(
+    root: Path, classes: list[str]
+) -> tuple[dict[str, list[tuple[str, int]]], list[tuple[str, int, int]]]:
+    """Per split, (file, class index) in class then file order; and every file's cache entry
+    (relative name, size, mtime). Each train class needs an image; test classes may be empty."""
     listing: dict[str, list[tuple[str, int]]] = {}
     entries = []
     for split in ("train", "test"):
@@ -162,6 +187,17 @@ def _load_imagefolder(path: str, data_dir: Path | None, **opts: Any) -> Dataset:
             items += [(f, ci) for f, _ in files]
             entries += [e for _, e in files]
         listing[split] = items
+    return listing, entries
+
+
+def _load_imagefolder(path: str, data_dir: Path | None, **opts: Any) -> Dataset:
+    root = _folder_root(path, data_dir)
+    mode = str(opts.get("mode", "unchanged")).lower()
+    if mode not in ("unchanged", "rgb", "gray"):
+        raise DatasetError(f"imagefolder option mode={mode!r} must be 'unchanged', 'rgb' or "
+                           "'gray'")
+    classes = _class_names(root)
+    listing, entries = _split_listing(root, classes)
 
     def build() -> dict[str, Any]:
         payload: dict[str, Any] = {"classes": classes}
