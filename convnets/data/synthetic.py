@@ -21,17 +21,9 @@ def _derived_generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
-def _load_synthetic(root: Path, download: bool, **opts: Any) -> Dataset:
-    """Class templates (random low-frequency patterns) + per-sample shift, contrast and noise.
-
-    Pixel = 128 + 40 * (contrast * shifted template + noise * N(0, 1)), rounded and clamped to
-    uint8, where each template has zero mean and unit std. Train and test draw from separate
-    generator streams, so the test set does not depend on ``n_train``.
-    """
-    import torch.nn.functional as F
-
+def _synthetic_config(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options over their defaults, checked; the integer ones as ``int``."""
     cfg = {**_SYNTHETIC_DEFAULTS, **opts}
-    label = cfg.pop("label", "synthetic (smoke)")
     ints = ("n_train", "n_test", "num_classes", "image_size", "channels", "seed")
     for k in ints:
         v = cfg[k]
@@ -45,6 +37,20 @@ def _load_synthetic(root: Path, download: bool, **opts: Any) -> Dataset:
     if not isinstance(cfg["noise"], (int, float)) or isinstance(cfg["noise"], bool) \
             or not 0 <= cfg["noise"] < math.inf:
         raise DatasetError(f"synthetic option noise={cfg['noise']!r} must be a number >= 0")
+    return cfg
+
+
+def _load_synthetic(root: Path, download: bool, **opts: Any) -> Dataset:
+    """Class templates (random low-frequency patterns) + per-sample shift, contrast and noise.
+
+    Pixel = 128 + 40 * (contrast * shifted template + noise * N(0, 1)), rounded and clamped to
+    uint8, where each template has zero mean and unit std. Train and test draw from separate
+    generator streams, so the test set does not depend on ``n_train``.
+    """
+    import torch.nn.functional as F
+
+    label = opts.pop("label", "synthetic (smoke)")
+    cfg = _synthetic_config(opts)
     k, size, c, seed = cfg["num_classes"], cfg["image_size"], cfg["channels"], cfg["seed"]
     noise = float(cfg["noise"])
     shift = max(1, size // 16)
