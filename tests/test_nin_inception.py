@@ -10,7 +10,8 @@ from torch import nn
 
 from convnets.models import build_model, get_entry
 from convnets.models.common import ClassicDropout
-from convnets.models.inception import MnistResidualBlock, mnist_inception, mnist_resnet
+from convnets.models.inception import mnist_inception
+from convnets.models.mnist_resnet import MnistResidualBlock, mnist_resnet
 from convnets.models.nin import D2L_NIN_CHANNELS, d2l_nin, nin
 
 
