@@ -51,7 +51,14 @@ from collections import OrderedDict
 
 from torch import nn
 
-from convnets.models.common import DROPOUT_MODES, Stages, check_choice, he_init, make_dropout
+from convnets.models.common import (
+    DROPOUT_MODES,
+    Stages,
+    check_choice,
+    he_init,
+    make_dropout,
+    xavier_init,
+)
 from convnets.models.registry import register_model
 
 __all__ = ["D2L_NIN_CHANNELS", "NiN", "d2l_nin", "mlpconv", "nin"]
@@ -92,13 +99,12 @@ class NiN(Stages):
 def _init(model: nn.Module, init: str) -> nn.Module:
     if init == "he":
         return he_init(model)
+    if init == "xavier":  # as d2l does (weights only)
+        return xavier_init(model)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if init == "gaussian":
-                nn.init.normal_(m.weight, 0.0, 0.05)
-                nn.init.zeros_(m.bias)
-            else:  # xavier, as d2l does (weights only)
-                nn.init.xavier_uniform_(m.weight)
+            nn.init.normal_(m.weight, 0.0, 0.05)
+            nn.init.zeros_(m.bias)
     return model
 
 
