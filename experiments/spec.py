@@ -266,6 +266,43 @@ def expected_direction(var: dict, base: dict, is_baseline: bool) -> str:
     return ""
 
 
+def _profile_config(spec: dict, group: dict, var: dict, profile: str) -> dict:
+    """A variant's config under ``profile``: recipes (spec, group, variant), the profile's
+    overrides, the group's overrides for it, and the model after the profile's replacements."""
+    prof = spec["profiles"][profile]
+    cfg = deep_merge(spec.get("recipe") or {}, group.get("recipe") or {})
+    cfg = deep_merge(cfg, var.get("recipe") or {})
+    cfg = deep_merge(cfg, prof.get("overrides") or {})
+    cfg = deep_merge(cfg, (group.get("profile_overrides") or {}).get(profile, {}))
+    model = var.get("model", group.get("model"))
+    options = dict(var.get("options") or {})
+    replacements = prof.get("models") or {}
+    if model in replacements:
+        repl = replacements[model]
+        model, options = repl["name"], {**(repl.get("options") or {}), **options}
+    cfg["model"] = {"name": model, "options": options}
+    return cfg
+
+
+def _tags(spec: dict, group: dict, vname: str, profile: str, lr_source: str) -> dict[str, str]:
+    """The MLflow tags of one variant's runs (the seed is added per run)."""
+    var, baseline = group["variants"][vname], group["baseline"]
+    paper = var.get("paper")
+    return {
+        "experiment": spec["name"],
+        "claim": spec["claim"].strip(),
+        "citation": spec["citation"].strip(),
+        "group": group["name"],
+        "variant": vname,
+        "baseline": baseline,
+        "paper_error": "" if paper is None else str(paper),
+        "expected": expected_direction(var, group["variants"][baseline], vname == baseline),
+        "profile": profile,
+        "lr_source": lr_source,
+        "differences": " | ".join(str(d).strip() for d in spec.get("differences") or []),
+    }
+
+
 def expand(
     spec: dict,
     profile: str,
@@ -286,11 +323,9 @@ def expand(
     prof = spec["profiles"][profile]
     n_seeds = seeds or prof.get("seeds", 1)
     wanted = prof.get("variants")
-    replacements = prof.get("models") or {}
     jobs: list[Job] = []
     all_variants = {f"{g['name']}/{v}" for g in spec["groups"] for v in g["variants"]}
     for gi, group in enumerate(spec["groups"]):
-        base_var = group["variants"][group["baseline"]]
         for vname, var in group["variants"].items():
             full = f"{group['name']}/{vname}"
             if wanted and full not in wanted and vname not in wanted:
@@ -298,16 +333,8 @@ def expand(
             if only and full not in only and vname not in only:
                 continue
             where = f"{path}: groups[{gi}].variants.{vname} (profile {profile})"
-            cfg = deep_merge(spec.get("recipe") or {}, group.get("recipe") or {})
-            cfg = deep_merge(cfg, var.get("recipe") or {})
-            cfg = deep_merge(cfg, prof.get("overrides") or {})
-            cfg = deep_merge(cfg, (group.get("profile_overrides") or {}).get(profile, {}))
-            model = var.get("model", group.get("model"))
-            options = dict(var.get("options") or {})
-            if model in replacements:
-                repl = replacements[model]
-                model, options = repl["name"], {**(repl.get("options") or {}), **options}
-            cfg["model"] = {"name": model, "options": options}
+            cfg = _profile_config(spec, group, var, profile)
+            model, options = cfg["model"]["name"], cfg["model"]["options"]
             lr_source = "spec"
             if tuned_lr is not None:
                 if full not in tuned_lr:
@@ -332,20 +359,7 @@ def expand(
                     build_model(model, **options)
             except (ConfigError, ValueError, KeyError, TypeError) as err:
                 raise SpecError(f"{where}: {err.args[0] if err.args else err}") from None
-            paper = var.get("paper")
-            tags = {
-                "experiment": spec["name"],
-                "claim": spec["claim"].strip(),
-                "citation": spec["citation"].strip(),
-                "group": group["name"],
-                "variant": vname,
-                "baseline": group["baseline"],
-                "paper_error": "" if paper is None else str(paper),
-                "expected": expected_direction(var, base_var, vname == group["baseline"]),
-                "profile": profile,
-                "lr_source": lr_source,
-                "differences": " | ".join(str(d).strip() for d in spec.get("differences") or []),
-            }
+            tags = _tags(spec, group, vname, profile, lr_source)
             for seed in range(n_seeds):
                 c = copy.deepcopy(resolved)
                 c["seed"] = seed

@@ -10,8 +10,9 @@ from torch import nn
 
 from convnets.models import build_model, get_entry
 from convnets.models.common import ClassicDropout
-from convnets.models.inception import MnistResidualBlock, mnist_inception, mnist_resnet
-from convnets.models.nin import NIN_D2L_CHANNELS, nin, nin_d2l
+from convnets.models.inception import mnist_inception
+from convnets.models.mnist_resnet import MnistResidualBlock, mnist_resnet
+from convnets.models.nin import D2L_NIN_CHANNELS, d2l_nin, nin
 
 
 def n_params(model: nn.Module) -> int:
@@ -99,20 +100,20 @@ def test_nin_invalid_options(options, value):
 
 
 def test_seed003_channel_pairs_corrected():
-    for garbled, (cin, cout) in NIN_D2L_CHANNELS.items():
+    for garbled, (cin, cout) in D2L_NIN_CHANNELS.items():
         assert f"{cin}{cout}" == garbled  # the seed ran each pair together
-    model = build_model("nin_d2l")
+    model = build_model("d2l_nin")
     pairs = [
         (m.in_channels, m.out_channels)
         for m in model.modules()
         if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
     ]
-    assert pairs == list(NIN_D2L_CHANNELS.values())
-    assert "heavy" in get_entry("nin_d2l").tags
+    assert pairs == list(D2L_NIN_CHANNELS.values())
+    assert "heavy" in get_entry("d2l_nin").tags
 
 
-def test_seed003_nin_d2l_output_shape():
-    model = nin_d2l().eval()
+def test_seed003_d2l_nin_output_shape():
+    model = d2l_nin().eval()
     shapes = stage_shapes(model, torch.randn(1, 1, 224, 224))
     assert shapes["block1"] == (96, 54, 54)
     assert shapes["pool1"] == (96, 26, 26)
@@ -120,9 +121,9 @@ def test_seed003_nin_d2l_output_shape():
     assert shapes["pool3"] == (384, 5, 5)
     assert shapes["block4"] == (10, 5, 5)
     assert shapes["head"] == (10,)
-    assert nin_d2l(num_classes=7).block4.cccp2.out_channels == 7
+    assert d2l_nin(num_classes=7).block4.cccp2.out_channels == 7
     with pytest.raises(ValueError, match="'normal'"):
-        nin_d2l(init="normal")
+        d2l_nin(init="normal")
 
 
 # ---------------------------------------------------------------------------- seed 004

@@ -38,7 +38,7 @@ def test_registry_has_the_papers_models():
     assert {f"densenet{d}" for d in (121, 169, 201, 264, 161)} <= names
     assert {"densenet40_k12", "densenet100_k12", "densenet100_k24", "densenet_bc100_k12",
             "densenet_bc250_k24", "densenet_bc190_k40", "d2l_densenet"} <= names
-    assert {"nin", "nin_d2l", "mnist_inception", "mnist_resnet"} <= names
+    assert {"nin", "d2l_nin", "mnist_inception", "mnist_resnet"} <= names
 
 
 def test_unknown_model_and_option_are_named():

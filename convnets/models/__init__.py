@@ -1,6 +1,13 @@
 """Model zoo. Importing this package registers every family (one module per family)."""
 
-from convnets.models import densenet, inception, nin, resnet_cifar, resnet_imagenet  # noqa: F401
+from convnets.models import (  # noqa: F401
+    densenet,
+    inception,
+    mnist_resnet,
+    nin,
+    resnet_cifar,
+    resnet_imagenet,
+)
 from convnets.models.registry import (
     ModelEntry,
     build_model,

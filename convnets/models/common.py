@@ -20,6 +20,28 @@ class Stages(nn.Sequential):
         super().__init__(OrderedDict(stages))
 
 
+def conv_pool_relu(cin: int, cout: int, relu_first: bool = False) -> nn.Sequential:
+    """Seed 004's MNIST downsampling step: 5x5 conv (no padding), 2x2 max pool and ReLU (the
+    ReLU before the pool with ``relu_first``)."""
+    layers = [("conv", nn.Conv2d(cin, cout, 5)), ("pool", nn.MaxPool2d(2))]
+    layers.insert(1 if relu_first else 2, ("relu", nn.ReLU(inplace=True)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def flatten_fc(features: int, num_classes: int) -> nn.Sequential:
+    """A head of flatten and one linear layer from ``features`` inputs."""
+    return nn.Sequential(OrderedDict(flatten=nn.Flatten(1), fc=nn.Linear(features, num_classes)))
+
+
+def xavier_init(model: nn.Module) -> nn.Module:
+    """``xavier_uniform_`` on the weights of every Conv2d and Linear, biases left at PyTorch's
+    default, as ``d2l.train_ch6`` does (Dive into Deep Learning, classic v0.17)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+    return model
+
+
 def he_init(model: nn.Module) -> nn.Module:
     """He (MSRA) normal init for convolutions; BN gamma=1, beta=0; Linear bias 0.
 

@@ -25,36 +25,31 @@ Python list, so their parameters are not registered. Here densenet121 ends in 10
 from __future__ import annotations
 
 import math
-import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from convnets.models.common import check_choice, he_init
+from convnets.models.common import check_choice, he_init, xavier_init
+from convnets.models.densenet_weights import load_torchvision_state_dict, torchvision_key
 from convnets.models.registry import register_model
 
-__all__ = [
-    "DenseBlock",
-    "DenseLayer",
-    "DenseNet",
-    "Transition",
-    "d2l_densenet",
-    "densenet_cifar",
-    "densenet_imagenet",
-    "load_torchvision_state_dict",
-]
+__all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition", "d2l_densenet", "densenet_cifar",
+           "densenet_imagenet", "load_torchvision_state_dict", "torchvision_key"]
 
 _CITATION = "Huang et al. 2017, Densely Connected Convolutional Networks (CVPR)"
 
 
-def _check_dropout(name: str, value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} must lie in [0, 1)")
-    return float(value)
+def _check_rates(dropout: float, compression: float) -> float:
+    """Validate dropout in [0, 1) and compression theta in (0, 1]; return the dropout rate."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r} must lie in [0, 1)")
+    if not 0.0 < compression <= 1.0:
+        raise ValueError(f"compression={compression!r} must lie in (0, 1]")
+    return float(dropout)
 
 
 class DenseLayer(nn.Module):
@@ -165,6 +160,16 @@ class Transition(nn.Sequential):
         super().__init__(OrderedDict(layers))
 
 
+def _stem(kind: str, in_channels: int, channels: int, bias: bool) -> nn.Sequential:
+    """``"imagenet"``: 7x7/2 conv, BN, ReLU, 3x3/2 max pool; ``"cifar"``: one 3x3 conv."""
+    if kind != "imagenet":
+        return nn.Sequential(OrderedDict(conv=nn.Conv2d(in_channels, channels, 3, 1, 1, bias=bias)))
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(in_channels, channels, 7, 2, 3, bias=bias), norm=nn.BatchNorm2d(channels),
+        relu=nn.ReLU(inplace=True), pool=nn.MaxPool2d(3, stride=2, padding=1),
+    ))
+
+
 class DenseNet(nn.Module):
     """Stem, dense blocks with transitions between them, BN-ReLU-GAP-FC head.
 
@@ -200,47 +205,24 @@ class DenseNet(nn.Module):
         conv_bias: bool = False,
     ) -> None:
         super().__init__()
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                OrderedDict(
-                    conv=nn.Conv2d(in_channels, stem_channels, 7, 2, 3, bias=conv_bias),
-                    norm=nn.BatchNorm2d(stem_channels),
-                    relu=nn.ReLU(inplace=True),
-                    pool=nn.MaxPool2d(3, stride=2, padding=1),
-                )
-            )
-        else:
-            self.stem = nn.Sequential(
-                OrderedDict(conv=nn.Conv2d(in_channels, stem_channels, 3, 1, 1, bias=conv_bias))
-            )
+        self.stem = _stem(stem, in_channels, stem_channels, conv_bias)
         channels = stem_channels
-        layer_options = dict(
-            bottleneck=bottleneck,
-            bn_size=bn_size,
-            dropout=dropout,
-            memory_efficient=memory_efficient,
-            bias=conv_bias,
-        )
+        layer_options = dict(bottleneck=bottleneck, bn_size=bn_size, dropout=dropout,
+                             memory_efficient=memory_efficient, bias=conv_bias)
         for i, n in enumerate(block_config, start=1):
             block = DenseBlock(n, channels, growth_rate, **layer_options)
             self.add_module(f"block{i}", block)
             channels = block.out_channels
             if i < len(block_config):
                 out = int(math.floor(compression * channels))
-                self.add_module(
-                    f"trans{i}", Transition(channels, out, dropout=dropout, bias=conv_bias)
-                )
+                trans = Transition(channels, out, dropout=dropout, bias=conv_bias)
+                self.add_module(f"trans{i}", trans)
                 channels = out
         self.num_features = channels
-        self.head = nn.Sequential(
-            OrderedDict(
-                norm=nn.BatchNorm2d(channels),
-                relu=nn.ReLU(inplace=True),
-                pool=nn.AdaptiveAvgPool2d(1),
-                flatten=nn.Flatten(1),
-                fc=nn.Linear(channels, num_classes),
-            )
-        )
+        self.head = nn.Sequential(OrderedDict(
+            norm=nn.BatchNorm2d(channels), relu=nn.ReLU(inplace=True),
+            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1), fc=nn.Linear(channels, num_classes),
+        ))
 
     def features(self, x: Tensor) -> Tensor:
         """The feature map entering the head (after the last dense block)."""
@@ -253,6 +235,16 @@ class DenseNet(nn.Module):
         for module in self.children():
             x = module(x)
         return x
+
+
+def _he_densenet(stem: str, block_config: tuple[int, ...], growth_rate: int, num_classes: int,
+                 stem_channels: int, bottleneck: bool, compression: float, dropout: float,
+                 memory_efficient: bool) -> DenseNet:
+    """A paper DenseNet (biasless convs), He-initialised (``common.he_init``)."""
+    model = DenseNet(block_config=block_config, growth_rate=growth_rate, num_classes=num_classes,
+                     stem=stem, stem_channels=stem_channels, bottleneck=bottleneck,
+                     compression=compression, dropout=dropout, memory_efficient=memory_efficient)
+    return he_init(model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,23 +275,12 @@ def densenet_imagenet(
             memory-efficient implementation of the official README, "optMemory"); numerically
             identical to the plain path.
     """
-    dropout = _check_dropout("dropout", dropout)
-    if not 0.0 < compression <= 1.0:
-        raise ValueError(f"compression={compression!r} must lie in (0, 1]")
+    dropout = _check_rates(dropout, compression)
     if not block_config or any(int(n) < 1 for n in block_config):
         raise ValueError(f"block_config={block_config!r} needs at least one block, each >= 1 layer")
-    model = DenseNet(
-        block_config=tuple(int(n) for n in block_config),
-        growth_rate=growth_rate,
-        num_classes=num_classes,
-        stem="imagenet",
-        stem_channels=stem_channels,
-        bottleneck=True,
-        compression=compression,
-        dropout=dropout,
-        memory_efficient=memory_efficient,
-    )
-    return he_init(model)
+    blocks = tuple(int(n) for n in block_config)
+    return _he_densenet("imagenet", blocks, growth_rate, num_classes, stem_channels, True,
+                        compression, dropout, memory_efficient)
 
 
 _IMAGENET = {
@@ -365,9 +346,7 @@ def densenet_cifar(
             (Sec. 4.2); 0 with augmentation.
         memory_efficient: recompute concat-BN-ReLU-(first) conv in the backward pass.
     """
-    dropout = _check_dropout("dropout", dropout)
-    if not 0.0 < compression <= 1.0:
-        raise ValueError(f"compression={compression!r} must lie in (0, 1]")
+    dropout = _check_rates(dropout, compression)
     per = 6 if bottleneck else 3
     if depth < per + 4 or (depth - 4) % per:
         kind = "DenseNet-B(C)" if bottleneck else "basic DenseNet"
@@ -381,18 +360,8 @@ def densenet_cifar(
     n = (depth - 4) // per
     if stem_channels is None:
         stem_channels = 2 * growth_rate if bottleneck else 16
-    model = DenseNet(
-        block_config=(n, n, n),
-        growth_rate=growth_rate,
-        num_classes=num_classes,
-        stem="cifar",
-        stem_channels=stem_channels,
-        bottleneck=bottleneck,
-        compression=compression,
-        dropout=dropout,
-        memory_efficient=memory_efficient,
-    )
-    return he_init(model)
+    return _he_densenet("cifar", (n, n, n), growth_rate, num_classes, stem_channels, bottleneck,
+                        compression, dropout, memory_efficient)
 
 
 _CIFAR = {
@@ -463,12 +432,7 @@ def d2l_densenet(*, num_classes: int = 10, in_channels: int = 1, init: str = "xa
         compression=0.5,
         conv_bias=True,
     )
-    if init == "he":
-        return he_init(model)
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-    return model
+    return he_init(model) if init == "he" else xavier_init(model)
 
 
 register_model(
@@ -479,41 +443,3 @@ register_model(
     citation="Dive into Deep Learning (classic v0.17), Sec. 7.7 DenseNet (seed 002)",
     description="64-stem, k=32, 4-4-4-4 basic blocks, halving transitions; Fashion-MNIST at 96",
 )
-
-
-# --------------------------------------------------------------------------------------------
-# torchvision weights
-
-
-_TV_RULES = [
-    (r"^features\.conv0\.", "stem.conv."),
-    (r"^features\.norm0\.", "stem.norm."),
-    (r"^features\.denseblock(\d+)\.denselayer(\d+)\.", r"block\1.layer\2."),
-    (r"^features\.transition(\d+)\.", r"trans\1."),
-    (r"^features\.norm5\.", "head.norm."),
-    (r"^classifier\.", "head.fc."),
-]
-
-
-def torchvision_key(key: str) -> str:
-    """Our parameter name for a key of torchvision's ``DenseNet.state_dict()``."""
-    for pattern, repl in _TV_RULES:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
-    raise KeyError(f"no DenseNet mapping for torchvision key {key!r}")
-
-
-def load_torchvision_state_dict(
-    model: DenseNet, state_dict: Mapping[str, Tensor], strict: bool = True
-) -> DenseNet:
-    """Load a torchvision DenseNet state dict (e.g. ``densenet121(weights=...)``) into ``model``.
-
-    torchvision names the stages ``features.conv0/norm0/denseblockN.denselayerM/transitionN/
-    norm5`` and ``classifier``; the modules inside a dense layer (``norm1, conv1, norm2, conv2``)
-    and a transition (``norm, conv``) have the same names here. Its old checkpoints with keys such
-    as ``norm.1`` are not handled; load them through torchvision first.
-    """
-    mapped = {torchvision_key(k): v for k, v in state_dict.items()}
-    model.load_state_dict(mapped, strict=strict)
-    return model

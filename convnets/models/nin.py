@@ -40,8 +40,8 @@ maps into class scores: it takes exactly the place of the parameter-free global 
 adds no hidden layer or non-linearity that the GAP model does not have, so the comparison
 isolates pooling vs. a learned dense map. ``fc_dropout`` gives the "+ dropout" row.
 
-``nin_d2l`` is seed 003's 224x224 NiN (the same as d2l's) with its garbled channel pairs read
-correctly; see :func:`nin_d2l`.
+``d2l_nin`` is seed 003's 224x224 NiN (the same as d2l's) with its garbled channel pairs read
+correctly; see :func:`d2l_nin`.
 """
 
 from __future__ import annotations
@@ -51,10 +51,17 @@ from collections import OrderedDict
 
 from torch import nn
 
-from convnets.models.common import DROPOUT_MODES, Stages, check_choice, he_init, make_dropout
+from convnets.models.common import (
+    DROPOUT_MODES,
+    Stages,
+    check_choice,
+    he_init,
+    make_dropout,
+    xavier_init,
+)
 from convnets.models.registry import register_model
 
-__all__ = ["NIN_D2L_CHANNELS", "NiN", "mlpconv", "nin", "nin_d2l"]
+__all__ = ["D2L_NIN_CHANNELS", "NiN", "d2l_nin", "mlpconv", "nin"]
 
 _CITATION = "Lin, Chen, Yan 2014, Network In Network (ICLR)"
 
@@ -92,13 +99,12 @@ class NiN(Stages):
 def _init(model: nn.Module, init: str) -> nn.Module:
     if init == "he":
         return he_init(model)
+    if init == "xavier":  # as d2l does (weights only)
+        return xavier_init(model)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if init == "gaussian":
-                nn.init.normal_(m.weight, 0.0, 0.05)
-                nn.init.zeros_(m.bias)
-            else:  # xavier, as d2l does (weights only)
-                nn.init.xavier_uniform_(m.weight)
+            nn.init.normal_(m.weight, 0.0, 0.05)
+            nn.init.zeros_(m.bias)
     return model
 
 
@@ -196,10 +202,10 @@ register_model(
 
 #: Seed 003 prints each (in, out) pair of ``nin_block`` without a separator; read correctly:
 #: ``196`` -> (1, 96), ``96256`` -> (96, 256), ``256384`` -> (256, 384), ``38410`` -> (384, 10).
-NIN_D2L_CHANNELS = {"196": (1, 96), "96256": (96, 256), "256384": (256, 384), "38410": (384, 10)}
+D2L_NIN_CHANNELS = {"196": (1, 96), "96256": (96, 256), "256384": (256, 384), "38410": (384, 10)}
 
 
-def nin_d2l(*, num_classes: int = 10, in_channels: int = 1, init: str = "xavier") -> NiN:
+def d2l_nin(*, num_classes: int = 10, in_channels: int = 1, init: str = "xavier") -> NiN:
     """The 224x224 NiN of Dive into Deep Learning, as transcribed (garbled) by seed 003.
 
     ``nin_block(in, out, k, stride, pad)`` = kxk conv-ReLU-1x1 conv-ReLU-1x1 conv-ReLU:
@@ -209,7 +215,7 @@ def nin_d2l(*, num_classes: int = 10, in_channels: int = 1, init: str = "xavier"
     Maps for a 224 input: 54 -> 26 -> 26 -> 12 -> 12 -> 5 -> 5 -> 1.
 
     Seed 003's defects, corrected here: the channel pairs are run together
-    (``nin_block(196, ...)``, ``96256``, ``256384``, ``38410``; see ``NIN_D2L_CHANNELS``), which
+    (``nin_block(196, ...)``, ``96256``, ``256384``, ``38410``; see ``D2L_NIN_CHANNELS``), which
     as written passes a single number for two parameters (a ``TypeError``); the class count is
     hard-wired to 10 (here ``num_classes``); its layer-printing loop has ``try`` without a colon.
 
@@ -241,8 +247,8 @@ def nin_d2l(*, num_classes: int = 10, in_channels: int = 1, init: str = "xavier"
 
 
 register_model(
-    "nin_d2l",
-    nin_d2l,
+    "d2l_nin",
+    d2l_nin,
     family="nin",
     input_size=(1, 224, 224),
     citation="Dive into Deep Learning (classic v0.17), Sec. 7.3 NiN (seed 003, channels corrected)",

@@ -37,13 +37,12 @@ CONFIGS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
 STRIDE_IN = ("1x1", "3x3")
 
 
-def _projection(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        OrderedDict(
-            conv=nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-            bn=nn.BatchNorm2d(cout),
-        )
-    )
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    """Identity, or a 1x1 conv-BN projection (option B) where the dimensions change."""
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                     bn=nn.BatchNorm2d(cout)))
 
 
 class BasicUnit(nn.Module):
@@ -59,9 +58,7 @@ class BasicUnit(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = (
-            _projection(cin, cout, stride) if (stride != 1 or cin != cout) else nn.Identity()
-        )
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -87,9 +84,7 @@ class BottleneckUnit(nn.Module):
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = (
-            _projection(cin, cout, stride) if (stride != 1 or cin != cout) else nn.Identity()
-        )
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
