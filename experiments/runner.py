@@ -20,14 +20,11 @@ from pathlib import Path
 from tabulate import tabulate
 
 from convnets import tracking
-from convnets.train import DeadlineReached, DivergedError, fit, read_checkpoint_meta
+from convnets.names import DIVERGED, FAILURE_KIND, final_error
+from convnets.tracking import Terminated
+from convnets.train import fit, read_checkpoint_meta
 from experiments.deadline import Deadline
 from experiments.spec import Job
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised by the SIGTERM handler: a KeyboardInterrupt, so every path that handles Ctrl-C
-    (checkpoint kept, run KILLED, queued jobs cancelled) handles it the same way."""
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -51,6 +48,28 @@ def checkpoint_path(job: Job) -> Path:
     return checkpoint_dir() / job.experiment / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
 
 
+def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool):
+    """(run, action) for a job to train: the unfinished run that wrote ``ckpt`` resumed, else a
+    new run; or (None, run id) when an earlier run of it diverged (it would again)."""
+    # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
+    resumable = {r.info.run_id for r in existing
+                 if r.info.status in ("RUNNING", "KILLED", "FAILED")
+                 and r.data.tags.get(FAILURE_KIND) != DIVERGED}
+    owner = read_checkpoint_meta(ckpt).get("run_id") if ckpt.exists() else None
+    if ckpt.exists() and (force or owner not in resumable):
+        ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
+    if owner in resumable and ckpt.exists():
+        return tracking.TrackedRun.start(cl, exp_id, run_id=owner), "resumed"
+    diverged = [r for r in existing if r.data.tags.get(FAILURE_KIND) == DIVERGED]
+    if diverged and not force:  # deterministic: it would diverge again; --force retries
+        return None, diverged[0].info.run_id
+    profile = job.tags.get("profile", "")
+    run = tracking.TrackedRun.start(
+        cl, exp_id, run_name=tracking.run_name(job.variant, job.seed, job.config["model"], profile),
+        tags=dict(job.tags, config_hash=job.config_hash), config=job.config)
+    return run, "new"
+
+
 def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0,
             deadline: Deadline | None = None) -> dict:
     """Run (or skip, or resume) one job; returns its summary row.
@@ -66,7 +85,7 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
     ckpt = checkpoint_path(job)
     existing = tracking.find_runs(cl, exp_id, h, job.seed, job.tags.get("profile", ""))
     finished = [r for r in existing if r.info.status == "FINISHED"]
-    err_key = f"final_{'val' if job.config['data']['val_size'] else 'test'}_error"
+    err_key = final_error("val" if job.config["data"]["val_size"] else "test")
     if finished and not force:
         run = finished[0]
         return dict(row, status="FINISHED (skipped)", error=run.data.metrics.get(err_key),
@@ -75,76 +94,33 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
         why = deadline.refuse(cl, exp_id, h, ckpt)
         if why:
             return dict(row, status=f"not started ({why})", error=None, run_id="")
-    # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
-    resumable = {r.info.run_id for r in existing
-                 if r.info.status in ("RUNNING", "KILLED", "FAILED")
-                 and r.data.tags.get("failure_kind") != "diverged"}
-    owner = read_checkpoint_meta(ckpt).get("run_id") if ckpt.exists() else None
-    if ckpt.exists() and (force or owner not in resumable):
-        ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
-    if owner in resumable and ckpt.exists():
-        run_id = owner
-        cl.update_run(run_id, status="RUNNING")
-        action = "resumed"
-    else:
-        if existing and not force:
-            diverged = [r for r in existing if r.data.tags.get("failure_kind") == "diverged"]
-            if diverged:  # deterministic: it would diverge again; --force retries
-                return dict(row, status="FAILED (diverged earlier)", error=None,
-                            run_id=diverged[0].info.run_id)
-        run_name = tracking.run_name(job.variant, job.seed, job.config["model"],
-                                     job.tags.get("profile", ""))
-        tags = dict(job.tags, config_hash=h, **tracking.environment_tags())
-        run_id = cl.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-        action = "new"
-    logger = tracking.RunLogger(cl, run_id)
-    if action == "new":
-        logger.log_params(tracking.flatten(job.config))
-    print(f"[{job.experiment}] {job.key} ({action}, run {run_id[:8]}, config {h})", flush=True)
+    run, action = _open_run(cl, exp_id, job, existing, ckpt, force)
+    if run is None:
+        return dict(row, status="FAILED (diverged earlier)", error=None, run_id=action)
+    print(f"[{job.experiment}] {job.key} ({action}, run {run.run_id[:8]}, config {h})", flush=True)
     try:
         if ddp > 1:  # data-parallel over `ddp` processes; rank 0 logs and checkpoints
             from convnets.distributed import launch
 
-            result = launch(job.config, ddp, run_id=run_id, checkpoint=ckpt, progress=progress)
+            result = launch(job.config, ddp, run_id=run.run_id, checkpoint=ckpt,
+                            progress=progress)
         else:
-            result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress,
-                         checkpoint_meta={"run_id": run_id},
+            result = fit(job.config, logger=run.logger, checkpoint=ckpt, progress=progress,
+                         checkpoint_meta={"run_id": run.run_id},
                          deadline=deadline.at if deadline else None)
-        logger.set_tags({k: v for k, v in result.info.items()
-                         if k in ("dataset", "dataset_label", "dataset_checksum", "eval_split",
-                                  "device", "precision")})
-        logger.log_params({f"resolved.{k}": str(v) for k, v in result.info.items()
-                           if k not in ("dataset", "dataset_label", "dataset_checksum")})
-        logger.log_result(result, job.config)
-        logger.delete_tags(["failure_reason", "failure_kind"])  # from an earlier attempt
-        logger.finish("FINISHED")
-    except DivergedError as err:
-        logger.set_tags({"failure_reason": str(err), "failure_kind": "diverged"})
-        logger.finish("FAILED")
-        print(f"  FAILED: {err}", flush=True)
-        return dict(row, status="FAILED (diverged)", error=None, run_id=run_id)
-    except DeadlineReached as err:
-        logger.set_tags({"failure_reason": f"{err}; checkpoint kept, rerun to resume",
-                         "failure_kind": "deadline"})
-        logger.finish("KILLED")
-        print(f"  KILLED: {err}; checkpoint kept", flush=True)
-        return dict(row, status="KILLED (deadline)", error=None, run_id=run_id)
-    except KeyboardInterrupt as err:
-        why = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
-        logger.set_tags({"failure_reason": f"interrupted ({why}); checkpoint kept"})
-        logger.finish("KILLED")
-        raise
-    except Exception as err:  # a crash (in training or logging): record it, keep the checkpoint
-        traceback.print_exc()
-        try:
-            logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000],
-                             "failure_kind": "error"})
-            logger.finish("FAILED")
-        except Exception:  # the store itself is failing; the checkpoint is still on disk
-            pass
-        return dict(row, status=f"FAILED ({type(err).__name__})", error=None, run_id=run_id)
+        run.finish(result, job.config)
+    except BaseException as err:  # diverged, deadline, Ctrl-C/SIGTERM, or a crash: recorded
+        status, kind = run.fail_with(err)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        if kind == "error":  # in training or logging; the checkpoint is kept
+            traceback.print_exc()
+        print(f"  {status}: {err}" + ("; checkpoint kept" if status == "KILLED" else ""),
+              flush=True)
+        return dict(row, status=f"{status} ({kind if kind != 'error' else type(err).__name__})",
+                    error=None, run_id=run.run_id)
     ckpt.unlink(missing_ok=True)
-    return dict(row, status="FINISHED", error=result.final[err_key], run_id=run_id)
+    return dict(row, status="FINISHED", error=result.final[err_key], run_id=run.run_id)
 
 
 def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
