@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--parallel", type=int, default=1, help="K runs at once (processes)")
     p_run.add_argument("--ddp", type=int, default=0, metavar="K",
                        help="train each run data-parallel over K processes (torch DDP)")
+    p_run.add_argument("--batch-seeds", type=int, default=1, metavar="K",
+                       help="train K seeds of a config at once as one batched network, each "
+                            "with its own MLflow run and checkpoint (configs it cannot batch "
+                            "run one seed at a time, saying why)")
     p_run.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
     p_run.add_argument("--deadline", default=os.environ.get(ENV),
                        help="stop by then: seconds (480, 8m, 2h), a UTC clock time (21:30) or "
@@ -92,8 +96,11 @@ def _listing(args) -> int:
 
 def _checked_jobs(args):
     """(spec, jobs, deadline) of ``run``, every option checked; raises ``SpecError``."""
-    if args.ddp and args.parallel > 1:
-        raise SpecError("--ddp and --parallel do not combine: pick one way to use devices")
+    if sum([bool(args.ddp), args.parallel > 1, args.batch_seeds > 1]) > 1:
+        raise SpecError("--ddp, --parallel and --batch-seeds do not combine: pick one way to "
+                        "use devices")
+    if args.batch_seeds < 1:
+        raise SpecError(f"--batch-seeds {args.batch_seeds}: must be a positive number")
     if args.seeds is not None and args.seeds < 1:
         raise SpecError(f"--seeds {args.seeds}: must be a positive number of seeds "
                         "(omit it for the profile's count)")
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
-                        deadline=deadline)
+                        deadline=deadline, batch_seeds=args.batch_seeds)
     except KeyboardInterrupt as err:
         return 143 if isinstance(err, Terminated) else 130
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"

@@ -4,22 +4,29 @@ A job is identified by (experiment, config hash, seed). Before training, the run
 job up in MLflow: a FINISHED run is skipped (``force`` reruns it), an unfinished run with a
 checkpoint is resumed into the same MLflow run, anything else starts a new run. A diverging
 run ends FAILED with its reason and the next job starts; Ctrl-C marks the run KILLED, keeps its
-checkpoint and stops.
+checkpoint and stops. Every run is opened and closed by ``convnets.tracking.TrackedRun``.
+
+``batch_seeds=K`` (``run --batch-seeds K``) trains the jobs that differ only in seed K at a time
+as one batched network (``convnets.multiseed.fit_seeds``); each seed keeps its own run,
+checkpoint, resume and failure, as if it ran alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 from tabulate import tabulate
 
-from convnets import tracking
+from convnets import multiseed, tracking
+from convnets.multiseed import MixedProgressError, fit_seeds
 from convnets.names import DIVERGED, FAILURE_KIND, final_error
 from convnets.tracking import Terminated
 from convnets.train import fit, read_checkpoint_meta
@@ -70,14 +77,20 @@ def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool
     return run, "new"
 
 
-def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0,
-            deadline: Deadline | None = None) -> dict:
-    """Run (or skip, or resume) one job; returns its summary row.
+@dataclass
+class _Opened:
+    """A job whose MLflow run is open: what training it and closing its run need."""
 
-    With a ``deadline``, a job whose estimated time (the wall time of a finished run of the same
-    config) does not fit is not started, and a started one stops at the deadline: checkpoint
-    kept, MLflow run KILLED with the reason, and the next invocation resumes it.
-    """
+    job: Job
+    run: tracking.TrackedRun
+    ckpt: Path
+    row: dict
+    err_key: str
+
+
+def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opened:
+    """The job's summary row when there is nothing to train (finished, not started, diverged
+    earlier); else its run, opened (new or resumed)."""
     cl = tracking.client()
     exp_id = tracking.experiment_id(cl, job.experiment, {"claim": job.tags.get("claim", "")})
     h = job.config_hash
@@ -98,37 +111,136 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
     if run is None:
         return dict(row, status="FAILED (diverged earlier)", error=None, run_id=action)
     print(f"[{job.experiment}] {job.key} ({action}, run {run.run_id[:8]}, config {h})", flush=True)
+    return _Opened(job, run, ckpt, row, err_key)
+
+
+def _finished(o: _Opened, result) -> dict:
+    """Record the result, drop the checkpoint; the FINISHED row."""
+    o.run.finish(result, o.job.config)
+    o.ckpt.unlink(missing_ok=True)
+    return dict(o.row, status="FINISHED", error=result.final[o.err_key], run_id=o.run.run_id)
+
+
+def _failed(o: _Opened, err: BaseException) -> dict:
+    """Record why the run ended (diverged, deadline, a crash; the checkpoint is kept); the row.
+    Ctrl-C and SIGTERM are re-raised once recorded."""
+    status, kind = o.run.fail_with(err)
+    if isinstance(err, KeyboardInterrupt):
+        raise err
+    if kind == "error":  # in training or logging
+        traceback.print_exception(err)
+    print(f"  {status}: {err}" + ("; checkpoint kept" if status == "KILLED" else ""), flush=True)
+    return dict(o.row, status=f"{status} ({kind if kind != 'error' else type(err).__name__})",
+                error=None, run_id=o.run.run_id)
+
+
+def _train(o: _Opened, *, progress: bool, ddp: int, deadline: Deadline | None) -> dict:
+    """Train one opened job and close its run; returns its row."""
     try:
         if ddp > 1:  # data-parallel over `ddp` processes; rank 0 logs and checkpoints
             from convnets.distributed import launch
 
-            result = launch(job.config, ddp, run_id=run.run_id, checkpoint=ckpt,
+            result = launch(o.job.config, ddp, run_id=o.run.run_id, checkpoint=o.ckpt,
                             progress=progress)
         else:
-            result = fit(job.config, logger=run.logger, checkpoint=ckpt, progress=progress,
-                         checkpoint_meta={"run_id": run.run_id},
+            result = fit(o.job.config, logger=o.run.logger, checkpoint=o.ckpt,
+                         progress=progress, checkpoint_meta={"run_id": o.run.run_id},
                          deadline=deadline.at if deadline else None)
-        run.finish(result, job.config)
+        return _finished(o, result)
     except BaseException as err:  # diverged, deadline, Ctrl-C/SIGTERM, or a crash: recorded
-        status, kind = run.fail_with(err)
+        return _failed(o, err)
+
+
+def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0,
+            deadline: Deadline | None = None) -> dict:
+    """Run (or skip, or resume) one job; returns its summary row.
+
+    With a ``deadline``, a job whose estimated time (the wall time of a finished run of the same
+    config) does not fit is not started, and a started one stops at the deadline: checkpoint
+    kept, MLflow run KILLED with the reason, and the next invocation resumes it.
+    """
+    opened = _start(job, force=force, deadline=deadline)
+    if isinstance(opened, dict):
+        return opened
+    return _train(opened, progress=progress, ddp=ddp, deadline=deadline)
+
+
+def seed_groups(jobs: list[Job], k: int) -> list[list[Job]]:
+    """The jobs that differ only in seed, ``k`` at a time, in the jobs' order."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        cfg = {key: v for key, v in job.config.items() if key != "seed"}
+        key = json.dumps([job.experiment, job.group, job.variant, job.tags.get("profile"), cfg],
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(job)
+    return [g[i : i + k] for g in groups.values() for i in range(0, len(g), k)]
+
+
+def run_seed_batch(jobs: list[Job], *, force: bool = False, progress: bool = True) -> list[dict]:
+    """Seeds of one config trained as one batched network (``convnets.multiseed.fit_seeds``):
+    each seed keeps its own MLflow run, checkpoint and resume (a finished seed is skipped), and
+    ends on its own (one diverging seed is FAILED, the others go on). Returns their rows."""
+    rows, opened = [], []
+    for job in jobs:
+        o = _start(job, force=force, deadline=None)
+        (rows if isinstance(o, dict) else opened).append(o)
+    if len(opened) <= 1:
+        return rows + [_train(o, progress=progress, ddp=0, deadline=None) for o in opened]
+    try:
+        outcomes = fit_seeds(opened[0].job.config, [o.job.seed for o in opened],
+                             loggers=[o.run.logger for o in opened],
+                             checkpoints=[o.ckpt for o in opened],
+                             checkpoint_metas=[{"run_id": o.run.run_id} for o in opened])
+    except MixedProgressError as err:  # e.g. one seed went on alone earlier
+        print(f"  {err}: these seeds train one at a time", flush=True)
+        return rows + [_train(o, progress=progress, ddp=0, deadline=None) for o in opened]
+    except BaseException as err:  # Ctrl-C, SIGTERM or a crash ends every seed's run
         if isinstance(err, KeyboardInterrupt):
+            for o in opened:
+                o.run.fail_with(err)
             raise
-        if kind == "error":  # in training or logging; the checkpoint is kept
-            traceback.print_exc()
-        print(f"  {status}: {err}" + ("; checkpoint kept" if status == "KILLED" else ""),
-              flush=True)
-        return dict(row, status=f"{status} ({kind if kind != 'error' else type(err).__name__})",
-                    error=None, run_id=run.run_id)
-    ckpt.unlink(missing_ok=True)
-    return dict(row, status="FINISHED", error=result.final[err_key], run_id=run.run_id)
+        return rows + [_failed(o, err) for o in opened]
+    for o, out in zip(opened, outcomes, strict=True):
+        try:
+            rows.append(_failed(o, out) if isinstance(out, BaseException) else _finished(o, out))
+        except Exception as err:  # logging the result failed
+            rows.append(_failed(o, err))
+    return rows
+
+
+def _run_batched(jobs: list[Job], k: int, *, force: bool, progress: bool,
+                 deadline: Deadline | None) -> list[dict]:
+    """``run --batch-seeds K``: seed groups through ``run_seed_batch``; configs it refuses
+    (and runs under a deadline) one seed at a time, saying why."""
+    rows: list[dict] = []
+    for chunk in seed_groups(jobs, k):
+        job = chunk[0]
+        why = None
+        if len(chunk) > 1:
+            why = ("--deadline stops single runs only" if deadline is not None
+                   else multiseed.unsupported(job.config))
+        if why:
+            print(f"[{job.experiment}] {job.group}/{job.variant}: seeds one at a time ({why})",
+                  flush=True)
+        if why or len(chunk) == 1:
+            rows += [run_job(j, force=force, progress=progress, deadline=deadline)
+                     for j in chunk]
+        else:
+            rows += run_seed_batch(chunk, force=force, progress=progress)
+    return rows
 
 
 def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
-             progress: bool = True, ddp: int = 0, deadline: Deadline | None = None) -> list[dict]:
-    """Run every job (``parallel`` at a time, in separate processes); returns summary rows."""
+             progress: bool = True, ddp: int = 0, deadline: Deadline | None = None,
+             batch_seeds: int = 1) -> list[dict]:
+    """Run every job (``parallel`` at a time, in separate processes; or ``batch_seeds`` seeds
+    of one config at a time as one batched network); returns summary rows."""
     rows: list[dict] = []
     if parallel <= 1:
         try:
+            if batch_seeds > 1:
+                return _run_batched(jobs, batch_seeds, force=force, progress=progress,
+                                    deadline=deadline)
             for job in jobs:
                 rows.append(run_job(job, force=force, progress=progress, ddp=ddp,
                                     deadline=deadline))
