@@ -6,7 +6,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from . import io, ledger, tables
+from . import ledger, runs, tables
 
 
 def _summary(runs) -> str:
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
     tb = sub.add_parser("tables", help="write per-claim tables, figures and README.md")
     tb.add_argument("--source", choices=["ledger", "snapshot", "mlflow"], default="ledger")
-    tb.add_argument("--out", type=Path, default=io.REPO_ROOT / "paper_tables")
+    tb.add_argument("--out", type=Path, default=runs.REPO_ROOT / "paper_tables")
     tb.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
     tb.add_argument("--snapshot", type=Path, default=None,
                     help="with --source snapshot: one snapshot folder")
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     ap = _parser()
     args = ap.parse_args(argv)
-    uri = args.tracking_uri or io.tracking_uri()
+    uri = args.tracking_uri or runs.tracking_uri()
     warnings.simplefilter("always", UserWarning)
     try:
         _run(args, uri)
@@ -71,16 +71,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args, uri: str) -> None:
     if args.cmd == "collect":
-        print(f"{uri}\n{_summary(io.collect(uri))}")
+        print(f"{uri}\n{_summary(runs.collect(uri))}")
     elif args.cmd == "export":
-        data = io.load_mlflow(uri)
+        data = runs.load_mlflow(uri)
         if args.part or args.out is None:
             path = ledger.write_part(data, args.ledger, device=args.device, started=args.started,
                                      ended=args.ended, device_seconds=args.device_seconds,
                                      part_id=args.part_id)
             print(path)
         else:
-            for p in io.export_snapshot(data, args.out):
+            for p in runs.export_snapshot(data, args.out):
                 print(p)
     elif args.cmd == "add-part":
         print(f"added {ledger.add_part(args.src, args.ledger)}")
@@ -93,9 +93,9 @@ def _run(args, uri: str) -> None:
     else:
         mlflow = args.source == "mlflow"
         if mlflow:
-            data = io.load_mlflow(uri)
+            data = runs.load_mlflow(uri)
         elif args.source == "snapshot":
-            data = io.load_snapshot(args.snapshot or ledger.LEDGER_DIR)
+            data = runs.load_snapshot(args.snapshot or ledger.LEDGER_DIR)
         else:
             data = ledger.load_ledger(args.ledger)
         log_uri = uri if mlflow and not args.no_log else None

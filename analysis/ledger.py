@@ -1,7 +1,7 @@
 """The ledger: ``paper_tables/data/<part-id>/``, one folder per campaign part.
 
 A part is what one campaign (one GPU shift, one CPU session, one Slurm job) exported: its
-``runs.csv``, ``curves.csv`` and ``predictions.npz`` (the snapshot format of ``analysis.io``)
+``runs.csv``, ``curves.csv`` and ``predictions.npz`` (the snapshot format of ``analysis.runs``)
 plus a ``MANIFEST.json`` saying where and how the runs were made (device, versions, commit,
 profiles, datasets with checksums, specs, start/end, device seconds) and the sha256 of every
 file. ``load_ledger`` reads every part into one ``RunData``; a run that appears in two parts
@@ -26,7 +26,7 @@ import pandas as pd
 
 from convnets.names import SMOKE_PROFILES
 
-from .io import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
+from .runs import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
 
 LEDGER_DIR = SNAPSHOT_DIR  # paper_tables/data
 MANIFEST = "MANIFEST.json"

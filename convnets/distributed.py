@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -233,8 +234,7 @@ def launch(cfg: dict, nprocs: int, *, run_id: str | None = None,
     return payload["result"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """torchrun entry: ``torchrun --nproc_per_node=K -m convnets.distributed --config C``."""
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="torchrun --nproc_per_node=K -m convnets.distributed")
     p.add_argument("--config", required=True, help="trainer config (YAML), as convnets.train")
     p.add_argument("--experiment", default="ddp", help="MLflow experiment (default: ddp)")
@@ -245,47 +245,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", default=None,
                    help="folder: every rank writes rank<R>.pt with its sample indices per step")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    import yaml
+    return p.parse_args(argv)
 
+
+def _open_run(args: argparse.Namespace, cfg: dict, world: int):
+    """Rank 0's MLflow run (``convnets.tracking.TrackedRun``): ``--run-id`` resumed, else new."""
+    from convnets import tracking
+
+    cl = tracking.client()
+    if args.run_id:  # the caller's run (its experiment is the run's own)
+        return tracking.TrackedRun.start(cl, "", run_id=args.run_id)
+    tags = {"ddp_world_size": str(world), "config_source": str(args.config)}
+    return tracking.TrackedRun.start(cl, tracking.experiment_id(cl, args.experiment),
+                                     run_name=args.run_name or f"ddp-{world}x", tags=tags,
+                                     config=cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun entry: ``torchrun --nproc_per_node=K -m convnets.distributed --config C``."""
+    args = _parse(argv)
     cfg = resolve_config(yaml.safe_load(Path(args.config).read_text()) or {})
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(
             "LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))))
     init_from_env()
     me, world = rank(), world_size()
-    logger, cl, run_id = None, None, None
-    if me == 0 and not args.no_mlflow:
-        from convnets import tracking
-
-        cl = tracking.client()
-        if args.run_id:
-            run_id = args.run_id
-        else:
-            exp_id = tracking.experiment_id(cl, args.experiment)
-            tags = {"ddp_world_size": str(world), "config_source": str(args.config),
-                    **tracking.environment_tags()}
-            run_id = cl.create_run(exp_id, run_name=args.run_name or f"ddp-{world}x",
-                                   tags=tags).info.run_id
-            tracking.RunLogger(cl, run_id).log_params(tracking.flatten(cfg))
-        logger = tracking.RunLogger(cl, run_id)
+    run = _open_run(args, cfg, world) if me == 0 and not args.no_mlflow else None
     trace: list | None = [] if args.trace else None
-    status, code, result = "FINISHED", 0, None
+    result, code = None, 0
     try:
-        result = fit(cfg, logger=logger, checkpoint=args.checkpoint,
+        result = fit(cfg, logger=run.logger if run else None, checkpoint=args.checkpoint,
                          progress=not args.no_progress, trace=trace,
-                         checkpoint_meta={"run_id": run_id} if run_id else None)
-    except DivergedError as err:
-        result, status, code = None, "FAILED", 1
-        if logger:
-            logger.set_tags({"failure_reason": str(err), "failure_kind": "diverged"})
+                         checkpoint_meta={"run_id": run.run_id} if run else None)
+    except BaseException as err:  # diverged (on every rank: the loss is all-reduced), or not
+        if run:
+            run.fail_with(err)
+        if not isinstance(err, DivergedError):
+            raise
+        code = 1
         print(f"rank {me}: {err}", file=sys.stderr, flush=True)
-    except BaseException as err:
-        if logger:
-            logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000],
-                             "failure_kind": "error"})
-            logger.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
     finally:
         if args.trace:
             Path(args.trace).mkdir(parents=True, exist_ok=True)
@@ -294,13 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                         "final": result.final if result else None},
                        Path(args.trace) / f"rank{me}.pt")
         dist.destroy_process_group()
-    if logger:
-        if result is not None:
-            logger.set_tags({k: v for k, v in result.info.items()
-                             if k in ("dataset", "dataset_label", "dataset_checksum",
-                                      "eval_split", "device", "precision")})
-            logger.log_result(result, cfg)
-        logger.finish(status)
+    if run and result is not None:
+        run.finish(result, cfg)
     if me == 0 and result is not None:
         split = result.eval_split
         print(f"done: {world} processes, final {split} error "

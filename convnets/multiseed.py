@@ -166,6 +166,22 @@ def build_stack(cfg: dict, seeds: list[int], rt, data) -> SeedStack:
     return SeedStack(models, cfg, rt, data.mean, data.std)
 
 
+def unsupported(cfg: dict) -> str | None:
+    """Why ``fit_seeds`` would refuse ``cfg`` (a recipe key it does not implement, or dropout),
+    or None: the runner checks it before opening any run."""
+    cfg = resolve_config(cfg)
+    try:
+        _refuse_unsupported(cfg)
+    except ValueError as err:
+        return str(err)
+    with torch.device("meta"):
+        model = build_model(cfg["model"]["name"], **cfg["model"]["options"])
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
+           for m in model.modules()):
+        return "batched seeds do not support dropout (per-seed random draws)"
+    return None
+
+
 def _refuse_unsupported(cfg: dict) -> None:
     """Recipe keys the batched step does not implement yet: refuse rather than train another
     recipe than the K single runs would."""

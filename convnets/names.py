@@ -7,7 +7,62 @@ layering "analysis imports nothing of training" still holds.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 #: run profiles, most faithful first (tables prefer the first one present)
 PROFILES = ("paper", "quick", "cpu", "smoke")
 #: profiles whose runs are never evidence (their tables carry a SMOKE banner)
 SMOKE_PROFILES = ("smoke",)
+
+# --- the store ---------------------------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: environment variable naming the MLflow store; unset: SQLite ``mlflow.db`` at the repo root
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_STORE = "mlflow.db"
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set, else the repository's SQLite store (absolute path)."""
+    return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{REPO_ROOT / DEFAULT_STORE}"
+
+
+# --- tags a run carries (besides the spec's job tags) -------------------------------------------
+#: where the code came from and what ran it (``tracking.environment_tags``)
+ENVIRONMENT_TAGS = ("git_commit", "git_dirty", "torch_version", "cuda_version")
+#: what the trainer reports about the finished run (``RunResult.info``), set as tags
+RESULT_TAGS = ("dataset", "dataset_label", "dataset_checksum", "eval_split", "device",
+               "precision")
+#: ``RunResult.info`` keys that are tags only; every other info key is a ``resolved.*`` param
+DATASET_TAGS = ("dataset", "dataset_label", "dataset_checksum")
+RESOLVED_PREFIX = "resolved."
+#: why a run ended FAILED or KILLED
+FAILURE_REASON, FAILURE_KIND = "failure_reason", "failure_kind"
+#: failure kinds: a run that diverged is a result (the paper reports some as failing), a crash
+#: is not; deadline and interrupted runs are KILLED (checkpoint kept: the next call resumes)
+DIVERGED, ERROR, DEADLINE, INTERRUPTED = "diverged", "error", "deadline", "interrupted"
+KILLED_KINDS = (DEADLINE, INTERRUPTED)
+
+# --- metrics and artifacts ---------------------------------------------------------------------
+#: per-epoch curve, in ``curve.csv`` order; ``eval_error`` is ``test_error`` or ``val_error``
+CURVE_COLUMNS = ("epoch", "iteration", "train_loss", "train_error", "eval_error", "lr",
+                 "images_per_sec", "epoch_time_s")
+EVAL_ERROR = "eval_error"
+#: final metrics besides ``final_<split>_error``
+FINAL_METRICS = ("final_train_error", "final_train_loss", "wall_time_s")
+CURVE_ARTIFACT, PREDICTIONS_ARTIFACT, CONFIG_ARTIFACT = "curve.csv", "predictions.npz", "config.yaml"
+
+
+def eval_error(split: str) -> str:
+    """The per-epoch error metric of evaluation split ``split`` (``test_error``)."""
+    return f"{split}_error"
+
+
+def final_error(split: str) -> str:
+    """The final error metric of evaluation split ``split`` (``final_test_error``)."""
+    return f"final_{split}_error"
+
+
+def curve_columns(split: str) -> list[str]:
+    """``curve.csv``'s header for a run evaluated on ``split``."""
+    return [eval_error(split) if c == EVAL_ERROR else c for c in CURVE_COLUMNS]

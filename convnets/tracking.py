@@ -9,12 +9,15 @@ What a run records (the analysis package reads exactly this):
 
 * tags: experiment, claim, citation, group, variant, baseline, paper_error, expected, seed,
   profile, config_hash, dataset, dataset_label, dataset_checksum, eval_split, lr_source,
-  git_commit, git_dirty, torch_version, cuda_version, device (+ failure_reason on failure);
-* params: the resolved config, flattened with dots (``optim.lr``);
+  git_commit, git_dirty, torch_version, cuda_version, device, precision (+ failure_reason and
+  failure_kind on failure);
+* params: the resolved config, flattened with dots (``optim.lr``), and ``resolved.*``: what the
+  trainer actually used (``RunResult.info``: batch sizes, iterations, world size ...);
 * metrics per epoch at step = iteration: train_loss, train_error, test_error | val_error, lr,
   images_per_sec, epoch_time_s, epoch; final: final_test_error | final_val_error,
   final_train_error, final_train_loss, wall_time_s. Errors are in percent;
-* artifacts: config.yaml, curve.csv, predictions.npz (``pred`` and ``target``);
+* artifacts: config.yaml, curve.csv, predictions.npz (``pred`` and ``target``), and
+  ``provenance/git.diff`` when the tree was dirty (``git diff HEAD`` + the untracked files);
 * inputs: the data set (``mlflow.log_input``): name = the table label, e.g. "CIFAR-10 (JPEG q75
   copy)", digest = our checksum, source = data name and folder, context "train+test" (or
   "train+val"), so the runs table's Dataset column is filled and can be filtered.
@@ -25,6 +28,11 @@ Experiments carry ``mlflow.experimentKind = custom_model_development`` (MLflow 3
 in its model-training view, not the GenAI one) and, from ``experiments run``, a description
 (``mlflow.note.content``) with the claim, the citation and the paper's numbers. Run names say
 what ran, most telling part first: ``identity | s0 | cifar_resnet-8 | smoke``.
+
+Every run goes through one lifecycle, :class:`TrackedRun` (the runner, the torchrun entry and
+the lr-search trials): ``start`` (new, or resume by run id), ``finish`` (result tags,
+``resolved.*`` params, final metrics and artifacts, stale failure tags cleared) or ``fail``.
+The tag, metric and artifact names are those of :mod:`convnets.names`, which analysis reads.
 """
 
 from __future__ import annotations
@@ -42,12 +50,10 @@ import numpy as np
 import torch
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from convnets import names
+from convnets.names import REPO_ROOT, tracking_uri  # noqa: F401  (re-exported)
+
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
 
 
 def artifact_root() -> str:
@@ -143,24 +149,40 @@ def run_note(tags: dict, cfg: dict, info: dict) -> str:
 def git_info() -> tuple[str, bool | None]:
     """(commit, dirty) from ``git``, else ``$CONVNETS_GIT_COMMIT``, else "unknown"."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, check=True,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                cwd=REPO_ROOT, check=True, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        return commit, bool(status)
+        commit = _git("rev-parse", "HEAD").strip()
+        return commit, bool(_git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("CONVNETS_GIT_COMMIT", "unknown"), None
 
 
 def environment_tags() -> dict[str, str]:
     commit, dirty = git_info()
-    return {
-        "git_commit": commit,
-        "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
-        "torch_version": torch.__version__,
-        "cuda_version": str(torch.version.cuda),
-    }
+    values = (commit, "unknown" if dirty is None else str(dirty).lower(), torch.__version__,
+              str(torch.version.cuda))
+    return dict(zip(names.ENVIRONMENT_TAGS, values, strict=True))
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, check=True, capture_output=True,
+                          text=True, timeout=30).stdout
+
+
+def git_diff() -> str | None:
+    """What a dirty tree adds to its commit: ``git diff HEAD`` (tracked changes, staged or not)
+    and the untracked files git does not ignore (listed; their content is not copied). None
+    for a clean tree, without git, or with ``$CONVNETS_GIT_DIFF=off`` (the test suite's
+    throwaway stores)."""
+    if os.environ.get("CONVNETS_GIT_DIFF", "").lower() in ("off", "0", "false"):
+        return None
+    try:
+        diff = _git("diff", "HEAD")
+        untracked = _git("ls-files", "--others", "--exclude-standard").splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not diff and not untracked:
+        return None
+    head = "".join(f"# untracked: {u}\n" for u in untracked)
+    return head + diff
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -237,20 +259,26 @@ class RunLogger:
             self.set_tags({NOTE_TAG: run_note(tags, cfg, result.info)})
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            (tmp / names.CONFIG_ARTIFACT).write_text(yaml.safe_dump(cfg, sort_keys=False))
             split = result.eval_split
-            cols = ["epoch", "iteration", "train_loss", "train_error", f"{split}_error", "lr",
-                    "images_per_sec", "epoch_time_s"]
-            with open(tmp / "curve.csv", "w", newline="") as f:
+            cols = names.curve_columns(split)
+            with open(tmp / names.CURVE_ARTIFACT, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(result.history)
             top = max(result.predictions.max(initial=0), result.targets.max(initial=0))
             dtype = np.uint8 if top < 256 else np.int32
-            np.savez_compressed(tmp / "predictions.npz", pred=result.predictions.astype(dtype),
+            np.savez_compressed(tmp / names.PREDICTIONS_ARTIFACT, pred=result.predictions.astype(dtype),
                                 target=result.targets.astype(dtype))
-            for name in ("config.yaml", "curve.csv", "predictions.npz"):
+            for name in (names.CONFIG_ARTIFACT, names.CURVE_ARTIFACT, names.PREDICTIONS_ARTIFACT):
                 self.client.log_artifact(self.run_id, str(tmp / name))
+
+    def log_text(self, text: str, artifact: str) -> None:
+        """``text`` as the artifact ``artifact`` (a path such as ``provenance/git.diff``)."""
+        folder, _, name = artifact.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / name).write_text(text)
+            self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder or None)
 
     def delete_tags(self, keys) -> None:
         run_tags = self.client.get_run(self.run_id).data.tags
@@ -260,3 +288,98 @@ class RunLogger:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run lifecycle
+# ---------------------------------------------------------------------------------------------
+
+PROVENANCE_DIFF = "provenance/git.diff"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the runner's SIGTERM handler: a KeyboardInterrupt, so every path that handles
+    Ctrl-C (checkpoint kept, run KILLED, queued jobs cancelled) handles it the same way."""
+
+
+def failure(err: BaseException) -> tuple[str, str]:
+    """(failure kind, reason) of the exception that ended a run: ``diverged`` (non-finite
+    loss), ``deadline``, ``interrupted`` (Ctrl-C, SIGTERM) or ``error`` (anything else)."""
+    from convnets.train import DeadlineReached, DivergedError
+
+    if isinstance(err, DivergedError):
+        return names.DIVERGED, str(err)
+    if isinstance(err, DeadlineReached):
+        return names.DEADLINE, f"{err}; checkpoint kept, rerun to resume"
+    if isinstance(err, KeyboardInterrupt):
+        why = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+        return names.INTERRUPTED, f"interrupted ({why}); checkpoint kept"
+    return names.ERROR, f"{type(err).__name__}: {err}"[:5000]
+
+
+class TrackedRun:
+    """One MLflow run from start to end: the only place runs are created, resumed and ended.
+
+    ``start`` creates a run (tags + environment tags, the config as params, the git diff of a
+    dirty tree as ``provenance/git.diff``) or resumes one by id (status RUNNING again);
+    ``logger`` is what the trainer logs epochs into; ``finish`` records a ``RunResult`` (result
+    tags, ``resolved.*`` params, final metrics, artifacts), clears the failure tags of an earlier
+    attempt and ends the run FINISHED; ``fail`` ends it FAILED (diverged, error) or KILLED
+    (deadline, interrupted) with ``failure_kind`` and ``failure_reason``.
+    """
+
+    def __init__(self, cl, run_id: str, *, resumed: bool = False):
+        self.client, self.run_id, self.resumed = cl, run_id, resumed
+        self.logger = RunLogger(cl, run_id)
+
+    @classmethod
+    def start(cls, cl, exp_id: str, *, run_name: str | None = None, tags: dict | None = None,
+              config: dict | None = None, params: dict | None = None,
+              run_id: str | None = None) -> TrackedRun:
+        """Resume run ``run_id``, or create one in experiment ``exp_id``."""
+        if run_id:
+            cl.update_run(run_id, status="RUNNING")
+            return cls(cl, run_id, resumed=True)
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        run = cls(cl, cl.create_run(exp_id, run_name=run_name,
+                                    tags={**tags, **environment_tags()}).info.run_id)
+        run.logger.log_params({**(flatten(config) if config else {}), **(params or {})})
+        diff = git_diff()
+        if diff is not None:
+            run.logger.log_text(diff, PROVENANCE_DIFF)
+        return run
+
+    def finish(self, result=None, cfg: dict | None = None, *, tags: dict | None = None,
+               metrics: dict | None = None, step: int = 0) -> None:
+        """End FINISHED: ``result`` (a ``RunResult`` of config ``cfg``) logged in full, then
+        extra ``metrics`` (at ``step``) and ``tags``."""
+        if result is not None:
+            info = result.info
+            self.logger.set_tags({k: v for k, v in info.items() if k in names.RESULT_TAGS})
+            self.logger.log_params({f"{names.RESOLVED_PREFIX}{k}": str(v) for k, v in info.items()
+                                    if k not in names.DATASET_TAGS})
+            self.logger.log_result(result, cfg)
+        if metrics:
+            self.logger.log_epoch(step, metrics)
+        if self.resumed:  # from an earlier attempt
+            self.logger.delete_tags([names.FAILURE_REASON, names.FAILURE_KIND])
+        if tags:
+            self.logger.set_tags(tags)
+        self.logger.finish("FINISHED")
+
+    def fail(self, kind: str, reason: str, *, tags: dict | None = None) -> str:
+        """End FAILED, or KILLED for a planned stop (``names.KILLED_KINDS``); returns the
+        status. Never raises: a failing store must not hide the error being recorded."""
+        status = "KILLED" if kind in names.KILLED_KINDS else "FAILED"
+        try:
+            self.logger.set_tags({names.FAILURE_REASON: reason, names.FAILURE_KIND: kind,
+                                  **(tags or {})})
+            self.logger.finish(status)
+        except Exception:  # the store itself is failing; the checkpoint is still on disk
+            pass
+        return status
+
+    def fail_with(self, err: BaseException, *, tags: dict | None = None) -> tuple[str, str]:
+        """``fail`` with the kind and reason of ``err``; returns (status, kind)."""
+        kind, reason = failure(err)
+        return self.fail(kind, reason, tags=tags), kind

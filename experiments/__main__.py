@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
-
-import yaml
 
 from experiments.deadline import ENV, parse_deadline
-from experiments.search import add_lr_search_parser, check_tuned, run_lr_search
+from experiments.lr_search import add_lr_search_parser, run_lr_search
 from experiments.shifts import add_shifts_parser, run_shifts_command
 from experiments.spec import (
     PROFILES,
@@ -21,21 +18,7 @@ from experiments.spec import (
     parse_set,
     require_devices,
 )
-
-TUNED_DIR = Path(__file__).resolve().parent / "tuned"
-
-
-def tuned_dir() -> Path:
-    """Where lr-search records best learning rates ($CONVNETS_TUNED_DIR overrides)."""
-    return Path(os.environ.get("CONVNETS_TUNED_DIR") or TUNED_DIR)
-
-
-def tuned_lrs(name: str) -> dict[str, float]:
-    path = tuned_dir() / f"{Path(name).stem}.yaml"
-    if not path.exists():
-        raise SpecError(f"--lr tuned: no {path}; run `python -m experiments lr-search {name}` first")
-    data = yaml.safe_load(path.read_text()) or {}
-    return {k: float(v["lr"]) for k, v in data.get("best", {}).items()}
+from experiments.tuned import check_tuned, tuned_lrs
 
 
 def _jobs(args):
@@ -53,7 +36,7 @@ def _jobs(args):
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the claim specs")
@@ -82,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--parallel", type=int, default=1, help="K runs at once (processes)")
     p_run.add_argument("--ddp", type=int, default=0, metavar="K",
                        help="train each run data-parallel over K processes (torch DDP)")
+    p_run.add_argument("--batch-seeds", type=int, default=1, metavar="K",
+                       help="train K seeds of a config at once as one batched network, each "
+                            "with its own MLflow run and checkpoint (configs it cannot batch "
+                            "run one seed at a time, saying why)")
     p_run.add_argument("--dry-run", action="store_true", help="list the jobs, run nothing")
     p_run.add_argument("--deadline", default=os.environ.get(ENV),
                        help="stop by then: seconds (480, 8m, 2h), a UTC clock time (21:30) or "
@@ -90,37 +77,54 @@ def main(argv: list[str] | None = None) -> int:
                             "rerunning resumes. Exit 0.")
     add_shifts_parser(sub)
     add_lr_search_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _listing(args) -> int:
+    """``list`` and ``validate``."""
+    if args.cmd == "list":
+        for name in list_specs():
+            spec = load_spec(name)
+            print(f"{name:22s} {spec['citation']}")
+        return 0
+    for name in args.names or list_specs():
+        spec = load_spec(name)
+        n = {p: len(expand(spec, p)) for p in spec["profiles"]}
+        print(f"{name}: ok ({', '.join(f'{p} {k} runs' for p, k in n.items())})")
+    return 0
+
+
+def _checked_jobs(args):
+    """(spec, jobs, deadline) of ``run``, every option checked; raises ``SpecError``."""
+    if sum([bool(args.ddp), args.parallel > 1, args.batch_seeds > 1]) > 1:
+        raise SpecError("--ddp, --parallel and --batch-seeds do not combine: pick one way to "
+                        "use devices")
+    if args.batch_seeds < 1:
+        raise SpecError(f"--batch-seeds {args.batch_seeds}: must be a positive number")
+    if args.seeds is not None and args.seeds < 1:
+        raise SpecError(f"--seeds {args.seeds}: must be a positive number of seeds "
+                        "(omit it for the profile's count)")
+    try:
+        deadline = parse_deadline(args.deadline)
+    except ValueError as err:
+        raise SpecError(f"--deadline: {err}") from None
+    spec, jobs = _jobs(args)
+    require_devices(jobs)
+    if args.lr == "tuned":
+        check_tuned(args.name, jobs, allow_mismatch=args.allow_tuned_mismatch)
+    return spec, jobs, deadline
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.cmd == "lr-search":
         return run_lr_search(args)
     if args.cmd in ("shifts", "shift"):
         return run_shifts_command(args)
-
     try:
-        if args.cmd == "list":
-            for name in list_specs():
-                spec = load_spec(name)
-                print(f"{name:22s} {spec['citation']}")
-            return 0
-        if args.cmd == "validate":
-            for name in args.names or list_specs():
-                spec = load_spec(name)
-                n = {p: len(expand(spec, p)) for p in spec["profiles"]}
-                print(f"{name}: ok ({', '.join(f'{p} {k} runs' for p, k in n.items())})")
-            return 0
-        if args.ddp and args.parallel > 1:
-            raise SpecError("--ddp and --parallel do not combine: pick one way to use devices")
-        if args.seeds is not None and args.seeds < 1:
-            raise SpecError(f"--seeds {args.seeds}: must be a positive number of seeds "
-                            "(omit it for the profile's count)")
-        try:
-            deadline = parse_deadline(args.deadline)
-        except ValueError as err:
-            raise SpecError(f"--deadline: {err}") from None
-        spec, jobs = _jobs(args)
-        require_devices(jobs)
-        if args.lr == "tuned":
-            check_tuned(args.name, jobs, allow_mismatch=args.allow_tuned_mismatch)
+        if args.cmd in ("list", "validate"):
+            return _listing(args)
+        spec, jobs, deadline = _checked_jobs(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
-                        deadline=deadline)
+                        deadline=deadline, batch_seeds=args.batch_seeds)
     except KeyboardInterrupt as err:
         return 143 if isinstance(err, Terminated) else 130
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"

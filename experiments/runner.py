@@ -4,30 +4,34 @@ A job is identified by (experiment, config hash, seed). Before training, the run
 job up in MLflow: a FINISHED run is skipped (``force`` reruns it), an unfinished run with a
 checkpoint is resumed into the same MLflow run, anything else starts a new run. A diverging
 run ends FAILED with its reason and the next job starts; Ctrl-C marks the run KILLED, keeps its
-checkpoint and stops.
+checkpoint and stops. Every run is opened and closed by ``convnets.tracking.TrackedRun``.
+
+``batch_seeds=K`` (``run --batch-seeds K``) trains the jobs that differ only in seed K at a time
+as one batched network (``convnets.multiseed.fit_seeds``); each seed keeps its own run,
+checkpoint, resume and failure, as if it ran alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 from tabulate import tabulate
 
-from convnets import tracking
-from convnets.train import DeadlineReached, DivergedError, fit, read_checkpoint_meta
+from convnets import multiseed, tracking
+from convnets.multiseed import MixedProgressError, fit_seeds
+from convnets.names import DIVERGED, FAILURE_KIND, final_error
+from convnets.tracking import Terminated
+from convnets.train import fit, read_checkpoint_meta
 from experiments.deadline import Deadline
 from experiments.spec import Job
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised by the SIGTERM handler: a KeyboardInterrupt, so every path that handles Ctrl-C
-    (checkpoint kept, run KILLED, queued jobs cancelled) handles it the same way."""
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -51,14 +55,42 @@ def checkpoint_path(job: Job) -> Path:
     return checkpoint_dir() / job.experiment / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
 
 
-def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0,
-            deadline: Deadline | None = None) -> dict:
-    """Run (or skip, or resume) one job; returns its summary row.
+def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool):
+    """(run, action) for a job to train: the unfinished run that wrote ``ckpt`` resumed, else a
+    new run; or (None, run id) when an earlier run of it diverged (it would again)."""
+    # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
+    resumable = {r.info.run_id for r in existing
+                 if r.info.status in ("RUNNING", "KILLED", "FAILED")
+                 and r.data.tags.get(FAILURE_KIND) != DIVERGED}
+    owner = read_checkpoint_meta(ckpt).get("run_id") if ckpt.exists() else None
+    if ckpt.exists() and (force or owner not in resumable):
+        ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
+    if owner in resumable and ckpt.exists():
+        return tracking.TrackedRun.start(cl, exp_id, run_id=owner), "resumed"
+    diverged = [r for r in existing if r.data.tags.get(FAILURE_KIND) == DIVERGED]
+    if diverged and not force:  # deterministic: it would diverge again; --force retries
+        return None, diverged[0].info.run_id
+    profile = job.tags.get("profile", "")
+    run = tracking.TrackedRun.start(
+        cl, exp_id, run_name=tracking.run_name(job.variant, job.seed, job.config["model"], profile),
+        tags=dict(job.tags, config_hash=job.config_hash), config=job.config)
+    return run, "new"
 
-    With a ``deadline``, a job whose estimated time (the wall time of a finished run of the same
-    config) does not fit is not started, and a started one stops at the deadline: checkpoint
-    kept, MLflow run KILLED with the reason, and the next invocation resumes it.
-    """
+
+@dataclass
+class _Opened:
+    """A job whose MLflow run is open: what training it and closing its run need."""
+
+    job: Job
+    run: tracking.TrackedRun
+    ckpt: Path
+    row: dict
+    err_key: str
+
+
+def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opened:
+    """The job's summary row when there is nothing to train (finished, not started, diverged
+    earlier); else its run, opened (new or resumed)."""
     cl = tracking.client()
     exp_id = tracking.experiment_id(cl, job.experiment, {"claim": job.tags.get("claim", "")})
     h = job.config_hash
@@ -66,7 +98,7 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
     ckpt = checkpoint_path(job)
     existing = tracking.find_runs(cl, exp_id, h, job.seed, job.tags.get("profile", ""))
     finished = [r for r in existing if r.info.status == "FINISHED"]
-    err_key = f"final_{'val' if job.config['data']['val_size'] else 'test'}_error"
+    err_key = final_error("val" if job.config["data"]["val_size"] else "test")
     if finished and not force:
         run = finished[0]
         return dict(row, status="FINISHED (skipped)", error=run.data.metrics.get(err_key),
@@ -75,84 +107,140 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
         why = deadline.refuse(cl, exp_id, h, ckpt)
         if why:
             return dict(row, status=f"not started ({why})", error=None, run_id="")
-    # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
-    resumable = {r.info.run_id for r in existing
-                 if r.info.status in ("RUNNING", "KILLED", "FAILED")
-                 and r.data.tags.get("failure_kind") != "diverged"}
-    owner = read_checkpoint_meta(ckpt).get("run_id") if ckpt.exists() else None
-    if ckpt.exists() and (force or owner not in resumable):
-        ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
-    if owner in resumable and ckpt.exists():
-        run_id = owner
-        cl.update_run(run_id, status="RUNNING")
-        action = "resumed"
-    else:
-        if existing and not force:
-            diverged = [r for r in existing if r.data.tags.get("failure_kind") == "diverged"]
-            if diverged:  # deterministic: it would diverge again; --force retries
-                return dict(row, status="FAILED (diverged earlier)", error=None,
-                            run_id=diverged[0].info.run_id)
-        run_name = tracking.run_name(job.variant, job.seed, job.config["model"],
-                                     job.tags.get("profile", ""))
-        tags = dict(job.tags, config_hash=h, **tracking.environment_tags())
-        run_id = cl.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-        action = "new"
-    logger = tracking.RunLogger(cl, run_id)
-    if action == "new":
-        logger.log_params(tracking.flatten(job.config))
-    print(f"[{job.experiment}] {job.key} ({action}, run {run_id[:8]}, config {h})", flush=True)
+    run, action = _open_run(cl, exp_id, job, existing, ckpt, force)
+    if run is None:
+        return dict(row, status="FAILED (diverged earlier)", error=None, run_id=action)
+    print(f"[{job.experiment}] {job.key} ({action}, run {run.run_id[:8]}, config {h})", flush=True)
+    return _Opened(job, run, ckpt, row, err_key)
+
+
+def _finished(o: _Opened, result) -> dict:
+    """Record the result, drop the checkpoint; the FINISHED row."""
+    o.run.finish(result, o.job.config)
+    o.ckpt.unlink(missing_ok=True)
+    return dict(o.row, status="FINISHED", error=result.final[o.err_key], run_id=o.run.run_id)
+
+
+def _failed(o: _Opened, err: BaseException) -> dict:
+    """Record why the run ended (diverged, deadline, a crash; the checkpoint is kept); the row.
+    Ctrl-C and SIGTERM are re-raised once recorded."""
+    status, kind = o.run.fail_with(err)
+    if isinstance(err, KeyboardInterrupt):
+        raise err
+    if kind == "error":  # in training or logging
+        traceback.print_exception(err)
+    print(f"  {status}: {err}" + ("; checkpoint kept" if status == "KILLED" else ""), flush=True)
+    return dict(o.row, status=f"{status} ({kind if kind != 'error' else type(err).__name__})",
+                error=None, run_id=o.run.run_id)
+
+
+def _train(o: _Opened, *, progress: bool, ddp: int, deadline: Deadline | None) -> dict:
+    """Train one opened job and close its run; returns its row."""
     try:
         if ddp > 1:  # data-parallel over `ddp` processes; rank 0 logs and checkpoints
             from convnets.distributed import launch
 
-            result = launch(job.config, ddp, run_id=run_id, checkpoint=ckpt, progress=progress)
+            result = launch(o.job.config, ddp, run_id=o.run.run_id, checkpoint=o.ckpt,
+                            progress=progress)
         else:
-            result = fit(job.config, logger=logger, checkpoint=ckpt, progress=progress,
-                         checkpoint_meta={"run_id": run_id},
+            result = fit(o.job.config, logger=o.run.logger, checkpoint=o.ckpt,
+                         progress=progress, checkpoint_meta={"run_id": o.run.run_id},
                          deadline=deadline.at if deadline else None)
-        logger.set_tags({k: v for k, v in result.info.items()
-                         if k in ("dataset", "dataset_label", "dataset_checksum", "eval_split",
-                                  "device", "precision")})
-        logger.log_params({f"resolved.{k}": str(v) for k, v in result.info.items()
-                           if k not in ("dataset", "dataset_label", "dataset_checksum")})
-        logger.log_result(result, job.config)
-        logger.delete_tags(["failure_reason", "failure_kind"])  # from an earlier attempt
-        logger.finish("FINISHED")
-    except DivergedError as err:
-        logger.set_tags({"failure_reason": str(err), "failure_kind": "diverged"})
-        logger.finish("FAILED")
-        print(f"  FAILED: {err}", flush=True)
-        return dict(row, status="FAILED (diverged)", error=None, run_id=run_id)
-    except DeadlineReached as err:
-        logger.set_tags({"failure_reason": f"{err}; checkpoint kept, rerun to resume",
-                         "failure_kind": "deadline"})
-        logger.finish("KILLED")
-        print(f"  KILLED: {err}; checkpoint kept", flush=True)
-        return dict(row, status="KILLED (deadline)", error=None, run_id=run_id)
-    except KeyboardInterrupt as err:
-        why = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
-        logger.set_tags({"failure_reason": f"interrupted ({why}); checkpoint kept"})
-        logger.finish("KILLED")
-        raise
-    except Exception as err:  # a crash (in training or logging): record it, keep the checkpoint
-        traceback.print_exc()
+        return _finished(o, result)
+    except BaseException as err:  # diverged, deadline, Ctrl-C/SIGTERM, or a crash: recorded
+        return _failed(o, err)
+
+
+def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 0,
+            deadline: Deadline | None = None) -> dict:
+    """Run (or skip, or resume) one job; returns its summary row.
+
+    With a ``deadline``, a job whose estimated time (the wall time of a finished run of the same
+    config) does not fit is not started, and a started one stops at the deadline: checkpoint
+    kept, MLflow run KILLED with the reason, and the next invocation resumes it.
+    """
+    opened = _start(job, force=force, deadline=deadline)
+    if isinstance(opened, dict):
+        return opened
+    return _train(opened, progress=progress, ddp=ddp, deadline=deadline)
+
+
+def seed_groups(jobs: list[Job], k: int) -> list[list[Job]]:
+    """The jobs that differ only in seed, ``k`` at a time, in the jobs' order."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        cfg = {key: v for key, v in job.config.items() if key != "seed"}
+        key = json.dumps([job.experiment, job.group, job.variant, job.tags.get("profile"), cfg],
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(job)
+    return [g[i : i + k] for g in groups.values() for i in range(0, len(g), k)]
+
+
+def run_seed_batch(jobs: list[Job], *, force: bool = False, progress: bool = True) -> list[dict]:
+    """Seeds of one config trained as one batched network (``convnets.multiseed.fit_seeds``):
+    each seed keeps its own MLflow run, checkpoint and resume (a finished seed is skipped), and
+    ends on its own (one diverging seed is FAILED, the others go on). Returns their rows."""
+    rows, opened = [], []
+    for job in jobs:
+        o = _start(job, force=force, deadline=None)
+        (rows if isinstance(o, dict) else opened).append(o)
+    if len(opened) <= 1:
+        return rows + [_train(o, progress=progress, ddp=0, deadline=None) for o in opened]
+    try:
+        outcomes = fit_seeds(opened[0].job.config, [o.job.seed for o in opened],
+                             loggers=[o.run.logger for o in opened],
+                             checkpoints=[o.ckpt for o in opened],
+                             checkpoint_metas=[{"run_id": o.run.run_id} for o in opened])
+    except MixedProgressError as err:  # e.g. one seed went on alone earlier
+        print(f"  {err}: these seeds train one at a time", flush=True)
+        return rows + [_train(o, progress=progress, ddp=0, deadline=None) for o in opened]
+    except BaseException as err:  # Ctrl-C, SIGTERM or a crash ends every seed's run
+        if isinstance(err, KeyboardInterrupt):
+            for o in opened:
+                o.run.fail_with(err)
+            raise
+        return rows + [_failed(o, err) for o in opened]
+    for o, out in zip(opened, outcomes, strict=True):
         try:
-            logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000],
-                             "failure_kind": "error"})
-            logger.finish("FAILED")
-        except Exception:  # the store itself is failing; the checkpoint is still on disk
-            pass
-        return dict(row, status=f"FAILED ({type(err).__name__})", error=None, run_id=run_id)
-    ckpt.unlink(missing_ok=True)
-    return dict(row, status="FINISHED", error=result.final[err_key], run_id=run_id)
+            rows.append(_failed(o, out) if isinstance(out, BaseException) else _finished(o, out))
+        except Exception as err:  # logging the result failed
+            rows.append(_failed(o, err))
+    return rows
+
+
+def _run_batched(jobs: list[Job], k: int, *, force: bool, progress: bool,
+                 deadline: Deadline | None) -> list[dict]:
+    """``run --batch-seeds K``: seed groups through ``run_seed_batch``; configs it refuses
+    (and runs under a deadline) one seed at a time, saying why."""
+    rows: list[dict] = []
+    for chunk in seed_groups(jobs, k):
+        job = chunk[0]
+        why = None
+        if len(chunk) > 1:
+            why = ("--deadline stops single runs only" if deadline is not None
+                   else multiseed.unsupported(job.config))
+        if why:
+            print(f"[{job.experiment}] {job.group}/{job.variant}: seeds one at a time ({why})",
+                  flush=True)
+        if why or len(chunk) == 1:
+            rows += [run_job(j, force=force, progress=progress, deadline=deadline)
+                     for j in chunk]
+        else:
+            rows += run_seed_batch(chunk, force=force, progress=progress)
+    return rows
 
 
 def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
-             progress: bool = True, ddp: int = 0, deadline: Deadline | None = None) -> list[dict]:
-    """Run every job (``parallel`` at a time, in separate processes); returns summary rows."""
+             progress: bool = True, ddp: int = 0, deadline: Deadline | None = None,
+             batch_seeds: int = 1) -> list[dict]:
+    """Run every job (``parallel`` at a time, in separate processes; or ``batch_seeds`` seeds
+    of one config at a time as one batched network); returns summary rows."""
     rows: list[dict] = []
     if parallel <= 1:
         try:
+            if batch_seeds > 1:
+                return _run_batched(jobs, batch_seeds, force=force, progress=progress,
+                                    deadline=deadline)
             for job in jobs:
                 rows.append(run_job(job, force=force, progress=progress, ddp=ddp,
                                     deadline=deadline))

@@ -202,8 +202,8 @@ def run_shifts_command(args) -> int:
 
 
 def run_shift(args, shifts, raw) -> int:
-    from analysis import io as aio
     from analysis import ledger
+    from analysis import runs as run_store
     from convnets import tracking
     from experiments.__main__ import report
     from experiments.deadline import Deadline, parse_deadline
@@ -233,7 +233,7 @@ def run_shift(args, shifts, raw) -> int:
     print(summary_table(rows))
     report(rows)
     ended = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    data = aio.load_mlflow(tracking.tracking_uri())
+    data = run_store.load_mlflow(tracking.tracking_uri())
     if data.runs.empty:
         print("no finished runs to export", flush=True)
         return 1

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
-from analysis import io, tables
+from analysis import runs as io
+from analysis import tables
 from analysis.__main__ import main
 
 VARIANTS = [("plain", "plain-20", "plain-20", "", "", 8.0),

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import io, stats, tables
+from analysis import runs as io
+from analysis import stats, tables
 
 NOISE = {0: -0.1, 1: 0.0, 2: 0.1}
 CLAIM = "Pre-activation helps: 50% & more_under #1 {ok}"

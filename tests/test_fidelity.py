@@ -312,7 +312,7 @@ def test_bad_recipe_key_is_named(bad, key):
 def test_spec_differences_reach_run_tags_and_table_provenance():
     import pandas as pd
 
-    from analysis.io import normalise_runs
+    from analysis.runs import normalise_runs
     from analysis.tables import provenance
     from experiments.spec import expand, load_spec
 

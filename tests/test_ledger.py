@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import io, ledger, tables
+from analysis import ledger, tables
+from analysis import runs as io
 
 SMOKE_PART = Path(__file__).resolve().parent.parent / "paper_tables" / "data" / \
     "2026-11-23_smoke_cpu_all-claims"

@@ -51,7 +51,7 @@ def test_cuda_without_cuda_is_refused_before_mlflow(fresh_store, tmp_path, capsy
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_lr_search_on_cuda_without_cuda_is_refused(fresh_store, tmp_path, capsys):
-    from experiments.search import main as search_main
+    from experiments.lr_search import main as search_main
 
     spec = _write(tmp_path)
     assert search_main([spec, "--device", "cuda", "--storage",

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from convnets import tracking
 from convnets import train as train_mod
 from convnets.data import load_dataset
-from experiments import search
+from experiments import lr_search as search
 from experiments import spec as spec_mod
 
 SPEC = textwrap.dedent(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import search
+from experiments import lr_search as search
 from experiments.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ WORKER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     go = Path(sys.argv[1])
-    from experiments import search
+    from experiments import lr_search as search
     while not go.exists():
         time.sleep(0.01)
     search.lr_search(sys.argv[2], "smoke", trials=0, storage=sys.argv[3], record=False)

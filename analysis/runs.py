@@ -1,6 +1,9 @@
 """Read runs from the MLflow store or from the committed snapshot into tidy frames.
 
-Nothing here imports the trainer: the MLflow schema (tags, metrics, artifacts) is the contract.
+Nothing here imports the trainer: the MLflow schema (tags, metrics, artifacts) is the contract,
+and its names come from ``convnets.names``, the one torch-free module of ``convnets`` that
+analysis may import (it is that contract written down, not training code; tracking writes the
+same names).
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from convnets import names
+from convnets.names import tracking_uri  # noqa: F401  (the store the runner writes)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
 
-TAG_COLS = ["experiment", "claim", "citation", "group", "variant", "baseline", "profile",
-            "dataset", "dataset_label", "eval_split", "paper_error", "expected", "config_hash",
-            "git_commit", "device", "failure_reason", "failure_kind", "dataset_checksum",
-            "precision", "torch_version", "cuda_version", "differences"]
+# job tags (the spec's), then the names tracking writes
+TAG_COLS = list(dict.fromkeys([
+    "experiment", "claim", "citation", "group", "variant", "baseline", "profile", "paper_error",
+    "expected", "config_hash", "differences", *names.RESULT_TAGS,
+    *(t for t in names.ENVIRONMENT_TAGS if t != "git_dirty"),  # git_dirty: a bool column
+    names.FAILURE_REASON, names.FAILURE_KIND]))
 STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
                        "predictions_uri"]
 FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s"]
@@ -30,13 +38,7 @@ RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", 
                 "failure_reason", "failure_kind", "run_id", "run_name", "start_time", "curve_uri",
                 "predictions_uri", "dataset_checksum", "precision", "torch_version",
                 "cuda_version", "differences"])
-CURVE_COLUMNS = ["run_id", "epoch", "iteration", "train_loss", "train_error", "eval_error", "lr",
-                 "images_per_sec", "epoch_time_s"]
-
-
-def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI if set, else the repository's sqlite store (absolute path)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+CURVE_COLUMNS = ["run_id", *names.CURVE_COLUMNS]
 
 
 @dataclass
@@ -83,20 +85,20 @@ def _all_runs(client, experiment_id: str):
 
 def _row(client, run, experiment_name: str) -> dict:
     tags, metrics = run.data.tags, run.data.metrics
-    split = tags.get("eval_split") or ("val" if "final_val_error" in metrics else "test")
-    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    split = tags.get("eval_split") or ("val" if names.final_error("val") in metrics else "test")
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
     art = run.info.artifact_uri.rstrip("/")
     row = {c: tags.get(c, "") for c in TAG_COLS}
     row.update(
         experiment=tags.get("experiment") or experiment_name,
         seed=tags.get("seed"), git_dirty=tags.get("git_dirty", ""), status=run.info.status,
-        final_error=metrics.get(f"final_{split}_error"),
-        final_train_error=metrics.get("final_train_error"),
-        final_train_loss=metrics.get("final_train_loss"), wall_time_s=metrics.get("wall_time_s"),
+        final_error=metrics.get(names.final_error(split)),
+        **{m: metrics.get(m) for m in names.FINAL_METRICS},
         run_id=run.info.run_id, run_name=run.info.run_name or "",
         start_time=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").isoformat(),
-        curve_uri=f"{art}/curve.csv" if "curve.csv" in names else "",
-        predictions_uri=f"{art}/predictions.npz" if "predictions.npz" in names else "",
+        curve_uri=f"{art}/{names.CURVE_ARTIFACT}" if names.CURVE_ARTIFACT in files else "",
+        predictions_uri=(f"{art}/{names.PREDICTIONS_ARTIFACT}"
+                         if names.PREDICTIONS_ARTIFACT in files else ""),
     )
     return row
 
@@ -124,7 +126,8 @@ def _download(artifact_uri: str, uri: str, dst: str) -> Path:
 
 
 def _curve(path: Path, run_id: str) -> pd.DataFrame:
-    df = pd.read_csv(path).rename(columns={"test_error": "eval_error", "val_error": "eval_error"})
+    df = pd.read_csv(path).rename(columns={names.eval_error(s): names.EVAL_ERROR
+                                           for s in ("test", "val")})
     return df.assign(run_id=run_id).reindex(columns=CURVE_COLUMNS)
 
 
