@@ -35,23 +35,14 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from convnets.augment import to_float
+from convnets.checkpoint import load_checkpoint, save_checkpoint
+from convnets.config import resolve_config
 from convnets.models import build_model
-from convnets.train import (
-    DivergedError,
-    NullLogger,
-    build_result,
-    check_finite,
-    epoch_data,
-    evaluate,
-    load_checkpoint,
-    plan_iterations,
-    prepare_data,
-    resolve_config,
-    resolve_runtime,
-    save_checkpoint,
-    seed_everything,
-)
-from convnets.train import data_seed as _data_seed
+from convnets.optim import plan_iterations
+from convnets.results import DivergedError, NullLogger, build_result, check_finite
+from convnets.runtime import data_seed as _data_seed
+from convnets.runtime import resolve_runtime, seed_everything
+from convnets.train import epoch_data, evaluate, prepare_data
 
 
 class MixedProgressError(ValueError):

@@ -305,7 +305,7 @@ class Terminated(KeyboardInterrupt):
 def failure(err: BaseException) -> tuple[str, str]:
     """(failure kind, reason) of the exception that ended a run: ``diverged`` (non-finite
     loss), ``deadline``, ``interrupted`` (Ctrl-C, SIGTERM) or ``error`` (anything else)."""
-    from convnets.train import DeadlineReached, DivergedError
+    from convnets.results import DeadlineReached, DivergedError
 
     if isinstance(err, DivergedError):
         return names.DIVERGED, str(err)

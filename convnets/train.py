@@ -68,7 +68,7 @@ from convnets.runtime import (
 
 __all__ = [
     "DeviceData", "epoch_data", "evaluate", "fit", "make_step", "prepare_data",
-    # re-exported for callers (experiments, multiseed, bench, tests), from convnets.config,
+    # re-exported for older callers (the tests import them from here), from convnets.config,
     # .runtime, .optim, .checkpoint and .results:
     "COMPILE_MODES", "DEFAULTS", "NON_TRAINING_KEYS", "RUNTIME_KEYS", "ConfigError",
     "DeadlineReached", "DivergedError", "NullLogger", "RunResult", "Runtime", "StepSchedule",

@@ -93,7 +93,8 @@ def _trial_tags(t: Target, number: int) -> dict[str, str]:
 def _objective(trial, t: Target, cl, dataset, worker: int = 0):
     import optuna
 
-    from convnets.train import DivergedError, fit
+    from convnets.results import DivergedError
+    from convnets.train import fit
 
     s = t.settings
     lo, hi = (min(s.grid), max(s.grid)) if s.grid else s.lr_range

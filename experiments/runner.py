@@ -26,10 +26,11 @@ from pathlib import Path
 from tabulate import tabulate
 
 from convnets import multiseed, tracking
+from convnets.checkpoint import read_checkpoint_meta
 from convnets.multiseed import MixedProgressError, fit_seeds
 from convnets.names import DIVERGED, FAILURE_KIND, final_error
 from convnets.tracking import Terminated
-from convnets.train import fit, read_checkpoint_meta
+from convnets.train import fit
 from experiments.deadline import Deadline
 from experiments.spec import Job
 

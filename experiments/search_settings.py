@@ -283,7 +283,7 @@ def default_val_size(n_train: int) -> int:
 def trial_config(job_config: dict, s: Settings, n_train: int, seed: int) -> dict:
     """The job's resolved config for a search trial: a validation split, the budget schedule,
     evaluation every epoch, the search seed."""
-    from convnets.train import resolve_config
+    from convnets.config import resolve_config
 
     cfg = copy.deepcopy(job_config)
     val = s.val_size or cfg["data"]["val_size"] or default_val_size(n_train)
@@ -336,7 +336,7 @@ class Target:
 
 def _study_attrs(t: Target) -> dict[str, Any]:
     """What must not change between calls adding trials to one study."""
-    from convnets.train import config_hash
+    from convnets.config import config_hash
 
     cfg = copy.deepcopy(t.config)
     cfg["optim"]["lr"] = 1.0

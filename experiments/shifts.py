@@ -263,7 +263,7 @@ def _device() -> str:
 def shakedown(jobs):
     """One training step per fast-path setting the jobs use, on a tiny batch; a setting that
     fails falls back to eager fp32-layout defaults (and says so) rather than losing the lease."""
-    from convnets.train import resolve_runtime
+    from convnets.runtime import resolve_runtime
     from experiments.spec import set_dotted
 
     settings = {json.dumps(j.config["runtime"], sort_keys=True): j for j in jobs}
@@ -292,7 +292,9 @@ def _one_step(cfg: dict) -> None:
     import torch
 
     from convnets.models import build_model, get_entry
-    from convnets.train import make_optimizer, make_step, resolve_runtime
+    from convnets.optim import make_optimizer
+    from convnets.runtime import resolve_runtime
+    from convnets.train import make_step
 
     rt = resolve_runtime(cfg["runtime"])
     entry = get_entry(cfg["model"]["name"])

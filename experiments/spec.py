@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import yaml
 
+from convnets.config import ConfigError, config_hash, resolve_config
 from convnets.models import build_model, check_options, get_entry
 from convnets.names import PROFILES
-from convnets.train import ConfigError, config_hash, resolve_config
 from experiments.spec_check import (
     SpecError,
     check_groups,

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from convnets.data import channel_stats
 from convnets.models import build_model
-from convnets.train import Runtime, epoch_data, make_step
+from convnets.runtime import Runtime
+from convnets.train import epoch_data, make_step
 
 
 @dataclass

@@ -19,7 +19,8 @@ from convnets.bench.measure import (
 )
 from convnets.models import build_model
 from convnets.multiseed import SeedStack
-from convnets.train import Runtime, epoch_data
+from convnets.runtime import Runtime
+from convnets.train import epoch_data
 
 
 def _worker(spec, device, flags, t, threads, barrier, queue):
