@@ -39,6 +39,7 @@ from convnets.checkpoint import load_checkpoint, save_checkpoint
 from convnets.config import resolve_config
 from convnets.models import build_model
 from convnets.optim import plan_iterations
+from convnets.progress import Progress
 from convnets.results import DivergedError, NullLogger, build_result, check_finite
 from convnets.runtime import data_seed as _data_seed
 from convnets.runtime import resolve_runtime, seed_everything
@@ -191,12 +192,15 @@ def _refuse_unsupported(cfg: dict) -> None:
 
 
 def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
-              checkpoint_metas=None, dataset=None, on_epoch_end=None) -> list:
+              checkpoint_metas=None, dataset=None, on_epoch_end=None,
+              progress: bool = False) -> list:
     """Train ``cfg`` once per seed, all seeds in one batched network.
 
     Returns one entry per seed: its ``RunResult`` (as ``fit(dict(cfg, seed=s))`` would return,
     up to floating-point reassociation in the batched kernels), or the ``DivergedError`` that
     ended it. ``checkpoints``/``loggers``/``checkpoint_metas`` are per-seed lists (or None).
+    ``progress``: one bar (or plain lines) for the batched step: iterations, images/s of all
+    seeds together, ETA; at each epoch end the mean loss and error over the seeds still alive.
     Raises ``MixedProgressError`` if existing checkpoints stand at different epochs.
     """
     cfg = resolve_config(cfg)
@@ -218,37 +222,43 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
     results: list = [None] * k_seeds
     pad = cfg["data"]["pad"] if cfg["data"]["augment"] else 0
     wall0 = time.perf_counter()
-    for epoch in range(start, n_epochs):
-        if not alive:
-            break
-        t0 = time.perf_counter()
-        steps = min(steps_per_epoch, sched.total - iteration)
-        xs, ys = zip(*[epoch_data(data.train_x, data.train_y, steps * batch, pad,
-                                  cfg["data"]["augment"], g, data.pad_fill) for g in gens],
-                         strict=True)
-        x_all, y_all = torch.stack(xs), torch.stack(ys)
-        loss_sum = torch.zeros(k_seeds, device=rt.device)
-        wrong = torch.zeros(k_seeds, device=rt.device, dtype=torch.long)
-        for s in range(steps):
-            lr = sched.lr(iteration)
-            sl = slice(s * batch, (s + 1) * batch)
-            loss, n_wrong = stack.step(x_all[:, sl], y_all[:, sl], lr)
-            loss_sum += loss
-            wrong += n_wrong
-            iteration += 1
-        dt = time.perf_counter() - t0
-        losses, wrongs = loss_sum.tolist(), wrong.tolist()  # one sync per epoch
-        for k in list(alive):
-            try:
-                check_finite(losses[k] / steps, epoch, iteration, steps, lr)
-            except DivergedError as err:
-                results[k] = err
-                alive.remove(k)
-                continue
-            _end_epoch(stack, k, cfg, data, rt, epoch, n_epochs, iteration, steps, lr, dt,
-                       losses[k] / steps, wrongs[k] * 100.0 / (steps * batch), histories[k],
-                       paths[k], metas[k], gens[k], loggers[k],
-                       walls[k] + time.perf_counter() - wall0, on_epoch_end, results)
+    bar = Progress(sched.total, progress, initial=iteration)
+    try:
+        for epoch in range(start, n_epochs):
+            if not alive:
+                break
+            t0 = time.perf_counter()
+            steps = min(steps_per_epoch, sched.total - iteration)
+            xs, ys = zip(*[epoch_data(data.train_x, data.train_y, steps * batch, pad,
+                                      cfg["data"]["augment"], g, data.pad_fill) for g in gens],
+                             strict=True)
+            x_all, y_all = torch.stack(xs), torch.stack(ys)
+            loss_sum = torch.zeros(k_seeds, device=rt.device)
+            wrong = torch.zeros(k_seeds, device=rt.device, dtype=torch.long)
+            for s in range(steps):
+                lr = sched.lr(iteration)
+                sl = slice(s * batch, (s + 1) * batch)
+                loss, n_wrong = stack.step(x_all[:, sl], y_all[:, sl], lr)
+                loss_sum += loss
+                wrong += n_wrong
+                iteration += 1
+                bar.tick(iteration, s + 1, batch * k_seeds, t0)  # host clock only: no sync
+            dt = time.perf_counter() - t0
+            losses, wrongs = loss_sum.tolist(), wrong.tolist()  # one sync per epoch
+            for k in list(alive):
+                try:
+                    check_finite(losses[k] / steps, epoch, iteration, steps, lr)
+                except DivergedError as err:
+                    results[k] = err
+                    alive.remove(k)
+                    continue
+                _end_epoch(stack, k, cfg, data, rt, epoch, n_epochs, iteration, steps, lr, dt,
+                           losses[k] / steps, wrongs[k] * 100.0 / (steps * batch), histories[k],
+                           paths[k], metas[k], gens[k], loggers[k],
+                           walls[k] + time.perf_counter() - wall0, on_epoch_end, results)
+            _show_epoch(bar, [histories[k][-1] for k in alive], data.eval_split)
+    finally:
+        bar.close()
     for k in alive:
         err, pred = results[k] if isinstance(results[k], tuple) else evaluate(
             stack.unstack(k), data, rt, cfg)
@@ -256,6 +266,15 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
                                   walls[k] + time.perf_counter() - wall0,
                                   batched_seeds=k_seeds)
     return results
+
+
+def _show_epoch(bar: Progress, last: list[dict], split: str) -> None:
+    """The epoch's end on the bar: the mean of the live seeds' metrics."""
+    if not last:
+        return
+    keys = [k for k in ("train_loss", "train_error", f"{split}_error") if k in last[0]]
+    m = dict(last[0], **{k: sum(h[k] for h in last) / len(last) for k in keys})
+    bar.update(m, split)
 
 
 def _end_epoch(stack, k, cfg, data, rt, epoch, n_epochs, iteration, steps, lr, dt, loss, err,

@@ -19,6 +19,12 @@ from convnets.config import COMPILE_MODES, ConfigError
 
 #: what ``compile: auto`` means on CUDA: eager until `make bench` on a GPU shows compile pays
 AUTO_COMPILE_CUDA: str | None = None
+#: CPU, ``compile: auto``: inductor compiles the step of a run of at least this many
+#: iterations (see ``auto_switches``), eager below it (tests, smoke and quick runs)
+AUTO_COMPILE_CPU_MIN_ITERATIONS = 8000
+#: CPU, ``channels_last: auto``: the models whose step `make bench` measured faster in
+#: channels_last (see ``auto_switches``); every other model runs NCHW
+CPU_CHANNELS_LAST_MODELS = frozenset({"mnist_inception", "d2l_densenet"})
 #: ``data_seed`` multiplies the run seed by this prime (the 1000th) and adds ``DATA_SEED_OFFSET``,
 #: so the data-order generator of run s never starts where that of a nearby run does. Changing
 #: either changes every run's data order (and so its results): they are fixed.
@@ -53,6 +59,9 @@ class Runtime:
     channels_last: bool
     compile: str | None  # None (eager) or a torch.compile mode
     fused_sgd: bool
+    #: ``compile`` came from ``compile: auto``: a step that fails to compile falls back to
+    #: eager with a warning instead of ending the run (an explicit compile request fails)
+    compile_auto: bool = False
 
     @property
     def autocast(self):
@@ -61,7 +70,42 @@ class Runtime:
         return torch.autocast(self.device.type, enabled=False)
 
 
-def resolve_runtime(rt: dict) -> Runtime:
+def auto_switches(cuda: bool, model: str | None = None,
+                  iterations: int | None = None) -> dict:
+    """What ``auto`` means for ``channels_last``, ``fused_sgd`` and ``compile`` (a mode or
+    None) on this kind of device, for a run of ``model`` (its registry name) lasting
+    ``iterations`` steps; None for either: not known, the choice that is right without it.
+
+    The CPU choices are the winners of `make bench` (``paper_tables/bench-cpu.md``, one run,
+    the trainer's bf16 step side by side, 2-core Xeon with AMX, 2026-12-02):
+
+    * fused SGD: faster on all four CPU models (ResNet-20 813 vs 685 images/s, ResNet-56 275
+      vs 267, the MNIST Inception net 2,251 vs 1,908; the d2l DenseNet ...), and it changes
+      only the order of floating-point operations (tests/test_fastpath.py).
+    * channels_last: slower for the CIFAR ResNets (ResNet-20 520 vs 813, ResNet-56 248 vs
+      275: 16-64 channels at 8-32 pixels favour oneDNN's blocked NCHW path), faster for the
+      MNIST Inception net (3,120 vs 2,251) and the d2l DenseNet at 96x96 (161 vs 122):
+      ``CPU_CHANNELS_LAST_MODELS``. Models the bench does not measure stay NCHW.
+    * compile (inductor): ResNet-20 1,037 vs 813 images/s once compiled, but the first step
+      took 69 s, i.e. it pays back after about 2,000 steps. Runs of at least
+      ``AUTO_COMPILE_CPU_MIN_ITERATIONS`` (4x that, so compilation costs at most a quarter
+      of what it saves) compile; shorter ones (and runs of unknown length) stay eager. The
+      paper schedules (64,000 steps for the CIFAR ResNets) compile.
+
+    CUDA: channels_last and fused SGD on (the usual Tensor Core layout and the fused
+    kernel); compile ``AUTO_COMPILE_CUDA`` until a GPU bench decides.
+    """
+    if cuda:
+        return {"channels_last": True, "fused_sgd": True, "compile": AUTO_COMPILE_CUDA}
+    long_run = iterations is not None and iterations >= AUTO_COMPILE_CPU_MIN_ITERATIONS
+    return {"channels_last": model in CPU_CHANNELS_LAST_MODELS, "fused_sgd": True,
+            "compile": "default" if long_run else None}
+
+
+def resolve_runtime(rt: dict, model: str | None = None,
+                    iterations: int | None = None) -> Runtime:
+    """The ``runtime`` config resolved for this machine; ``auto`` switches as ``auto_switches``
+    decides for ``model`` (a registry name) trained for ``iterations`` steps."""
     dev = rt["device"]
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -69,22 +113,21 @@ def resolve_runtime(rt: dict) -> Runtime:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"'runtime.device' is {dev!r} but no CUDA device is visible")
     cuda = device.type == "cuda"
+    auto = auto_switches(cuda, model, iterations)
 
-    def flag(key: str, auto: bool) -> bool:
+    def flag(key: str) -> bool:
         v = rt[key]
-        return auto if v == "auto" else bool(v)
+        return auto[key] if v == "auto" else bool(v)
 
     precision = rt["precision"]
     # CPU, measured by `make bench` (paper_tables/bench-cpu.md, 2-core Xeon with AMX): bf16
-    # autocast takes the trainer's ResNet-20 step from 462 to 820 images/s, ResNet-56 from 141
-    # to 216. `precision: fp32` stays available: the deterministic mode in which resume is
-    # bitwise on every CPU.
+    # autocast takes the trainer's ResNet-20 step from 469 to 685 images/s, ResNet-56 from 163
+    # to 267, the d2l DenseNet from 84 to 144. `precision: fp32` stays available: the
+    # deterministic mode in which resume is bitwise on every CPU.
     bf16 = (precision == "bf16") or (precision == "auto" and (cuda or cpu_has_bf16()))
     comp = rt["compile"]
     if comp == "auto":
-        # CPU: eager. Inductor took 78 s to compile the ResNet-20 step and then ran it at 782
-        # images/s against 820 eager (bf16): no gain to pay for.
-        comp = AUTO_COMPILE_CUDA if cuda else None
+        comp = auto["compile"]
     elif comp is True:
         comp = "default"
     elif comp is False or comp is None:
@@ -93,20 +136,12 @@ def resolve_runtime(rt: dict) -> Runtime:
         raise ConfigError(f"'runtime.compile' must be auto, true, false or one of {COMPILE_MODES}")
     if cuda:
         torch.backends.cudnn.benchmark = bool(rt["cudnn_benchmark"])
-    if flag("deterministic", not cuda):
+    det = rt["deterministic"]
+    if (not cuda) if det == "auto" else bool(det):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    return Runtime(
-        device=device,
-        bf16=bf16,
-        # CPU: off. NCHW measured faster for the ResNets (ResNet-20 bf16 764 vs 801 images/s,
-        # ResNet-56 227 vs 233), the bulk of the claims; the MNIST Inception net (2498 vs 1869)
-        # and the d2l DenseNet at 96x96 (198 vs 124) gain: set it per spec there.
-        channels_last=flag("channels_last", cuda),
-        compile=comp,
-        # CPU: off. The fused CPU SGD measured within noise of the plain one (801 vs 820
-        # images/s on ResNet-20, 233 vs 216 on ResNet-56).
-        fused_sgd=flag("fused_sgd", cuda),
-    )
+    return Runtime(device=device, bf16=bf16, channels_last=flag("channels_last"), compile=comp,
+                   fused_sgd=flag("fused_sgd"),
+                   compile_auto=rt["compile"] == "auto" and comp is not None)
 
 
 def device_name(device: torch.device) -> str:

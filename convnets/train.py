@@ -13,6 +13,7 @@ and GPU; the fast-path switches (``runtime.*``) never change what is trained. It
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,8 @@ def make_step(model, optimizer, rt: Runtime, mean, std, resize: int | None):
 
     fwd = torch.compile(forward_loss, mode=rt.compile) if rt.compile else forward_loss
     cudagraphs = rt.compile == "reduce-overhead"
+    if rt.compile and rt.compile_auto:
+        fwd = _eager_if_compile_fails(fwd, forward_loss)
 
     def step(xb: torch.Tensor, yb: torch.Tensor, lr: float):
         if cudagraphs:
@@ -227,6 +230,30 @@ def make_step(model, optimizer, rt: Runtime, mean, std, resize: int | None):
         return loss.detach().float(), wrong
 
     return step
+
+
+def _eager_if_compile_fails(compiled, eager):
+    """``compiled``, unless its first call raises (no C++ compiler, an inductor bug): then a
+    warning, and ``eager`` for that call and every later one. Dynamo compiles a frame before
+    running it, so the failed call changed no state (weights, BN statistics)."""
+    chosen = []
+
+    def call(xb, yb):
+        if chosen:
+            return chosen[0](xb, yb)
+        try:
+            out = compiled(xb, yb)
+        except Exception as e:  # noqa: BLE001 - whatever stopped the compilation
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); this run trains "
+                          "eagerly (runtime.compile: auto; set it to false to skip the attempt)",
+                          RuntimeWarning, stacklevel=2)
+            chosen.append(eager)
+            return eager(xb, yb)
+        chosen.append(compiled)
+        return out
+
+    return call
 
 
 def epoch_data(train_x, train_y, n_samples: int, pad: int, augment: bool,
@@ -292,9 +319,13 @@ def fit(
     world = world or World.current()
     per_rank = world.per_rank(cfg, deadline)
     logger = logger if logger is not None and world.main else NullLogger()
-    rt = resolve_runtime(world.place(cfg["runtime"]))
+    placed, name = world.place(cfg["runtime"]), cfg["model"]["name"]
+    rt = resolve_runtime(placed, model=name)
     seed_everything(int(cfg["seed"]))  # the same initial weights on every rank
     data = prepare_data(cfg, rt.device, dataset)
+    if world.size == 1:  # compile: auto depends on the run's length (DDP + compile: unmeasured)
+        total = plan_iterations(cfg, data.train_x.shape[0], cfg["batch_size"])[1].total
+        rt = resolve_runtime(placed, model=name, iterations=total)
     module, model = _build_model(cfg, data, rt, world)
     optimizer = make_optimizer(module, cfg, rt)
     run = _Run(cfg, world, rt, data, module, optimizer, checkpoint, checkpoint_meta)

@@ -191,7 +191,8 @@ def run_seed_batch(jobs: list[Job], *, force: bool = False, progress: bool = Tru
         outcomes = fit_seeds(opened[0].job.config, [o.job.seed for o in opened],
                              loggers=[o.run.logger for o in opened],
                              checkpoints=[o.ckpt for o in opened],
-                             checkpoint_metas=[{"run_id": o.run.run_id} for o in opened])
+                             checkpoint_metas=[{"run_id": o.run.run_id} for o in opened],
+                             progress=progress)
     except MixedProgressError as err:  # e.g. one seed went on alone earlier
         print(f"  {err}: these seeds train one at a time", flush=True)
         return rows + [_train(o, progress=progress, ddp=0, deadline=None) for o in opened]

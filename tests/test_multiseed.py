@@ -130,3 +130,13 @@ def test_dropout_is_refused():
         "depth": 10, "growth_rate": 4, "bottleneck": True, "dropout": 0.2}})
     with pytest.raises(RuntimeError, match="randomness"):
         M.fit_seeds(cfg, [0, 1])
+
+
+def test_batched_progress_prints_each_epoch_with_the_seeds_mean(capsys):
+    import re
+
+    out = M.fit_seeds(dict(BASE, model=MODELS["resnet option A"]), [0, 1], progress=True)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("epoch")]
+    assert [int(re.search(r"it +(\d+)/32", x)[1]) for x in lines] == [16, 32]
+    mean = sum(r.history[-1]["train_loss"] for r in out) / 2
+    assert float(re.search(r"loss (\S+)", lines[-1])[1]) == pytest.approx(mean, abs=5e-5)

@@ -100,6 +100,7 @@ def _minutes(r: Result, spec: Spec | None) -> str:
     return _num(spec.paper_iters * spec.batch * r.seeds / r.images_per_sec / 60)
 
 
+BASELINE = "baseline: DataLoader + eager fp32"
 MODEL_HEADERS = ["model", "configuration", "precision", "batch", "images/s", "vs baseline",
                  "peak MiB", "achieved GFLOP/s", "peak GFLOP/s", "fraction of peak",
                  "projected run (min)", "first step s"]
@@ -111,7 +112,7 @@ K_HEADERS = ["model", "configuration", "precision", "K", "images/s per seed",
 def _model_rows(state, specs: dict[str, Spec]) -> list[tuple]:
     peaks, out = _peaks(state), []
     for r in _done(state, "model"):
-        base = state.done.get(f"model | {r.model} | baseline: DataLoader + eager fp32")
+        base = state.done.get(f"model | {r.model} | {BASELINE}")
         out.append((r.model, r.config, r.precision, r.batch, _num(r.images_per_sec),
                     f"{r.images_per_sec / base.images_per_sec:.2f}x" if base else "",
                     _mib(r), *_flops_cells(r, peaks), _minutes(r, specs.get(r.model)),
@@ -128,6 +129,71 @@ def _k_rows(state, specs: dict[str, Spec]) -> list[tuple]:
                     f"{r.images_per_sec / one.images_per_sec:.2f}x" if one else "",
                     *_flops_cells(r, peaks), _minutes(r, specs.get(r.model)), _mib(r)))
     return out
+
+
+def _ladder() -> dict[str, dict]:
+    from convnets.bench import LADDER  # the package imports this module: import when used
+
+    return dict(LADDER)
+
+
+def _label_of(flags: dict) -> str | None:
+    return next((k for k, f in _ladder().items() if f == flags), None)
+
+
+def _rate(state, model: str, label: str | None) -> float | None:
+    r = state.done.get(f"model | {model} | {label}") if label else None
+    return r.images_per_sec if r else None
+
+
+def _default_rows(state, specs: dict[str, Spec]) -> list[tuple]:
+    """Per model: the ladder row that the trainer's ``runtime: auto`` resolves to for the
+    paper's schedule on this device (``convnets.runtime.auto_switches``), and its speed."""
+    from convnets.runtime import auto_switches
+
+    cuda = state.env.get("device", "cpu") != "cpu"
+    bf16 = cuda or state.env.get("mkldnn bf16") == "True"
+    out, seen = [], []
+    for r in _done(state, "model"):
+        if r.model in seen or r.model not in specs:
+            continue
+        seen.append(r.model)
+        spec = specs[r.model]
+        auto = auto_switches(cuda, spec.name, spec.paper_iters)
+        label = _label_of(dict(bf16=bf16, fused_sgd=auto["fused_sgd"],
+                               channels_last=auto["channels_last"], compile=auto["compile"]))
+        rate, base = _rate(state, r.model, label), _rate(state, r.model, BASELINE)
+        out.append((r.model, f"{spec.paper_iters:,}", label or "(no such row)",
+                    _num(rate) if rate else "not measured",
+                    f"{rate / base:.2f}x" if rate and base else ""))
+    return out
+
+
+def _payback_rows(state) -> list[tuple]:
+    """Per compiled row: the seconds its first step took and the steps after which the
+    compiled step's saving over the same eager row has paid for them."""
+    out = []
+    for r in _done(state, "model"):
+        flags = _ladder().get(r.config)
+        if not r.compile_s or not flags:
+            continue
+        eager = _label_of(dict(flags, compile=None))
+        rate = _rate(state, r.model, eager)
+        if rate is None:
+            continue
+        saved = r.batch / rate - r.batch / r.images_per_sec  # seconds a step
+        out.append((r.model, r.config, _num(rate), _num(r.images_per_sec), f"{r.compile_s:.0f}",
+                    f"{saved * 1e3:.3g}",
+                    f"{r.compile_s / saved:,.0f}" if saved > 0 else "never (slower)"))
+    return out
+
+
+DEFAULT_NOTE = ("What a run with `runtime: auto` (the default) uses on this device for the "
+                "paper's schedule, as `convnets.runtime.auto_switches` decides it, and that "
+                "row's speed. Shorter runs on a CPU (fewer than "
+                "`AUTO_COMPILE_CPU_MIN_ITERATIONS` steps) stay eager.")
+PAYBACK_NOTE = ("A compiled row against the same row eager: the first step's seconds "
+                "(compilation) divided by the seconds the compiled step saves.")
 
 
 def _status(state) -> list[str]:
@@ -199,6 +265,19 @@ def render(state, specs: dict[str, Spec]) -> str:
     if model_rows:
         lines += ["## Models", "", tabulate(model_rows, headers=MODEL_HEADERS,
                                             tablefmt="github", disable_numparse=True), ""]
+    defaults = _default_rows(state, specs) if model_rows else []
+    if defaults:
+        lines += ["## The trainer's defaults", "", DEFAULT_NOTE, "", tabulate(
+            defaults, headers=["model", "paper iterations", "runtime: auto resolves to",
+                               "images/s", "vs baseline"],
+            tablefmt="github", disable_numparse=True), ""]
+    payback = _payback_rows(state)
+    if payback:
+        lines += ["## torch.compile payback", "", PAYBACK_NOTE, "", tabulate(
+            payback, headers=["model", "configuration", "eager images/s",
+                              "compiled images/s", "first step s", "ms saved a step",
+                              "pays back after (steps)"],
+            tablefmt="github", disable_numparse=True), ""]
     k_rows = _k_rows(state, specs)
     if k_rows:
         lines += ["## K runs of one config at once", "", K_NOTE, "",
