@@ -22,6 +22,9 @@ AUTO_COMPILE_CUDA: str | None = None
 #: CPU, ``compile: auto``: inductor compiles the step of a run of at least this many
 #: iterations (see ``auto_switches``), eager below it (tests, smoke and quick runs)
 AUTO_COMPILE_CPU_MIN_ITERATIONS = 8000
+#: CPU, ``compile: auto``: the model families whose step `make bench` measured faster
+#: compiled (see ``auto_switches``); the others stay eager
+CPU_COMPILE_FAMILIES = frozenset({"cifar-resnet"})
 #: CPU, ``channels_last: auto``: the models whose step `make bench` measured faster in
 #: channels_last (see ``auto_switches``); every other model runs NCHW
 CPU_CHANNELS_LAST_MODELS = frozenset({"mnist_inception", "d2l_densenet"})
@@ -70,27 +73,36 @@ class Runtime:
         return torch.autocast(self.device.type, enabled=False)
 
 
-def auto_switches(cuda: bool, model: str | None = None,
-                  iterations: int | None = None) -> dict:
+def auto_switches(cuda: bool, model: str | None = None, iterations: int | None = None,
+                  family: str | None = None) -> dict:
     """What ``auto`` means for ``channels_last``, ``fused_sgd`` and ``compile`` (a mode or
-    None) on this kind of device, for a run of ``model`` (its registry name) lasting
-    ``iterations`` steps; None for either: not known, the choice that is right without it.
+    None) on this kind of device, for a run of ``model`` (its registry name; ``family``, its
+    registry family) lasting ``iterations`` steps. None for any of them: not known, and the
+    choice is then the one that is right without it.
 
-    The CPU choices are the winners of `make bench` (``paper_tables/bench-cpu.md``, one run,
-    the trainer's bf16 step side by side, 2-core Xeon with AMX, 2026-12-02):
+    The CPU choices are what `make bench` measured, the trainer's bf16 step side by side in
+    one run, on two 2-core machines: an Intel Xeon with AMX (2026-12-02, kept as
+    ``paper_tables/bench-cpu-xeon.md``) and an AMD EPYC with AVX512-BF16
+    (``paper_tables/bench-cpu.md``). images/s, Xeon / EPYC:
 
-    * fused SGD: faster on all four CPU models (ResNet-20 813 vs 685 images/s, ResNet-56 275
-      vs 267, the MNIST Inception net 2,251 vs 1,908; the d2l DenseNet ...), and it changes
-      only the order of floating-point operations (tests/test_fastpath.py).
-    * channels_last: slower for the CIFAR ResNets (ResNet-20 520 vs 813, ResNet-56 248 vs
-      275: 16-64 channels at 8-32 pixels favour oneDNN's blocked NCHW path), faster for the
-      MNIST Inception net (3,120 vs 2,251) and the d2l DenseNet at 96x96 (161 vs 122):
-      ``CPU_CHANNELS_LAST_MODELS``. Models the bench does not measure stay NCHW.
-    * compile (inductor): ResNet-20 1,037 vs 813 images/s once compiled, but the first step
-      took 69 s, i.e. it pays back after about 2,000 steps. Runs of at least
-      ``AUTO_COMPILE_CPU_MIN_ITERATIONS`` (4x that, so compilation costs at most a quarter
-      of what it saves) compile; shorter ones (and runs of unknown length) stay eager. The
-      paper schedules (64,000 steps for the CIFAR ResNets) compile.
+    * fused SGD, against the plain foreach SGD: ResNet-20 813 / 787 vs 685 / 796, ResNet-56
+      275 / 260 vs 267 / 229, MNIST Inception 2,251 / 2,344 vs 1,908 / 2,335, d2l DenseNet
+      122 / 172 vs 144 / 153. Faster or level in 6 of 8 pairs, the two losses within what
+      the repeated rows vary by: on. It changes only the order of floating-point operations
+      (tests/test_fastpath.py).
+    * channels_last: slower for the CIFAR ResNets (ResNet-20 520 / 604 vs 813 / 787,
+      ResNet-56 248 / 222 vs 275 / 260: 16-64 channels favour oneDNN's blocked NCHW path),
+      faster for the MNIST Inception net (3,120 / 2,938 vs 2,251 / 2,344) and the d2l
+      DenseNet at 96x96 (161 / 218 vs 122 / 172): ``CPU_CHANNELS_LAST_MODELS``; models the
+      bench does not measure stay NCHW.
+    * compile (inductor, default mode): ResNet-56 305 vs 260 eager (EPYC; first step 49 s,
+      paid back after about 700 steps); ResNet-20 1,037 vs 813 (Xeon, first step 69 s, paid
+      back after about 2,000 steps) but 739 vs 787 (EPYC). Slower for the Inception net (2,056
+      vs 2,344 NCHW, 2,587 vs 2,938 channels_last) and, in its channels_last layout, for the
+      d2l DenseNet (165 vs 218). So: the CIFAR ResNet family (``CPU_COMPILE_FAMILIES``)
+      compiles in runs of at least ``AUTO_COMPILE_CPU_MIN_ITERATIONS`` steps (4x the longer
+      payback, so compilation costs at most a quarter of what it saves; the papers' 64,000
+      qualify), every other run stays eager, as do runs of unknown length.
 
     CUDA: channels_last and fused SGD on (the usual Tensor Core layout and the fused
     kernel); compile ``AUTO_COMPILE_CUDA`` until a GPU bench decides.
@@ -98,14 +110,16 @@ def auto_switches(cuda: bool, model: str | None = None,
     if cuda:
         return {"channels_last": True, "fused_sgd": True, "compile": AUTO_COMPILE_CUDA}
     long_run = iterations is not None and iterations >= AUTO_COMPILE_CPU_MIN_ITERATIONS
+    compiles = long_run and family in CPU_COMPILE_FAMILIES
     return {"channels_last": model in CPU_CHANNELS_LAST_MODELS, "fused_sgd": True,
-            "compile": "default" if long_run else None}
+            "compile": "default" if compiles else None}
 
 
-def resolve_runtime(rt: dict, model: str | None = None,
-                    iterations: int | None = None) -> Runtime:
+def resolve_runtime(rt: dict, model: str | None = None, iterations: int | None = None,
+                    family: str | None = None) -> Runtime:
     """The ``runtime`` config resolved for this machine; ``auto`` switches as ``auto_switches``
-    decides for ``model`` (a registry name) trained for ``iterations`` steps."""
+    decides for ``model`` (a registry name, of registry ``family``) trained for
+    ``iterations`` steps."""
     dev = rt["device"]
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,7 +127,7 @@ def resolve_runtime(rt: dict, model: str | None = None,
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"'runtime.device' is {dev!r} but no CUDA device is visible")
     cuda = device.type == "cuda"
-    auto = auto_switches(cuda, model, iterations)
+    auto = auto_switches(cuda, model, iterations, family)
 
     def flag(key: str) -> bool:
         v = rt[key]

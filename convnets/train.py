@@ -41,6 +41,7 @@ from convnets.config import (
 from convnets.data import channel_stats, load_dataset, pixel_mean, stratified_split
 from convnets.models import build_model
 from convnets.models.common import use_ghost_batchnorm
+from convnets.models.registry import get_entry
 from convnets.optim import (
     StepSchedule,
     make_optimizer,
@@ -320,12 +321,13 @@ def fit(
     per_rank = world.per_rank(cfg, deadline)
     logger = logger if logger is not None and world.main else NullLogger()
     placed, name = world.place(cfg["runtime"]), cfg["model"]["name"]
-    rt = resolve_runtime(placed, model=name)
+    family = get_entry(name).family
+    rt = resolve_runtime(placed, model=name, family=family)
     seed_everything(int(cfg["seed"]))  # the same initial weights on every rank
     data = prepare_data(cfg, rt.device, dataset)
     if world.size == 1:  # compile: auto depends on the run's length (DDP + compile: unmeasured)
         total = plan_iterations(cfg, data.train_x.shape[0], cfg["batch_size"])[1].total
-        rt = resolve_runtime(placed, model=name, iterations=total)
+        rt = resolve_runtime(placed, model=name, iterations=total, family=family)
     module, model = _build_model(cfg, data, rt, world)
     optimizer = make_optimizer(module, cfg, rt)
     run = _Run(cfg, world, rt, data, module, optimizer, checkpoint, checkpoint_meta)

@@ -212,3 +212,31 @@ def test_k_rows_that_cannot_fit_in_host_memory_fail_at_once():
     cpu = bench.SIZES["cpu"]
     assert cpu.kruns == {"resnet56": (2, 4, 8), "resnet110": (2, 4, 8)}
     assert set(cpu.seed_gib) == set(cpu.kruns)
+
+
+def test_render_rewrites_the_stored_rows_and_failures_without_measuring(tmp_path, monkeypatch):
+    out = tmp_path / "bench.md"
+    args = TINY + ["--no-kruns", "--out", str(out)]
+    _stop_after(monkeypatch, 1, RuntimeError("boom"))
+    assert bench.main(args) == 0
+    before = out.read_text()
+
+    def refuse(*a, **k):
+        raise AssertionError("--render measured a row")
+
+    for name in ("bench_fast", "bench_baseline", "matmul_peak"):
+        monkeypatch.setattr(bench, name, refuse)
+    assert bench.main(args + ["--render"]) == 0
+    text = out.read_text()
+    assert state_of(text)["done"] == state_of(before)["done"]
+    assert tables(text)["Models"] == tables(before)["Models"]
+    assert "**incomplete: 5 of 6 rows** (1 failed" in text
+    assert f"model | {MODEL} | trainer: fp32: failed: RuntimeError: boom" in text
+    assert "tables rendered again from the stored rows (nothing re-measured) by commit" in text
+    # the defaults section follows convnets.runtime.auto_switches: bf16 where the CPU has it,
+    # fused SGD, NCHW, compiled for the 64,000-step schedule of a CIFAR ResNet
+    from convnets.runtime import cpu_has_bf16
+
+    (row,) = tables(text)["The trainer's defaults"]
+    want = "trainer: bf16, fused SGD, compile" if cpu_has_bf16() else "(no such row)"
+    assert row["runtime: auto resolves to"] == want

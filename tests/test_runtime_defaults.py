@@ -17,7 +17,7 @@ AUTO = resolve_config({"model": {"name": "resnet20"}, "runtime": {"device": "cpu
 
 
 def test_cpu_defaults_are_the_bench_winners():
-    paper = resolve_runtime(AUTO, model="resnet20", iterations=64000)
+    paper = resolve_runtime(AUTO, model="resnet20", iterations=64000, family="cifar-resnet")
     assert paper.fused_sgd and not paper.channels_last
     assert paper.compile == "default" and paper.compile_auto
     assert paper.bf16 == R.cpu_has_bf16()
@@ -31,13 +31,19 @@ def test_cpu_defaults_are_the_bench_winners():
     (None, None), (100, None), (R.AUTO_COMPILE_CPU_MIN_ITERATIONS - 1, None),
     (R.AUTO_COMPILE_CPU_MIN_ITERATIONS, "default"), (64000, "default")])
 def test_cpu_auto_compile_only_for_long_runs(iterations, mode):
-    rt = resolve_runtime(AUTO, model="resnet20", iterations=iterations)
+    rt = resolve_runtime(AUTO, model="resnet110", iterations=iterations, family="cifar-resnet")
     assert rt.compile == mode and rt.compile_auto == (mode is not None)
+
+
+@pytest.mark.parametrize("model, family", [("mnist_inception", "googlenet"), ("d2l_densenet", "d2l"),
+                                           ("densenet_bc100_k12", "cifar-densenet")])
+def test_cpu_auto_compile_only_for_the_measured_winners(model, family):
+    assert resolve_runtime(AUTO, model=model, iterations=10**6, family=family).compile is None
 
 
 def test_explicit_switches_win_over_auto():
     rt = resolve_runtime(dict(AUTO, compile=False, fused_sgd=False, channels_last=True),
-                         model="resnet20", iterations=64000)
+                         model="resnet20", iterations=64000, family="cifar-resnet")
     assert (rt.compile, rt.fused_sgd, rt.channels_last) == (None, False, True)
     forced = resolve_runtime(dict(AUTO, compile=True), model="resnet20", iterations=10)
     assert forced.compile == "default" and not forced.compile_auto

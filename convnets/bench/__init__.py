@@ -33,7 +33,16 @@ from pathlib import Path
 import torch
 
 from convnets.bench.measure import Spec, Timing, bench_baseline, bench_fast, matmul_peak
-from convnets.bench.plan import Row, State, data_for, execute, load_state, resume_from
+from convnets.bench.plan import (
+    Row,
+    State,
+    data_for,
+    execute,
+    load_state,
+    rerender,
+    resume_from,
+    write_atomic,
+)
 from convnets.bench.report import environment, render
 from convnets.bench.seeds import bench_batched, bench_processes, if_it_fits
 
@@ -198,6 +207,15 @@ def run(args) -> State:
     out = Path(args.out) if args.out else default_out(device, args.size)
     state = State(environment(device, args.load), args.size, asdict(size.timing),
                   [r.key for r in rows])
+    if args.render:
+        from convnets.tracking import git_info
+
+        commit, dirty = git_info()
+        state = rerender(state, load_state(out) if out else None,
+                         commit + (" (dirty)" if dirty else ""))
+        write_atomic(out, render(state, specs={s.label: s for s in MODELS}))
+        print(f"rendered {out} again from its stored rows (nothing measured)")
+        return state
     if args.resume:
         resume_from(state, load_state(out) if out else None)
     by_label = {s.label: s for s in specs}
@@ -226,6 +244,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="keep the rows the output already holds (same device, size and "
                         "timing) and measure the rest")
+    p.add_argument("--render", action="store_true",
+                   help="rewrite the output from the rows it stores, with this code's tables "
+                        "(e.g. after a change to the defaults); measures nothing")
     p.add_argument("--load", default=None,
                    help="what else ran on the machine during the bench (goes in the table)")
     p.add_argument("--out", default=None,

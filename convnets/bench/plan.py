@@ -52,13 +52,16 @@ class State:
     resumed: list[str] = field(default_factory=list)
     earlier: str | None = None  # the date of the run the resumed rows come from
     running: bool = True
+    rendered_by: str | None = None  # `--render`: the commit that rewrote the table
+
 
     def to_json(self) -> str:
         def enc(r):
             return {"type": type(r).__name__, **dataclasses.asdict(r)}
 
         return json.dumps({"env": self.env, "size": self.size, "timing": self.timing,
-                           "done": {k: enc(r) for k, r in self.done.items()}})
+                           "done": {k: enc(r) for k, r in self.done.items()},
+                           "failed": self.failed})
 
 
 def load_state(path: Path) -> dict | None:
@@ -71,7 +74,22 @@ def load_state(path: Path) -> dict | None:
     data = json.loads(m.group(1))
     types = {"Peak": Peak, "Result": Result}
     data["done"] = {k: types[v.pop("type")](**v) for k, v in data["done"].items()}
+    data.setdefault("failed", {})
     return data
+
+
+def rerender(state: State, earlier: dict | None, commit: str) -> State:
+    """``state`` (this plan's keys) filled with every row and failure of ``earlier``, as it
+    was measured, to be rendered again by this code: nothing is measured."""
+    if earlier is None:
+        raise SystemExit("--render: the output holds no bench state to render")
+    state.env, state.size, state.timing = earlier["env"], earlier["size"], earlier["timing"]
+    state.done = dict(earlier["done"])
+    state.failed = {k: v for k, v in earlier["failed"].items() if k not in state.done}
+    state.keys = [k for k in state.keys if k in state.done or k in state.failed] + [
+        k for k in state.done if k not in state.keys]
+    state.running, state.rendered_by = False, commit
+    return state
 
 
 def resume_from(state: State, earlier: dict | None) -> None:

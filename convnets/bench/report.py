@@ -149,6 +149,7 @@ def _rate(state, model: str, label: str | None) -> float | None:
 def _default_rows(state, specs: dict[str, Spec]) -> list[tuple]:
     """Per model: the ladder row that the trainer's ``runtime: auto`` resolves to for the
     paper's schedule on this device (``convnets.runtime.auto_switches``), and its speed."""
+    from convnets.models.registry import get_entry
     from convnets.runtime import auto_switches
 
     cuda = state.env.get("device", "cpu") != "cpu"
@@ -159,7 +160,7 @@ def _default_rows(state, specs: dict[str, Spec]) -> list[tuple]:
             continue
         seen.append(r.model)
         spec = specs[r.model]
-        auto = auto_switches(cuda, spec.name, spec.paper_iters)
+        auto = auto_switches(cuda, spec.name, spec.paper_iters, get_entry(spec.name).family)
         label = _label_of(dict(bf16=bf16, fused_sgd=auto["fused_sgd"],
                                channels_last=auto["channels_last"], compile=auto["compile"]))
         rate, base = _rate(state, r.model, label), _rate(state, r.model, BASELINE)
@@ -250,6 +251,9 @@ def render(state, specs: dict[str, Spec]) -> str:
     if state.size == "tiny":
         lines += ["**Tiny run: exercises the code only; not a speed figure.**", ""]
     lines += [f"- {k}: {v}" for k, v in state.env.items()]
+    if state.rendered_by:
+        lines.append(f"- tables rendered again from the stored rows (nothing re-measured) by "
+                     f"commit {state.rendered_by}")
     if state.resumed:
         lines.append(f"- resumed: {len(state.resumed)} rows from the run of {state.earlier}; "
                      "the others measured in this run")
