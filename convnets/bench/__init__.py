@@ -194,6 +194,23 @@ def default_out(device: torch.device, size: str) -> Path | None:
     return REPO_ROOT / "paper_tables" / f"bench-{'gpu' if device.type == 'cuda' else 'cpu'}.md"
 
 
+def _code_commit(out: Path) -> str:
+    """The commit of the code that renders ``out``, "(dirty)" if a tracked file other than
+    ``out`` itself differs from it (``out`` is being rewritten, so it may)."""
+    import subprocess
+
+    from convnets.tracking import _git, git_info
+
+    commit, dirty = git_info()
+    try:
+        rel = out.resolve().relative_to(REPO_ROOT)
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                          f":(exclude){rel}").strip())
+    except (ValueError, OSError, subprocess.SubprocessError):
+        pass
+    return commit + (" (dirty)" if dirty else "")
+
+
 def run(args) -> State:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.size = args.size or ("gpu" if device.type == "cuda" else "cpu")
@@ -208,11 +225,7 @@ def run(args) -> State:
     state = State(environment(device, args.load), args.size, asdict(size.timing),
                   [r.key for r in rows])
     if args.render:
-        from convnets.tracking import git_info
-
-        commit, dirty = git_info()
-        state = rerender(state, load_state(out) if out else None,
-                         commit + (" (dirty)" if dirty else ""))
+        state = rerender(state, load_state(out) if out else None, _code_commit(out))
         write_atomic(out, render(state, specs={s.label: s for s in MODELS}))
         print(f"rendered {out} again from its stored rows (nothing measured)")
         return state
@@ -254,5 +267,6 @@ def main(argv=None) -> int:
                         "paper_tables/bench-cpu.md on CPU; --size tiny writes nothing)")
     args = p.parse_args(argv)
     state = run(args)
-    print(render(state, specs={s.label: s for s in MODELS}), end="")
+    if not args.render:
+        print(render(state, specs={s.label: s for s in MODELS}), end="")
     return 0
