@@ -232,7 +232,8 @@ def test_render_rewrites_the_stored_rows_and_failures_without_measuring(tmp_path
     assert tables(text)["Models"] == tables(before)["Models"]
     assert "**incomplete: 5 of 6 rows** (1 failed" in text
     assert f"model | {MODEL} | trainer: fp32: failed: RuntimeError: boom" in text
-    assert "tables rendered again from the stored rows (nothing re-measured) by commit" in text
+    assert ("tables rendered again from the stored rows (nothing re-measured) by the "
+            "rendering code of commit") in text
     # the defaults section follows convnets.runtime.auto_switches: bf16 where the CPU has it,
     # fused SGD, NCHW, compiled for the 64,000-step schedule of a CIFAR ResNet
     from convnets.runtime import cpu_has_bf16

@@ -194,21 +194,24 @@ def default_out(device: torch.device, size: str) -> Path | None:
     return REPO_ROOT / "paper_tables" / f"bench-{'gpu' if device.type == 'cuda' else 'cpu'}.md"
 
 
+#: the code that renders a bench table from its rows (the defaults come from the runtime)
+RENDER_CODE = ("convnets/bench", "convnets/runtime.py")
+
+
 def _code_commit(out: Path) -> str:
-    """The commit of the code that renders ``out``, "(dirty)" if a tracked file other than
-    ``out`` itself differs from it (``out`` is being rewritten, so it may)."""
+    """The last commit that changed the rendering code (``RENDER_CODE``), so rendering again
+    at a later commit rewrites the same table; "(dirty)" if that code has uncommitted edits."""
     import subprocess
 
     from convnets.tracking import _git, git_info
 
-    commit, dirty = git_info()
     try:
-        rel = out.resolve().relative_to(REPO_ROOT)
-        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                          f":(exclude){rel}").strip())
-    except (ValueError, OSError, subprocess.SubprocessError):
-        pass
-    return commit + (" (dirty)" if dirty else "")
+        commit = _git("log", "-1", "--format=%H", "--", *RENDER_CODE).strip()
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                          *RENDER_CODE).strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = git_info()
+    return (commit or "unknown") + (" (dirty)" if dirty else "")
 
 
 def run(args) -> State:

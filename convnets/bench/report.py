@@ -253,7 +253,7 @@ def render(state, specs: dict[str, Spec]) -> str:
     lines += [f"- {k}: {v}" for k, v in state.env.items()]
     if state.rendered_by:
         lines.append(f"- tables rendered again from the stored rows (nothing re-measured) by "
-                     f"commit {state.rendered_by}")
+                     f"the rendering code of commit {state.rendered_by}")
     if state.resumed:
         lines.append(f"- resumed: {len(state.resumed)} rows from the run of {state.earlier}; "
                      "the others measured in this run")
