@@ -34,8 +34,15 @@ from convnets.train import fit
 from experiments.deadline import Deadline
 from experiments.spec import Job
 
+#: set by SIGTERM in this process: a --parallel worker then starts no further job (the pool
+#: hands each worker its next job before the current one ends, and a worker survives the
+#: exception it reports back)
+_terminated = False
+
 
 def _raise_terminated(signum, frame) -> None:
+    global _terminated
+    _terminated = True
     raise Terminated(f"signal {signum}")
 
 
@@ -160,6 +167,10 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
     config) does not fit is not started, and a started one stops at the deadline: checkpoint
     kept, MLflow run KILLED with the reason, and the next invocation resumes it.
     """
+    if _terminated:
+        return {"group": job.group, "variant": job.variant, "seed": job.seed,
+                "config": job.config_hash, "status": "not started (terminated)", "error": None,
+                "run_id": ""}
     opened = _start(job, force=force, deadline=deadline)
     if isinstance(opened, dict):
         return opened

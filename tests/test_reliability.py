@@ -109,8 +109,47 @@ def test_stop_on_sigterm_turns_the_signal_into_a_keyboard_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler runs at the next bytecode boundary
         assert isinstance(info.value, runner.Terminated)
+        assert runner._terminated  # this process starts no further job
     finally:
         signal.signal(signal.SIGTERM, before)
+        runner._terminated = False
+
+
+def test_a_terminated_worker_starts_no_queued_job(monkeypatch):
+    """The process pool hands a worker its next job before the current one ends, and the
+    worker survives the Terminated it reports back: after SIGTERM that job must not start."""
+    from experiments.spec import Job
+
+    monkeypatch.setattr(runner, "_terminated", True)
+    monkeypatch.setattr(runner, "_start", lambda *a, **k: pytest.fail("a run was opened"))
+    job = Job(experiment="e", group="g", variant="v", seed=3, config={"model": {"name": "nin"}})
+    row = runner.run_job(job)
+    assert row["status"] == "not started (terminated)" and (row["variant"], row["seed"]) == (
+        "v", 3)
+
+
+@pytest.mark.slow  # two spawned workers importing torch: about 30 s
+def test_sigterm_to_a_parallel_runner_stops_every_run_and_starts_none(tmp_path):
+    spec = _write(tmp_path, "pterm", LONG.format(name="pterm"))
+    ckpt_dir = tmp_path / "ckpt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CONVNETS_CHECKPOINTS=str(ckpt_dir),
+               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke",
+         "--variant", "base", "--seeds", "4", "--parallel", "2"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: len(list(ckpt_dir.glob("pterm/*.pt"))) >= 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out
+    cl = MlflowClient(uri)
+    runs = cl.search_runs([cl.get_experiment_by_name("pterm").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], out  # seeds 2, 3: none
 
 
 def test_scaling_guide_binds_the_tracking_server_safely():
