@@ -54,6 +54,25 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def worker_threads(parallel: int) -> int | None:
+    """torch threads for each of ``parallel`` CPU worker processes: the cores shared out
+    (at least 1), unless ``$OMP_NUM_THREADS`` says otherwise (None: leave torch's default).
+    Each worker otherwise takes every core: on the 2-core EPYC, 2 workers x 2 threads trained
+    the seed004 MNIST ResNet at 300-500 images/s each, 3 workers x 1 thread at 2,400-3,000."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (os.cpu_count() or 1) // parallel)
+
+
+def worker_init(threads: int | None) -> None:
+    """A --parallel worker: SIGTERM as Ctrl-C, and its share of the CPU threads."""
+    stop_on_sigterm()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def checkpoint_dir() -> Path:
     return Path(os.environ.get("CONVNETS_CHECKPOINTS") or tracking.REPO_ROOT / "checkpoints")
 
@@ -270,7 +289,7 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
         tracking.experiment_id(cl, name, {"claim": claim})
     # Separate processes share the GPU; each keeps its own batch size and CUDA context.
     pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
-                               initializer=stop_on_sigterm)
+                               initializer=worker_init, initargs=(worker_threads(parallel),))
     try:
         futures = {pool.submit(run_job, job, force=force, deadline=deadline): job
                    for job in jobs}

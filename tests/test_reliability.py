@@ -161,3 +161,20 @@ def test_scaling_guide_binds_the_tracking_server_safely():
     assert "--host 0.0.0.0" not in text
     assert "--app-name basic-auth" in text and "MLFLOW_TRACKING_PASSWORD" in text
     assert "proxy" in text and "authentication" in text
+
+
+def test_parallel_workers_share_the_cores(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [runner.worker_threads(k) for k in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert runner.worker_threads(2) is None  # the user's setting stands
+    before, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    try:
+        runner.worker_init(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        signal.signal(signal.SIGTERM, handler)
