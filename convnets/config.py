@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     "runtime": {  # how, not what: excluded from the config hash
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "precision": "auto",  # auto (bf16 on CUDA and on CPUs with native bf16) | fp32 | bf16
+        # bf16 forced on a CPU without native bf16 (AVX2 only: 6-7x slower than fp32 there) is
+        # refused unless this is true
+        "allow_slow_bf16": False,
         "channels_last": "auto",  # auto (on for CUDA) | true | false
         "compile": "auto",  # auto (off on CPU) | false | true (= "default") | "default" |
         # "reduce-overhead" (CUDA graphs) | "max-autotune-no-cudagraphs"
@@ -220,6 +223,7 @@ def _check_runtime(rt: dict) -> None:
     for key in ("channels_last", "fused_sgd", "deterministic"):
         _require_bool(f"runtime.{key}", rt[key], auto=True)
     _require_bool("runtime.cudnn_benchmark", rt["cudnn_benchmark"])
+    _require_bool("runtime.allow_slow_bf16", rt["allow_slow_bf16"])
     comp = rt["compile"]
     if not (isinstance(comp, bool) or comp is None or comp == "auto" or comp in COMPILE_MODES):
         raise ConfigError(f"'runtime.compile' must be auto, true, false or one of "
@@ -261,19 +265,29 @@ def _check_recipe_keys(c: dict) -> None:
 
 
 def config_hash(cfg: dict) -> str:
-    """Hash of what is trained: the resolved config minus seed, how it runs and where the data
-    lie. Precision changes the arithmetic, so it is in (as ``precision``: bf16 | fp32); an image
-    folder enters by its content checksum, not its path (``convnets.data.data_identity``)."""
-    from convnets.data import data_identity
-    from convnets.runtime import resolved_precision
+    """Hash of what is trained: the resolved config minus seed, how it runs (``runtime``, the
+    precision included) and where the data lie; an image folder enters by its content
+    checksum, not its path (``convnets.data.data_identity``).
 
-    c = copy.deepcopy(resolve_config(cfg))
-    precision = resolved_precision(c["runtime"])
+    Precision is a runtime switch: bf16 autocast and fp32 train the same recipe, so their
+    seeds pool in one cell, and each run records its precision (tag, ledger) so a table can
+    show the mix and flag a cell whose two precisions disagree. Hashes made before this rule
+    (2026-12-03) carried ``precision``: ``analysis.rekey`` maps them to these."""
+    return hash_of_resolved(resolve_config(cfg))
+
+
+def hash_of_resolved(c: dict, *, legacy_precision: str | None = None) -> str:
+    """``config_hash`` of an already resolved config. ``legacy_precision`` (bf16 | fp32)
+    recomputes the hash of the earlier rule, which also held the resolved precision: only the
+    re-keying of old ledger parts asks for it."""
+    from convnets.data import data_identity
+
+    c = copy.deepcopy(c)
     for key in RUNTIME_KEYS + NON_TRAINING_KEYS + ("seed",):
         c.pop(key, None)
     data_dir = c["data"].pop("data_dir", None)
     c["data"]["name"] = data_identity(c["data"]["name"], data_dir, c["data"]["options"])
-    c["precision"] = precision
+    if legacy_precision is not None:
+        c["precision"] = legacy_precision
     blob = json.dumps(c, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-

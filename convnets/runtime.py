@@ -44,6 +44,19 @@ def resolved_precision(rt: dict) -> str:
     return "bf16" if cuda or cpu_has_bf16() else "fp32"
 
 
+def check_precision(rt: dict, device: torch.device | str) -> None:
+    """Refuse ``precision: bf16`` on a CPU without native bf16 unless ``allow_slow_bf16``:
+    there autocast is emulated, 6-7x slower than fp32 (measured on an AVX2-only AMD EPYC:
+    MNIST ResNet 529-533 vs 3,081-3,368 images/s), and ``auto`` would have chosen fp32."""
+    if (rt["precision"] == "bf16" and torch.device(device).type == "cpu"
+            and not rt.get("allow_slow_bf16") and not cpu_has_bf16()):
+        raise ConfigError(
+            "'runtime.precision' is bf16, but this CPU has no native bf16 (no AVX512-BF16 or "
+            "AMX): bf16 autocast is emulated here, 6-7x slower than fp32. Use precision auto "
+            "(fp32 here; the precision is outside the config hash, so the seeds still pool) "
+            "or set runtime.allow_slow_bf16=true to run it anyway")
+
+
 def cpu_has_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels here (AVX512-BF16 / AMX): only then does bf16
     autocast pay on CPU; emulated bf16 is slower than fp32."""
@@ -133,12 +146,12 @@ def resolve_runtime(rt: dict, model: str | None = None, iterations: int | None =
         v = rt[key]
         return auto[key] if v == "auto" else bool(v)
 
-    precision = rt["precision"]
     # CPU, measured by `make bench` (paper_tables/bench-cpu.md, 2-core Xeon with AMX): bf16
     # autocast takes the trainer's ResNet-20 step from 469 to 685 images/s, ResNet-56 from 163
     # to 267, the d2l DenseNet from 84 to 144. `precision: fp32` stays available: the
     # deterministic mode in which resume is bitwise on every CPU.
-    bf16 = (precision == "bf16") or (precision == "auto" and (cuda or cpu_has_bf16()))
+    check_precision(rt, device)
+    bf16 = resolved_precision(dict(rt, device=str(device))) == "bf16"
     comp = rt["compile"]
     if comp == "auto":
         comp = auto["compile"]

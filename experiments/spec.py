@@ -19,6 +19,7 @@ import yaml
 from convnets.config import ConfigError, config_hash, resolve_config
 from convnets.models import build_model, check_options, get_entry
 from convnets.names import PROFILES
+from convnets.runtime import check_precision
 from experiments.spec_check import (
     SpecError,
     check_groups,
@@ -250,6 +251,13 @@ def require_devices(jobs: list[Job]) -> None:
         if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
             raise SpecError(f"runtime.device {d!r}: only {torch.cuda.device_count()} CUDA "
                             "device(s) are visible")
+    for j in jobs:  # forced bf16 on a CPU without native bf16: refused before any run opens
+        rt = j.config["runtime"]
+        dev = "cuda" if rt["device"] == "auto" and torch.cuda.is_available() else rt["device"]
+        try:
+            check_precision(rt, "cpu" if dev == "auto" else dev)
+        except ConfigError as err:
+            raise SpecError(f"{j.experiment} {j.key}: {err}") from None
 
 
 def expected_direction(var: dict, base: dict, is_baseline: bool) -> str:
