@@ -39,9 +39,11 @@ RESOLVED_PREFIX = "resolved."
 #: why a run ended FAILED or KILLED
 FAILURE_REASON, FAILURE_KIND = "failure_reason", "failure_kind"
 #: failure kinds: a run that diverged is a result (the paper reports some as failing), a crash
-#: is not; deadline and interrupted runs are KILLED (checkpoint kept: the next call resumes)
+#: is not; deadline and interrupted runs are KILLED (checkpoint kept: the next call resumes), as
+#: are orphans (left RUNNING by a process that died; closed by the next start of their job)
 DIVERGED, ERROR, DEADLINE, INTERRUPTED = "diverged", "error", "deadline", "interrupted"
-KILLED_KINDS = (DEADLINE, INTERRUPTED)
+ORPHANED = "orphaned"
+KILLED_KINDS = (DEADLINE, INTERRUPTED, ORPHANED)
 
 # --- metrics and artifacts ---------------------------------------------------------------------
 #: per-epoch curve, in ``curve.csv`` order; ``eval_error`` is ``test_error`` or ``val_error``

@@ -7,6 +7,7 @@ import os
 import sys
 
 from experiments.deadline import ENV, parse_deadline
+from experiments.locks import first_use_lock
 from experiments.lr_search import add_lr_search_parser, run_lr_search
 from experiments.shifts import add_shifts_parser, run_shifts_command
 from experiments.spec import (
@@ -136,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     from convnets import tracking
     from experiments.runner import Terminated, run_jobs, summary_table
 
-    cl = tracking.client()  # the experiment, its kind tag and its description, before any run
-    tracking.describe_experiment(
-        cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
+    with first_use_lock(tracking.tracking_uri()):  # a fresh store: one process creates it
+        cl = tracking.client()  # the experiment, its kind tag and description, before any run
+        tracking.describe_experiment(
+            cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
                         deadline=deadline, batch_seeds=args.batch_seeds)
@@ -155,10 +157,12 @@ def report(rows: list[dict]) -> int:
     crashed = sum(r["status"].startswith("FAILED") and "diverged" not in r["status"]
                   for r in rows)
     left = sum(r["status"].startswith(("KILLED", "not started")) for r in rows)
-    done = len(rows) - failed - left
+    claimed = sum(r["status"].startswith("claimed") for r in rows)
+    done = len(rows) - failed - left - claimed
     print(f"{done} finished or skipped, {failed} failed ({crashed} crashed, "
           f"{failed - crashed} diverged)"
-          + (f", {left} left for the next invocation (deadline)" if left else ""), flush=True)
+          + (f", {left} left for the next invocation (deadline)" if left else "")
+          + (f", {claimed} being trained by other processes" if claimed else ""), flush=True)
     # a diverged run is a result (the paper reports some variants as failing); a crash is not;
     # a deadline is a planned stop
     return 1 if crashed else 0

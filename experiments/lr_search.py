@@ -52,12 +52,12 @@ from typing import Any
 
 from convnets import tracking
 from convnets.names import ERROR
+from experiments.locks import first_use_lock
 from experiments.search_settings import (  # noqa: F401  (require_validation_split: tests)
     DEFAULT_TRIALS,
     SearchError,
     Target,
     default_storage,
-    first_use_lock,
     load_settings,
     make_pruner,
     make_sampler,

@@ -13,6 +13,7 @@ checkpoint, resume and failure, as if it ran alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,10 +29,11 @@ from tabulate import tabulate
 from convnets import multiseed, tracking
 from convnets.checkpoint import read_checkpoint_meta
 from convnets.multiseed import MixedProgressError, fit_seeds
-from convnets.names import DIVERGED, FAILURE_KIND, final_error
+from convnets.names import DIVERGED, FAILURE_KIND, ORPHANED, final_error
 from convnets.tracking import Terminated
 from convnets.train import fit
 from experiments.deadline import Deadline
+from experiments.locks import claim, first_use_lock
 from experiments.spec import Job
 
 #: set by SIGTERM in this process: a --parallel worker then starts no further job (the pool
@@ -82,6 +84,22 @@ def checkpoint_path(job: Job) -> Path:
     return checkpoint_dir() / job.experiment / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
 
 
+def claim_path(job: Job) -> Path:
+    """The job's claim file (``experiments.locks.claim``), beside its checkpoint."""
+    return checkpoint_path(job).with_suffix(".claim")
+
+
+def _close_orphans(cl, existing: list, keep: str | None) -> None:
+    """Runs of this job left RUNNING by a process that died (kill -9, a lost node) before it
+    could end them: the caller holds the job's claim, so no process owns them. They end KILLED
+    with the reason; ``keep`` (the run about to resume) is adopted instead."""
+    for r in existing:
+        if r.info.status == "RUNNING" and r.info.run_id != keep:
+            tracking.TrackedRun(cl, r.info.run_id).fail(
+                ORPHANED, "left RUNNING by a process that ended without closing it; closed by "
+                "the next start of this job")
+
+
 def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool):
     """(run, action) for a job to train: the unfinished run that wrote ``ckpt`` resumed, else a
     new run; or (None, run id) when an earlier run of it diverged (it would again)."""
@@ -92,6 +110,7 @@ def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool
     owner = read_checkpoint_meta(ckpt).get("run_id") if ckpt.exists() else None
     if ckpt.exists() and (force or owner not in resumable):
         ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
+    _close_orphans(cl, existing, owner if ckpt.exists() else None)
     if owner in resumable and ckpt.exists():
         return tracking.TrackedRun.start(cl, exp_id, run_id=owner), "resumed"
     diverged = [r for r in existing if r.data.tags.get(FAILURE_KIND) == DIVERGED]
@@ -190,10 +209,21 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
         return {"group": job.group, "variant": job.variant, "seed": job.seed,
                 "config": job.config_hash, "status": "not started (terminated)", "error": None,
                 "run_id": ""}
-    opened = _start(job, force=force, deadline=deadline)
-    if isinstance(opened, dict):
-        return opened
-    return _train(opened, progress=progress, ddp=ddp, deadline=deadline)
+    with claim(claim_path(job)) as holder:
+        if holder is not None:
+            return _claimed_row(job, holder)
+        opened = _start(job, force=force, deadline=deadline)
+        if isinstance(opened, dict):
+            return opened
+        return _train(opened, progress=progress, ddp=ddp, deadline=deadline)
+
+
+def _claimed_row(job: Job, holder: str) -> dict:
+    """The row of a job another process is training (its claim is held)."""
+    print(f"[{job.experiment}] {job.key}: skipped, being trained by {holder}", flush=True)
+    return {"group": job.group, "variant": job.variant, "seed": job.seed,
+            "config": job.config_hash, "status": f"claimed ({holder})", "error": None,
+            "run_id": ""}
 
 
 def seed_groups(jobs: list[Job], k: int) -> list[list[Job]]:
@@ -211,10 +241,17 @@ def run_seed_batch(jobs: list[Job], *, force: bool = False, progress: bool = Tru
     """Seeds of one config trained as one batched network (``convnets.multiseed.fit_seeds``):
     each seed keeps its own MLflow run, checkpoint and resume (a finished seed is skipped), and
     ends on its own (one diverging seed is FAILED, the others go on). Returns their rows."""
-    rows, opened = [], []
-    for job in jobs:
-        o = _start(job, force=force, deadline=None)
-        (rows if isinstance(o, dict) else opened).append(o)
+    with contextlib.ExitStack() as claims:
+        rows, opened = [], []
+        for job in jobs:
+            holder = claims.enter_context(claim(claim_path(job)))
+            o = _claimed_row(job, holder) if holder else _start(job, force=force, deadline=None)
+            (rows if isinstance(o, dict) else opened).append(o)
+        return _train_seed_batch(rows, opened, progress=progress)
+
+
+def _train_seed_batch(rows: list[dict], opened: list[_Opened], *, progress: bool) -> list[dict]:
+    """``run_seed_batch`` once its jobs are claimed and their runs opened."""
     if len(opened) <= 1:
         return rows + [_train(o, progress=progress, ddp=0, deadline=None) for o in opened]
     try:
@@ -268,6 +305,7 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
     """Run every job (``parallel`` at a time, in separate processes; or ``batch_seeds`` seeds
     of one config at a time as one batched network); returns summary rows."""
     rows: list[dict] = []
+    _create_experiments(jobs)
     if parallel <= 1:
         try:
             if batch_seeds > 1:
@@ -281,12 +319,6 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
                   "rerun the same command to resume.", flush=True)
             raise
         return rows
-    # Create the store's schema and the experiments here, once: workers racing to initialise
-    # a fresh SQLite store fail with "table already exists".
-    cl = tracking.client()
-    for name in dict.fromkeys(j.experiment for j in jobs):
-        claim = next(j.tags.get("claim", "") for j in jobs if j.experiment == name)
-        tracking.experiment_id(cl, name, {"claim": claim})
     # Separate processes share the GPU; each keeps its own batch size and CUDA context.
     pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
                                initializer=worker_init, initargs=(worker_threads(parallel),))
@@ -316,6 +348,17 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
     order = {j.key: i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: order[f"{r['group']}/{r['variant']}/seed{r['seed']}"])
     return rows
+
+
+def _create_experiments(jobs: list[Job]) -> None:
+    """Create the store's schema and the jobs' experiments once, before any job: processes
+    racing to initialise a fresh SQLite store (this runner's workers, or a second runner) fail
+    with "table already exists"; the lock beside the file lets one of them do it."""
+    with first_use_lock(tracking.tracking_uri()):
+        cl = tracking.client()
+        for name in dict.fromkeys(j.experiment for j in jobs):
+            text = next(j.tags.get("claim", "") for j in jobs if j.experiment == name)
+            tracking.experiment_id(cl, name, {"claim": text})
 
 
 def summary_table(rows: list[dict], split: str = "test") -> str:

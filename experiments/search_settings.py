@@ -19,9 +19,7 @@ set. ``open_study`` refuses to add trials to a study made for another search.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import os
 import re
 import warnings
@@ -32,6 +30,7 @@ from typing import Any
 import yaml
 
 from convnets import tracking
+from experiments.locks import first_use_lock
 from experiments.spec import PROFILES
 
 SEARCH_DIR = Path(__file__).resolve().parent / "search"
@@ -174,30 +173,6 @@ def _rdb_url(url: str) -> str:
 def public_storage(url: str) -> str:
     """The storage URL without a password (for tags and messages)."""
     return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1@", url)
-
-
-@contextlib.contextmanager
-def first_use_lock(url: str):
-    """Hold an exclusive lock beside a SQLite database while a store opens it.
-
-    Optuna and MLflow both create their schema (and run their migrations) on the first open;
-    two processes opening a fresh file at once both try, and the second dies (``UNIQUE
-    constraint failed: alembic_version.version_num``, ``duplicate column name``). The lock is
-    a separate ``<db>.init-lock`` file: locking the database file itself would be wrong, since
-    closing any descriptor of it drops the POSIX locks SQLite holds in this process. Database
-    servers (PostgreSQL) and journals need no lock."""
-    m = re.match(r"^sqlite:///(.+)$", url)
-    if not m or m.group(1) in (":memory:", ""):
-        yield
-        return
-    lock = Path(m.group(1)).with_name(Path(m.group(1)).name + ".init-lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def make_storage(url: str):

@@ -1,0 +1,100 @@
+"""Run claims: one process trains a run; a run no process owns is closed by the next start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from convnets import tracking
+from experiments.__main__ import main
+from experiments.locks import claim
+from experiments.runner import claim_path
+from experiments.spec import expand, load_spec
+from tests.test_experiments import _write
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_claim_is_exclusive_and_released(tmp_path):
+    path = tmp_path / "a" / "run.claim"
+    with claim(path) as first:
+        assert first is None and path.exists()
+        with claim(path) as second:  # another open file description: refused
+            assert second is not None and f"pid {os.getpid()}" in second
+    assert not path.exists()  # removed by its owner on release
+    with claim(path) as again:
+        assert again is None
+
+
+def test_the_claim_of_a_killed_process_is_free_at_once(tmp_path):
+    """kill -9 gives the process no chance to release its claim: the kernel does."""
+    path = tmp_path / "run.claim"
+    code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from experiments.locks import claim
+        with claim(Path({str(path)!r})) as holder:
+            assert holder is None
+            print("held", flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with claim(path) as holder:
+            assert holder is not None  # alive: held
+        proc.kill()
+        proc.wait(30)
+        with claim(path) as holder:
+            assert holder is None  # the file is still there, its lock is not
+    finally:
+        proc.kill()
+
+
+def test_two_runners_on_one_fresh_store_train_each_run_once(tmp_path):
+    """Failed on the main of 2026-12-02: two identical `experiments run` commands trained every
+    run twice on an initialised store (or one crashed in MLflow's schema creation on a fresh
+    one). Now each run is trained by the runner that claimed it, and the total is exact."""
+    spec = _write(tmp_path)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               CONVNETS_CHECKPOINTS=str(tmp_path / "ckpt"),
+               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), CONVNETS_GIT_DIFF="off",
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(outs)
+    cl = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = cl.get_experiment_by_name("tiny")
+    runs = cl.search_runs([exp.experiment_id])
+    keys = [(r.data.tags["variant"], r.data.tags["seed"]) for r in runs]
+    assert len(keys) == 6 and len(set(keys)) == 6, keys  # 3 variants x 2 seeds, once each
+    assert sorted(r.info.status for r in runs) == ["FAILED"] * 2 + ["FINISHED"] * 4
+
+
+def test_an_orphaned_running_run_is_closed_by_the_next_start(mlflow_store, tmp_path):
+    """Failed on the main of 2026-12-02: a run killed before its first checkpoint stayed
+    RUNNING for ever and the rerun opened a new run beside it."""
+    spec = _write(tmp_path, "orphan")
+    job = next(j for j in expand(load_spec(spec), "smoke") if j.variant == "base")
+    cl = MlflowClient(tracking.tracking_uri())
+    exp_id = tracking.experiment_id(cl, "orphan")
+    orphan = tracking.TrackedRun.start(cl, exp_id, run_name="killed early",
+                                       tags=dict(job.tags, config_hash=job.config_hash),
+                                       config=job.config)
+    assert not claim_path(job).exists()
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
+    runs = cl.search_runs([exp_id])
+    by_id = {r.info.run_id: r for r in runs}
+    closed = by_id[orphan.run_id]
+    assert closed.info.status == "KILLED"
+    assert closed.data.tags["failure_kind"] == "orphaned"
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    assert not any(r.info.status == "RUNNING" for r in runs)
