@@ -27,7 +27,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from convnets import multiseed, tracking
-from convnets.checkpoint import read_checkpoint_meta
+from convnets.checkpoint import CheckpointError, read_checkpoint_meta, set_aside
 from convnets.multiseed import MixedProgressError, fit_seeds
 from convnets.names import DIVERGED, FAILURE_KIND, ORPHANED, final_error
 from convnets.tracking import Terminated
@@ -100,6 +100,19 @@ def _close_orphans(cl, existing: list, keep: str | None) -> None:
                 "the next start of this job")
 
 
+def _checkpoint_owner(ckpt: Path) -> str | None:
+    """The run id a checkpoint was written for (None: no checkpoint). A checkpoint that fails
+    verification is kept aside under another name, never resumed: the run starts afresh."""
+    if not ckpt.exists():
+        return None
+    try:
+        return read_checkpoint_meta(ckpt).get("run_id")
+    except CheckpointError as err:
+        kept = set_aside(ckpt)
+        print(f"  {err}. Kept aside as {kept}; this run starts again from scratch.", flush=True)
+        return None
+
+
 def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool):
     """(run, action) for a job to train: the unfinished run that wrote ``ckpt`` resumed, else a
     new run; or (None, run id) when an earlier run of it diverged (it would again)."""
@@ -107,7 +120,7 @@ def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool
     resumable = {r.info.run_id for r in existing
                  if r.info.status in ("RUNNING", "KILLED", "FAILED")
                  and r.data.tags.get(FAILURE_KIND) != DIVERGED}
-    owner = read_checkpoint_meta(ckpt).get("run_id") if ckpt.exists() else None
+    owner = _checkpoint_owner(ckpt)
     if ckpt.exists() and (force or owner not in resumable):
         ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
     _close_orphans(cl, existing, owner if ckpt.exists() else None)

@@ -1,11 +1,22 @@
-"""Checkpoints are read with the weights-only unpickler: a planted file cannot run code."""
+"""Checkpoints are read with the weights-only unpickler (a planted file cannot run code) and
+verified against their digest (a damaged one is never resumed)."""
 
 from __future__ import annotations
 
+import functools
+import zipfile
+
+import mlflow
 import pytest
 import torch
 
-from convnets.train import fit, load_checkpoint, read_checkpoint_meta
+import experiments.runner as runner
+from convnets import tracking
+from convnets.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
+from convnets.train import fit
+from experiments.__main__ import main
+from experiments.spec import expand, load_spec
+from tests.test_experiments import _write
 
 TINY = {
     "model": {"name": "cifar_resnet", "options": {"depth": 8}},
@@ -32,9 +43,10 @@ def _plant(ckpt, marker):
 def test_a_checkpoint_naming_code_is_refused_not_run(tmp_path):
     ckpt, marker = tmp_path / "run.pt", tmp_path / "pwned"
     _plant(ckpt, marker)
-    with pytest.raises(RuntimeError, match=r"run\.pt holds objects outside the weights-only"):
+    with pytest.raises(CheckpointError, match=r"run\.pt holds objects outside the weights-only"):
         fit(TINY, checkpoint=ckpt, progress=False)
-    assert read_checkpoint_meta(ckpt) == {}  # unreadable counts as no checkpoint
+    with pytest.raises(CheckpointError):
+        read_checkpoint_meta(ckpt)
     assert not marker.exists()
 
 
@@ -54,3 +66,86 @@ def test_the_trainers_own_checkpoint_loads_weights_only(tmp_path):
     assert state["epoch"] == 1 and state["iteration"] == 2
     assert load_checkpoint(ckpt)["meta"] == read_checkpoint_meta(ckpt) == {"run_id": "abc"}
     assert fit(TINY, checkpoint=ckpt, progress=False).history[-1]["epoch"] == 2
+
+
+def _stop_after_epoch_1(tmp_path):
+    ckpt = tmp_path / "run.pt"
+
+    def stop(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(TINY, checkpoint=ckpt, progress=False, on_epoch_end=stop)
+    return ckpt
+
+
+def _flip_a_weight_byte(ckpt) -> None:
+    """Change one byte inside the first tensor record, leaving the zip's structure intact
+    (torch's reader does not check the records' CRCs)."""
+    with zipfile.ZipFile(ckpt) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename)
+        assert info.compress_type == zipfile.ZIP_STORED
+    raw = bytearray(ckpt.read_bytes())
+    local = info.header_offset
+    name_len = int.from_bytes(raw[local + 26:local + 28], "little")
+    extra_len = int.from_bytes(raw[local + 28:local + 30], "little")
+    at = local + 30 + name_len + extra_len + 5
+    raw[at] ^= 0x40
+    ckpt.write_bytes(bytes(raw))
+
+
+def test_a_checkpoint_with_a_changed_weight_is_refused(tmp_path):
+    """Failed on the main of 2026-12-02: the changed checkpoint loaded and was resumed."""
+    ckpt = _stop_after_epoch_1(tmp_path)
+    assert load_checkpoint(ckpt)["epoch"] == 1  # intact: verifies
+    _flip_a_weight_byte(ckpt)
+    torch.load(ckpt, map_location="cpu", weights_only=True)  # still a loadable zip
+    with pytest.raises(CheckpointError, match="does not match its digest"):
+        load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "no-digest"])
+def test_unreadable_and_undigested_checkpoints_are_refused(tmp_path, damage):
+    ckpt = _stop_after_epoch_1(tmp_path)
+    if damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+        match = "unreadable"
+    else:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state.pop("digest")
+        torch.save(state, ckpt)
+        match = "no content digest"
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(ckpt)
+
+
+def test_the_runner_sets_a_damaged_checkpoint_aside_and_restarts(mlflow_store, tmp_path,
+                                                                 monkeypatch, capsys):
+    """Failed on the main of 2026-12-02: the run resumed from the damaged checkpoint and ended
+    FINISHED with another loss and error than an uninterrupted run."""
+    spec = _write(tmp_path, "damaged")
+    job = expand(load_spec(spec), "smoke", seeds=1, only=["base"])[0]
+    ckpt = runner.checkpoint_path(job)
+
+    def interrupt(metrics):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "fit", functools.partial(fit, on_epoch_end=interrupt))
+    args = ["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]
+    assert main(args) == 130 and ckpt.exists()
+    _flip_a_weight_byte(ckpt)
+    monkeypatch.setattr(runner, "fit", fit)
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint {ckpt} does not match its digest" in out and "from scratch" in out
+    kept = list(ckpt.parent.glob(f"{ckpt.stem}.damaged-*.pt"))
+    assert len(kept) == 1  # kept aside for inspection, not deleted
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["damaged"], output_format="pandas")
+    done = runs[runs["status"] == "FINISHED"]
+    assert len(done) == 1 and sorted(runs["status"]) == ["FINISHED", "KILLED"]
+    ref = fit(job.config, progress=False)  # the restart equals an uninterrupted run
+    assert done["metrics.final_test_error"].iloc[0] == ref.final["final_test_error"]
+    assert done["metrics.final_train_loss"].iloc[0] == pytest.approx(
+        ref.final["final_train_loss"], rel=0, abs=0)
