@@ -49,6 +49,36 @@ def welch(a, b) -> dict:
                 p=float(res.pvalue))
 
 
+def tost(a, b, delta: float) -> dict:
+    """Equivalence of mean(a) and mean(b) within +-``delta`` points: two one-sided Welch tests
+    (H0: diff <= -delta, H0: diff >= +delta), p = the larger of the two, and the 90% Welch CI
+    of the difference (p < 0.05 exactly when that CI lies inside (-delta, +delta))."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    diff = float(a.mean() - b.mean())
+    if se == 0:  # no seed-to-seed spread at all: equivalent iff the difference is inside
+        inside = abs(diff) < delta
+        return dict(p_tost=0.0 if inside else 1.0, ci90_low=diff, ci90_high=diff)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    p_low = float(stats.t.sf((diff + delta) / se, df))  # H0: diff <= -delta
+    p_high = float(stats.t.cdf((diff - delta) / se, df))  # H0: diff >= +delta
+    half = float(stats.t.ppf(1 - ALPHA, df)) * se
+    return dict(p_tost=max(p_low, p_high), ci90_low=diff - half, ci90_high=diff + half)
+
+
+def precision_mix(precisions, errors) -> dict:
+    """How a cell's seeds were computed ('3 bf16, 2 fp32') and, with 2+ seeds of each, the
+    Welch p of bf16 against fp32 (NaN otherwise): a cell whose precisions disagree is flagged."""
+    prec = pd.Series(list(precisions), dtype=object).replace("", "unknown")
+    counts = prec.value_counts()
+    mix = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    x = pd.Series(np.asarray(errors, dtype=float), index=prec.index)
+    a, b = x[prec == "bf16"].to_numpy(), x[prec == "fp32"].to_numpy()
+    p = welch(a, b)["p"] if len(a) >= 2 and len(b) >= 2 else NAN
+    return dict(precisions=mix, precision_p=p)
+
+
 def hedges_g(a, b) -> float:
     """Bias-corrected standardised mean difference of a - b (pooled sd)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -146,14 +176,19 @@ def paper_direction(paper_error: str, expected: str) -> str:
 
 
 def verdict(direction: str, n_variant: int, n_baseline: int, diff: float, p_holm: float,
-            needed: float = NAN) -> str:
-    """reproduced / contradicted / inconclusive (saying how many seeds would be needed when
-    our n is below what 80% power to see the paper's difference takes) / no direction."""
-    if direction not in ("higher", "lower"):
-        return "no paper direction"
+            needed: float = NAN, delta: float = NAN, p_tost: float = NAN) -> str:
+    """reproduced / contradicted / equivalent within +-delta (TOST, when no difference is
+    significant) / inconclusive (saying how many seeds would be needed when our n is below
+    what 80% power to see the paper's difference takes) / no direction."""
     n = min(n_variant, n_baseline)
+    if direction not in ("higher", "lower"):
+        if n >= 2 and not p_holm < ALPHA and p_tost < ALPHA:
+            return f"equivalent within ±{delta:g} (no paper direction)"
+        return "no paper direction"
     if n < 2:
         return f"insufficient seeds (n={n})"
+    if not p_holm < ALPHA and p_tost < ALPHA:
+        return f"equivalent within ±{delta:g}"
     if not p_holm < ALPHA:  # also NaN, e.g. zero variance in both groups
         if np.isfinite(needed) and needed > n:
             about = f"more than {MAX_SEEDS}" if needed > MAX_SEEDS else f"about {int(needed)}"
@@ -163,13 +198,17 @@ def verdict(direction: str, n_variant: int, n_baseline: int, diff: float, p_holm
     return "reproduced" if agrees else "contradicted"
 
 
-def compare(runs: pd.DataFrame) -> pd.DataFrame:
+def compare(runs: pd.DataFrame, deltas: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per variant of one claim: summary, comparison with its group's baseline, verdict.
 
     `runs` holds the claim's runs of one profile, one per (group, variant, seed), FINISHED and
     FAILED; groups and variants keep their order of first appearance, baseline first.
+    ``deltas``: group -> equivalence margin in points (the spec's ``equivalence_delta``); a
+    group with one gets a TOST per comparison, each at 5% (its 90% CI inside the margin), not
+    adjusted for multiplicity.
     """
     rows = []
+    deltas = deltas or {}
     for group, g in runs.groupby("group", sort=False):
         base_name = g["baseline"].mode().iloc[0]
         ok = g[(g["status"] == "FINISHED") & g["final_error"].notna()]
@@ -186,7 +225,10 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
                        expected=paper_direction(paper, next((e for e in v["expected"] if e), "")),
                        **describe(x), n_failed=int((v["status"] == "FAILED").sum()),
                        diff=NAN, diff_ci_low=NAN, diff_ci_high=NAN, t=NAN, df=NAN, p=NAN,
-                       hedges_g=NAN, paper_diff=NAN, seeds_needed=NAN)
+                       hedges_g=NAN, paper_diff=NAN, seeds_needed=NAN,
+                       delta=float(deltas.get(group, NAN)), p_tost=NAN, ci90_low=NAN,
+                       ci90_high=NAN,
+                       **precision_mix(ok.loc[ok["variant"] == variant, "precision"], x))
             if variant != base_name:
                 row["paper_diff"] = paper_difference(paper, base_paper)
                 row["seeds_needed"] = seeds_needed(row["paper_diff"], pooled_sd(x, base))
@@ -194,6 +236,8 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
                 row["diff"] = float(x.mean() - base.mean())
                 if len(x) > 1 and len(base) > 1:
                     row.update(welch(x, base), hedges_g=hedges_g(x, base))
+                    if np.isfinite(row["delta"]):
+                        row.update(tost(x, base, row["delta"]))
             rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -202,7 +246,8 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     table["verdict"] = [
         "baseline" if r.variant == r.baseline
         else f"all runs diverged (n_failed={r.n_failed})" if r.n == 0 and r.n_failed
-        else verdict(r.expected, r.n, r.n_baseline, r.diff, r.p_holm, r.seeds_needed)
+        else verdict(r.expected, r.n, r.n_baseline, r.diff, r.p_holm, r.seeds_needed,
+                     r.delta, r.p_tost)
         for r in table.itertuples()]
     return table
 
@@ -210,9 +255,10 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
 def claim_verdict(table: pd.DataFrame) -> str:
     """One line summarising the comparisons of a claim."""
     v = table.loc[table["verdict"] != "baseline", "verdict"] if len(table) else pd.Series([])
-    directional = v[v != "no paper direction"]
-    kind = directional.str.split(" (", n=1, regex=False).str[0]
-    counts = {k: int((kind == k).sum()) for k in ("reproduced", "contradicted", "inconclusive")}
+    directional = v[~v.str.contains("no paper direction", regex=False)]
+    kind = directional.str.split(" ", n=1, regex=False).str[0]
+    counts = {k: int((kind == k).sum())
+              for k in ("reproduced", "contradicted", "equivalent", "inconclusive")}
     other = len(directional) - sum(counts.values())
     if not len(directional):
         overall = "not testable"
@@ -222,15 +268,21 @@ def claim_verdict(table: pd.DataFrame) -> str:
         overall = "reproduced"
     elif counts["reproduced"]:
         overall = "partly reproduced"
+    elif counts["equivalent"]:
+        overall = "not reproduced (equivalent within the stated margin)"
     else:
         overall = "inconclusive"
     parts = [f"{k} {n}" for k, n in counts.items()]
     if other:
         parts.append(f"untestable {other} (too few seeds or diverged)")
-    if len(v) - len(directional):
-        parts.append(f"no paper direction {len(v) - len(directional)}")
+    undirected = v[v.str.contains("no paper direction", regex=False)]
+    if len(undirected):
+        eq = int(undirected.str.startswith("equivalent").sum())
+        parts.append(f"no paper direction {len(undirected)}"
+                     + (f" ({eq} of them equivalent)" if eq else ""))
     return (f"{overall}: {len(directional)} directional comparison(s), "
-            f"Holm-adjusted Welch p < {ALPHA}: " + ", ".join(parts))
+            f"Holm-adjusted Welch p < {ALPHA} (equivalence: TOST p < {ALPHA}): "
+            + ", ".join(parts))
 
 
 def paired_tests(runs: pd.DataFrame, preds: dict, targets: dict) -> pd.DataFrame:

@@ -53,6 +53,8 @@ GROUP_KEYS = {
     "recipe": "config overrides for this group",
     "variants": "mapping variant name -> variant",
     "profile_overrides": "per-profile config overrides for this group only (applied last)",
+    "equivalence_delta": "margin in error points for the tables' equivalence test (TOST): the "
+                         "paper's own difference or a stated smallest effect of interest",
 }
 VARIANT_KEYS = {
     "model": "registered model (overrides the group's)",
@@ -183,6 +185,11 @@ def _check_group(where: str, group: dict) -> None:
     for key in ("name", "baseline", "variants"):
         if key not in group:
             raise SpecError(f"{where}: missing required key {key!r}")
+    delta = group.get("equivalence_delta")
+    if delta is not None and (isinstance(delta, bool) or not isinstance(delta, (int, float))
+                              or not delta > 0):
+        raise SpecError(f"{where}: equivalence_delta must be a number of error points > 0, "
+                        f"got {delta!r}")
     if group["baseline"] not in group["variants"]:
         raise SpecError(f"{where}.baseline: {group['baseline']!r} is not one of its variants")
     for vname, var in group["variants"].items():

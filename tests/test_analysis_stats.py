@@ -98,3 +98,45 @@ def test_paper_direction():
     assert stats.paper_direction(" FAIL ", "lower") == "higher"
     assert stats.paper_direction("6.37", "lower") == "lower"
     assert stats.paper_direction("", "") == ""
+
+
+
+def test_tost_against_a_hand_computed_example():
+    """a - b = -0.1 with both seed variances 0.04 (n = 3): se = sqrt(2 * 0.04 / 3), Welch df = 4;
+    with delta 0.5 the lower test has t = 0.4 / se = 2.449 (p = 0.03524 on 4 df), the upper
+    t = -0.6 / se = -3.674 (p = 0.01066); TOST p is the larger; 90% CI -0.1 +- 2.132 * se."""
+    a, b = [10.0, 10.2, 10.4], [10.1, 10.3, 10.5]
+    r = stats.tost(a, b, 0.5)
+    assert r["p_tost"] == pytest.approx(0.03524, abs=1e-5)
+    assert r["ci90_low"] == pytest.approx(-0.1 - 0.34813, abs=1e-5)
+    assert r["ci90_high"] == pytest.approx(-0.1 + 0.34813, abs=1e-5)
+    assert stats.verdict("lower", 3, 3, -0.1, 0.6, delta=0.5, p_tost=r["p_tost"]) == \
+        "equivalent within ±0.5"
+
+
+def test_a_wide_ci_is_never_called_equivalent():
+    a, b = [8.0, 11.0, 14.0], [9.0, 12.5, 10.0]  # sd ~ 3 points: the 90% CI spans +-5
+    for delta in (0.3, 1.0, 2.0):
+        r = stats.tost(a, b, delta)
+        assert r["ci90_low"] < -delta or r["ci90_high"] > delta
+        assert r["p_tost"] >= 0.05
+        v = stats.verdict("higher", 3, 3, float(np.mean(a) - np.mean(b)), 0.9, delta=delta,
+                          p_tost=r["p_tost"])
+        assert not v.startswith("equivalent")
+    # the CI and the p agree: p < 0.05 exactly when the 90% CI lies inside the margin
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x, y = rng.normal(0, 1, 4), rng.normal(0.3, 1, 5)
+        r = stats.tost(x, y, 1.2)
+        inside = -1.2 < r["ci90_low"] and r["ci90_high"] < 1.2
+        assert inside == (r["p_tost"] < 0.05)
+
+
+def test_precision_mix_counts_and_flags_disagreeing_precisions():
+    same = stats.precision_mix(["bf16"] * 3, [5.0, 5.1, 5.2])
+    assert same["precisions"] == "3 bf16" and np.isnan(same["precision_p"])
+    mixed = stats.precision_mix(["bf16", "bf16", "bf16", "fp32", "fp32"],
+                                [5.0, 5.1, 5.2, 7.0, 7.1])
+    assert mixed["precisions"] == "3 bf16, 2 fp32" and mixed["precision_p"] < 0.05
+    close = stats.precision_mix(["bf16", "fp32", "bf16", "fp32"], [5.0, 5.05, 5.3, 5.2])
+    assert close["precision_p"] > 0.05

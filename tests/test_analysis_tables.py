@@ -129,7 +129,7 @@ def test_write_all_outputs(tmp_path):
     assert md.split("\n", 1)[1].startswith("# toy") and "SMOKE" not in md
     for text in ("CIFAR-10 (JPEG q75 copy)", "Profile: paper", "Runs: 24 (21 finished, 3 failed)",
                  "device(s): cpu", "Commits: c0ffee0..c0ffee2 (3 commits)", "Newest run: ",
-                 "test-set noise only, not seed-to-seed variance", "6.00 ± 0.10 (n=3)"):
+                 "test-set noise only, not seed-to-seed variance", "6.00 ± 0.10 (n=3: "):
         assert text in md, text
     _check_markdown_tables(md)
     tex = (tmp_path / "toy.tex").read_text()
