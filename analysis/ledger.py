@@ -30,7 +30,10 @@ from .runs import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
 
 LEDGER_DIR = SNAPSHOT_DIR  # paper_tables/data
 MANIFEST = "MANIFEST.json"
+REKEY = "rekey.csv"  # old part keys -> today's (experiments.rekey)
 PART_FILES = ("runs.csv", "curves.csv", "predictions.npz")
+#: in parts exported since 2026-12-03: config hash -> resolved config (analysis.runs)
+OPTIONAL_FILES = ("configs.json",)
 MANIFEST_KEYS = {
     "part_id": "folder name under paper_tables/data/",
     "created": "UTC time the part was exported (ISO 8601)",
@@ -47,7 +50,7 @@ MANIFEST_KEYS = {
     "device_seconds": "seconds the device was used: the campaign's wall time when known, "
                       "else the sum of the runs' wall times",
     "n_runs": "rows of runs.csv",
-    "files": "sha256 of runs.csv, curves.csv, predictions.npz",
+    "files": "sha256 of runs.csv, curves.csv, predictions.npz (and configs.json if present)",
 }
 DUP_KEY = ["experiment", "config_hash", "seed", "profile"]
 
@@ -142,7 +145,11 @@ def write_part(data: RunData, ledger: Path = LEDGER_DIR, **manifest_args) -> Pat
     out = Path(ledger) / manifest["part_id"]
     if out.exists():
         raise PartError(f"{out}: a part with this id exists already; pass another part_id")
-    files = export_snapshot(data, out)
+    # the part holds the curves and predictions: the store's artifact paths (file:// URIs of
+    # the machine that ran) would name one machine in a committed file
+    portable = RunData(data.runs.assign(curve_uri="", predictions_uri=""), data.curves,
+                       data.preds, data.targets, configs=data.configs)
+    files = export_snapshot(portable, out)
     manifest["files"] = {p.name: sha256(p) for p in files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out
@@ -172,11 +179,13 @@ def validate_part(path: Path) -> dict:
     if manifest["part_id"] != path.name:
         raise PartError(f"{mpath}: part_id {manifest['part_id']!r} differs from the folder "
                         f"name {path.name!r}")
-    for name in PART_FILES:
+    listed = manifest["files"] if isinstance(manifest["files"], dict) else {}
+    for name in (*PART_FILES, *(n for n in OPTIONAL_FILES if n in listed or (path / n).exists())):
         f = path / name
         if not f.exists():
-            raise PartError(f"{f}: missing (listed in every part)")
-        want = manifest["files"].get(name) if isinstance(manifest["files"], dict) else None
+            raise PartError(f"{f}: missing (listed in every part)" if name in PART_FILES
+                            else f"{f}: missing ({MANIFEST} lists it)")
+        want = listed.get(name)
         if want != sha256(f):
             raise PartError(f"{f}: sha256 does not match {MANIFEST} (file changed or truncated)")
     try:
@@ -227,8 +236,15 @@ def add_part(src: Path, ledger: Path = LEDGER_DIR) -> Path:
         raise PartError(f"{dst}: a different part with id {manifest['part_id']!r} is already "
                         "in the ledger")
     dst.mkdir(parents=True)
-    for name in (*PART_FILES, MANIFEST):
+    for name in (*PART_FILES, *(n for n in OPTIONAL_FILES if (src / n).exists()), MANIFEST):
         shutil.copy2(src / name, dst / name)
+    try:  # a run it shares with a part already in the ledger must agree with it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_ledger(ledger)
+    except PartError:
+        shutil.rmtree(dst)
+        raise
     return dst
 
 
@@ -243,7 +259,7 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
     profile in two parts) keep the run of the part that ended last (ties: the later part id),
     with a warning; ``data.duplicates`` lists what was dropped.
     """
-    frames, curves, preds, targets, parts = [], [], {}, {}, {}
+    frames, curves, preds, targets, parts, configs = [], [], {}, {}, {}, {}
     for path in list_parts(ledger):
         manifest = validate_part(path) if validate else json.loads((path / MANIFEST).read_text())
         d = load_snapshot(path)
@@ -251,10 +267,11 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
         frames.append(d.runs.assign(part=path.name, part_ended=manifest["ended"]))
         curves.append(d.curves)
         preds.update(d.preds)
+        configs.update(d.configs)
         targets.update(d.targets)
     if not frames:
         raise FileNotFoundError(f"no parts in {ledger} (folders with a {MANIFEST})")
-    runs = pd.concat(frames, ignore_index=True)
+    runs = rekeyed(pd.concat(frames, ignore_index=True), Path(ledger))
     runs, dropped = _dedupe(runs)
     keep = set(runs["run_id"])
     data = RunData(runs.drop(columns=["part_ended"]).reset_index(drop=True),
@@ -263,18 +280,52 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
                    {k: v for k, v in targets.items() if k in keep})
     data.parts = parts
     data.duplicates = dropped
+    data.configs = configs
     return data
 
 
+def rekeyed(runs: pd.DataFrame, ledger: Path) -> pd.DataFrame:
+    """``runs`` with the config keys of old parts mapped to today's hash rule by the ledger's
+    ``rekey.csv`` (``python -m experiments rekey``: precision left the hash on 2026-12-03);
+    the old key stays in ``config_hash_recorded``."""
+    runs = runs.assign(config_hash_recorded=runs["config_hash"])
+    path = ledger / REKEY
+    if not path.exists():
+        return runs
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    mapping = {(p, o): n for p, o, n in table[["part", "old_hash", "new_hash"]].itertuples(False)}
+    runs["config_hash"] = [mapping.get((p, h), h) for p, h in zip(runs["part"],
+                                                                   runs["config_hash"],
+                                                                   strict=True)]
+    return runs
+
+
+def _same_result(a, b) -> bool:
+    """Two copies of one run agree: status and final errors equal (both missing counts)."""
+    def eq(x, y) -> bool:
+        return (pd.isna(x) and pd.isna(y)) or x == y
+    return a.status == b.status and all(eq(getattr(a, c), getattr(b, c))
+                                        for c in ("final_error", "final_train_error"))
+
+
 def _dedupe(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run key: a run held by two parts with the same result is counted once (the
+    part that ended last); with different results it is a ``PartError`` naming both parts and
+    both values, since picking either would silently hide the other."""
     ordered = runs.sort_values(["part_ended", "part"], kind="stable")
     dup = ordered.duplicated(DUP_KEY, keep="last")
-    winner = {tuple(k): p for *k, p in ordered.loc[~dup, [*DUP_KEY, "part"]].itertuples(False)}
+    winners = {tuple(getattr(r, k) for k in DUP_KEY): r for r in ordered[~dup].itertuples()}
     dropped = []
     for r in ordered[dup].itertuples():
-        won = winner[tuple(getattr(r, k) for k in DUP_KEY)]
-        msg = (f"run {r.experiment}/{r.group}/{r.variant}/seed{r.seed} (config {r.config_hash}, "
-               f"{r.profile}) is in parts {r.part} and {won}: counted once, from {won}")
+        won = winners[tuple(getattr(r, k) for k in DUP_KEY)]
+        what = (f"run {r.experiment}/{r.group}/{r.variant}/seed{r.seed} (config {r.config_hash}, "
+                f"{r.profile})")
+        if not _same_result(r, won):
+            raise PartError(
+                f"{what} is in parts {r.part} ({r.status}, error {r.final_error}) and "
+                f"{won.part} ({won.status}, error {won.final_error}) with different results: "
+                "remove one of the parts (or the run from it) to say which one counts")
+        msg = f"{what} is in parts {r.part} and {won.part}: counted once, from {won.part}"
         dropped.append(msg)
         warnings.warn(msg, stacklevel=3)
     out = ordered[~dup]

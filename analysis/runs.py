@@ -8,6 +8,7 @@ same names).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from convnets import names
 from convnets.names import tracking_uri  # noqa: F401  (the store the runner writes)
@@ -50,6 +52,9 @@ class RunData:
     preds: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> predicted labels
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> true labels
     parts: dict[str, dict] = field(default_factory=dict)  # ledger part id -> its manifest
+    #: config hash -> the resolved config its runs trained (``configs.json`` of a part), so a
+    #: later change of the hash rule can be recomputed from the part itself
+    configs: dict[str, dict] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)  # runs counted once (ledger warnings)
 
 
@@ -144,9 +149,27 @@ def load_mlflow(uri: str | None = None) -> RunData:
                 with np.load(_download(r.predictions_uri, uri, f"{tmp}/{i}p")) as npz:
                     data.preds[r.run_id] = np.asarray(npz["pred"])
                     data.targets[r.run_id] = np.asarray(npz["target"])
+        for i, r in enumerate(data.runs.drop_duplicates("config_hash").itertuples()):
+            if r.curve_uri:  # the run's artifacts: config.yaml sits beside curve.csv
+                uri_cfg = r.curve_uri.rsplit("/", 1)[0] + f"/{names.CONFIG_ARTIFACT}"
+                try:
+                    text = _download(uri_cfg, uri, f"{tmp}/{i}y").read_text()
+                except Exception:  # an older run without config.yaml
+                    continue
+                data.configs[r.config_hash] = portable_config(yaml.safe_load(text), r)
     if curves:
         data.curves = pd.concat(curves, ignore_index=True)
     return data
+
+
+def portable_config(cfg: dict, run) -> dict:
+    """A run's resolved config with nothing of the machine it ran on: no data folder, and an
+    image folder named by its content checksum instead of its path."""
+    cfg = dict(cfg, data=dict(cfg.get("data") or {}, data_dir=None))
+    name = str(cfg["data"].get("name", ""))
+    if name.startswith("imagefolder:"):
+        cfg["data"]["name"] = f"imagefolder:{run.dataset_checksum}"
+    return cfg
 
 
 def _target_key(run) -> str:
@@ -173,7 +196,12 @@ def export_snapshot(data: RunData, out: Path = SNAPSHOT_DIR) -> list[Path]:
         elif not np.array_equal(arrays[key], target):  # a different test set: keep its own targets
             arrays[f"target__{run.run_id}"] = target.astype(dtype)
     np.savez_compressed(out / "predictions.npz", **arrays)
-    return [out / "runs.csv", out / "curves.csv", out / "predictions.npz"]
+    files = [out / "runs.csv", out / "curves.csv", out / "predictions.npz"]
+    if data.configs:
+        (out / "configs.json").write_text(json.dumps(data.configs, indent=1, sort_keys=True)
+                                          + "\n")
+        files.append(out / "configs.json")
+    return files
 
 
 def load_snapshot(path: Path = SNAPSHOT_DIR) -> RunData:
@@ -184,6 +212,8 @@ def load_snapshot(path: Path = SNAPSHOT_DIR) -> RunData:
     data = RunData(runs)
     if (path / "curves.csv").exists():
         data.curves = pd.read_csv(path / "curves.csv", dtype={"run_id": str})
+    if (path / "configs.json").exists():
+        data.configs = json.loads((path / "configs.json").read_text())
     if (path / "predictions.npz").exists():
         with np.load(path / "predictions.npz") as npz:
             for run in runs.itertuples():

@@ -9,6 +9,7 @@ import sys
 from experiments.deadline import ENV, parse_deadline
 from experiments.locks import first_use_lock
 from experiments.lr_search import add_lr_search_parser, run_lr_search
+from experiments.rekey import write_rekey
 from experiments.shifts import add_shifts_parser, run_shifts_command
 from experiments.spec import (
     PROFILES,
@@ -77,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                             "started; the running one is checkpointed and marked KILLED; "
                             "rerunning resumes. Exit 0.")
     add_shifts_parser(sub)
+    sub.add_parser("rekey", help="recompute paper_tables/data/rekey.csv: the ledger parts' "
+                   "config keys under today's hash rule (from the specs at their commits)")
     add_lr_search_parser(sub)
     return parser
 
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_lr_search(args)
     if args.cmd in ("shifts", "shift"):
         return run_shifts_command(args)
+    if args.cmd == "rekey":
+        path = write_rekey()
+        print(f"wrote {path}")
+        return 0
     try:
         if args.cmd in ("list", "validate"):
             return _listing(args)

@@ -1,10 +1,12 @@
 """MLflow round trip: collect -> snapshot -> tables from the snapshot equal tables from MLflow."""
 
 import filecmp
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.entities import Metric, Param
 
 from analysis import runs as io
@@ -50,6 +52,10 @@ def _log_run(client, exp_id, tmp, group, variant, base, paper, expected, mu, see
         pred = np.where(rng.random(400) < 1 - final / 100, target, (target + 1) % 10)
         np.savez(tmp / "predictions.npz", pred=pred, target=target)
         client.log_artifact(run_id, str(tmp / "predictions.npz"))
+        cfg = {"model": {"name": variant}, "data": {"name": "cifar10",
+                                                    "data_dir": "/home/someone/data"}}
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
+        client.log_artifact(run_id, str(tmp / "config.yaml"))
     else:
         client.set_tag(run_id, "failure_reason", "loss is nan")
         client.set_tag(run_id, "failure_kind", kind)
@@ -141,3 +147,21 @@ def test_snapshot_tables_equal_mlflow_tables(store, tmp_path, capsys):
     with pytest.raises(SystemExit):  # no snapshot there: a clear error, not a traceback
         main(["tables", "--source", "snapshot", "--snapshot", str(tmp_path / "none"),
               "--out", str(tmp_path / "x")])
+
+
+def test_a_part_holds_each_config_and_no_path_of_the_machine(store, tmp_path):
+    """From 2026-12-03 a part holds each config hash's resolved config (configs.json), so the
+    next change of the hash rule can be recomputed from the part; runs.csv names no file:// URI
+    of the machine that ran (failed on the main of 2026-12-02)."""
+    from analysis import ledger
+
+    uri, _ = store
+    part = ledger.write_part(io.load_mlflow(uri), tmp_path, device="test CPU", part_id="p1")
+    assert ledger.validate_part(part)["files"]["configs.json"]
+    configs = json.loads((part / "configs.json").read_text())
+    assert set(configs) == {f"{v[1]}-cfg" for v in VARIANTS}
+    assert configs["plain-56-cfg"]["model"] == {"name": "plain-56"}
+    assert configs["plain-56-cfg"]["data"]["data_dir"] is None
+    text = (part / "runs.csv").read_text()
+    assert "file://" not in text and "/home/someone" not in (part / "configs.json").read_text()
+    assert ledger.load_ledger(tmp_path).configs == configs

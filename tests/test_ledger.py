@@ -60,23 +60,47 @@ def test_two_parts_give_the_same_tables_as_one(tmp_path, degradation):
     assert "b-seed1" in (out2 / "README.md").read_text()
 
 
-def test_duplicate_run_counted_once_and_the_later_part_wins(tmp_path, degradation):
-    _part(degradation, tmp_path, "early", ended="2026-11-23T12:00:00+00:00")
-    again = _subset(degradation, degradation.runs["variant"] == "resnet20")
+def _reexport(data, final_error=None):
+    again = _subset(data, data.runs["variant"] == "resnet20")
     again.runs["run_id"] = again.runs["run_id"] + "x"  # another export of the same runs
-    again.runs["final_error"] = 1.0
+    if final_error is not None:
+        again.runs["final_error"] = final_error
     again.preds = {k + "x": v for k, v in again.preds.items()}
     again.targets = {k + "x": v for k, v in again.targets.items()}
     again.curves["run_id"] = again.curves["run_id"] + "x"
-    _part(again, tmp_path, "late", ended="2026-11-24T12:00:00+00:00")
+    return again
+
+
+def test_an_identical_duplicate_is_counted_once_from_the_later_part(tmp_path, degradation):
+    _part(degradation, tmp_path, "early", ended="2026-11-23T12:00:00+00:00")
+    _part(_reexport(degradation), tmp_path, "late", ended="2026-11-24T12:00:00+00:00")
     with pytest.warns(UserWarning, match="counted once, from late"):
         data = ledger.load_ledger(tmp_path)
     assert len(data.runs) == len(degradation.runs)
     r20 = data.runs[data.runs["variant"] == "resnet20"]
-    assert set(r20["part"]) == {"late"} and (r20["final_error"] == 1.0).all()
+    assert set(r20["part"]) == {"late"}
     assert len(data.duplicates) == 2
     table = tables.stats.compare(tables.select(data.runs, "degradation")[0])
     assert table.set_index("variant").loc["resnet20", "n"] == 2
+
+
+def test_a_conflicting_duplicate_is_an_error_naming_both_parts(tmp_path, degradation):
+    """Failed on the main of 2026-12-02: the later part's number silently replaced the
+    earlier one's in the tables."""
+    root = tmp_path / "ledger"
+    _part(degradation, root, "early", ended="2026-11-23T12:00:00+00:00")
+    _part(_reexport(degradation, final_error=1.0), tmp_path / "out", "late",
+          ended="2026-11-24T12:00:00+00:00")
+    with pytest.raises(ledger.PartError,
+                       match=r"parts early \(FINISHED, error [0-9.]+\) and late \(FINISHED, error 1\.0\)"):
+        ledger.add_part(tmp_path / "out" / "late", root)
+    assert not (root / "late").exists()  # refused: not left in the ledger
+    _part(_reexport(degradation, final_error=1.0), root, "late",
+          ended="2026-11-24T12:00:00+00:00")  # written straight into the ledger folder
+    with pytest.raises(ledger.PartError) as err:
+        ledger.load_ledger(root)
+    text = str(err.value)
+    assert "early" in text and "late" in text and "error 1.0" in text and "different" in text
 
 
 def test_mixed_profiles_and_precisions_are_never_pooled(tmp_path, degradation):

@@ -1,0 +1,98 @@
+"""Re-keying the ledger when the config hash changes: ``python -m experiments rekey``.
+
+On 2026-12-03 the precision left the config hash (it is how a run executes, like fused SGD or
+compile), so bf16 and fp32 seeds of one recipe pool in one cell. Parts exported before then
+hold the old keys in ``runs.csv`` and no configs. This module recomputes each old key from the
+spec as it stood at the run's commit (``git show COMMIT:experiments/NAME.yaml``): the variant's
+config is expanded again for the run's profile, its old key recomputed with the run's precision
+(``hash_of_resolved(..., legacy_precision=...)``), and only when that equals the key in
+``runs.csv`` is the new key taken from the same config. Keys that cannot be reproduced this way
+(a spec that no longer expands, a run made with command-line overrides) are listed with the
+reason and left as they are, so they never pool by accident.
+
+The result is ``paper_tables/data/rekey.csv`` (part, old key -> new key), which
+``analysis.ledger.load_ledger`` applies. Parts exported from now on also hold ``configs.json``
+(each config hash's resolved config), from which the next key change can be recomputed without
+the specs' history.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from convnets.config import hash_of_resolved
+from convnets.names import REPO_ROOT
+from experiments.spec import SpecError, expand, load_spec
+
+LEDGER = REPO_ROOT / "paper_tables" / "data"
+REKEY_FILE = LEDGER / "rekey.csv"
+COLUMNS = ["part", "experiment", "group", "variant", "profile", "precision", "old_hash",
+           "new_hash", "how"]
+
+
+def _spec_at(commit: str, experiment: str, folder: Path) -> Path | None:
+    """The spec file as it was at ``commit``, written to ``folder`` (None: not in that commit)."""
+    try:
+        text = subprocess.run(["git", "show", f"{commit}:experiments/{experiment}.yaml"],
+                              cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = folder / commit[:12] / f"{experiment}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _new_key(spec_path: Path, row) -> str | None:
+    """The new key of ``row`` if its old key is reproduced from the spec at ``spec_path``."""
+    try:
+        jobs = expand(load_spec(str(spec_path)), row.profile, seeds=1,
+                      only=[f"{row.group}/{row.variant}"])
+    except SpecError:
+        return None
+    for job in jobs:
+        if hash_of_resolved(job.config, legacy_precision=row.precision) == row.config_hash:
+            return hash_of_resolved(job.config)
+    return None
+
+
+def rekey_rows(ledger: Path = LEDGER) -> pd.DataFrame:
+    """One row per (part, old key) of every part without ``configs.json``."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for manifest in sorted(Path(ledger).glob("*/MANIFEST.json")):
+            part = manifest.parent
+            if (part / "configs.json").exists():
+                continue
+            runs = pd.read_csv(part / "runs.csv", dtype=str, keep_default_na=False)
+            keys = runs[["experiment", "group", "variant", "profile", "precision",
+                         "config_hash", "git_commit"]].drop_duplicates()
+            for row in keys.itertuples(index=False):
+                new, how = None, "not reproduced: kept as it is (never pools with new runs)"
+                sources = [(row.git_commit, f"spec at {row.git_commit[:10]}"),
+                           ("HEAD", "spec at HEAD")]
+                for commit, label in sources:
+                    path = _spec_at(commit, row.experiment, Path(tmp))
+                    new = _new_key(path, row) if path else None
+                    if new:
+                        how = f"old key reproduced from the {label}"
+                        break
+                rows.append(dict(part=part.name, experiment=row.experiment, group=row.group,
+                                 variant=row.variant, profile=row.profile,
+                                 precision=row.precision, old_hash=row.config_hash,
+                                 new_hash=new or row.config_hash, how=how))
+    out = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["part", "old_hash"])
+    return out.sort_values(["part", "experiment", "group", "variant", "old_hash"],
+                           ignore_index=True)
+
+
+def write_rekey(ledger: Path = LEDGER) -> Path:
+    """Write ``rekey.csv`` beside the parts; returns its path."""
+    path = Path(ledger) / REKEY_FILE.name
+    rekey_rows(ledger).to_csv(path, index=False)
+    return path
