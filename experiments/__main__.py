@@ -103,6 +103,10 @@ def _checked_jobs(args):
     if sum([bool(args.ddp), args.parallel > 1, args.batch_seeds > 1]) > 1:
         raise SpecError("--ddp, --parallel and --batch-seeds do not combine: pick one way to "
                         "use devices")
+    if args.parallel < 1:
+        raise SpecError(f"--parallel {args.parallel}: must be a positive number of processes")
+    if args.ddp < 0:
+        raise SpecError(f"--ddp {args.ddp}: must be a number of processes >= 2 (or 0: none)")
     if args.batch_seeds < 1:
         raise SpecError(f"--batch-seeds {args.batch_seeds}: must be a positive number")
     if args.seeds is not None and args.seeds < 1:

@@ -30,6 +30,8 @@ export MLFLOW_DISABLE_TELEMETRY=true GIT_PYTHON_REFRESH=quiet PYTHONUNBUFFERED=1
     else echo "note: .data/$item not carried; runs that need it will say so"; fi
   done
   "$py" -m experiments shift --out "$out" --data-dir "$data_root" "$@"
-  echo "=== rc $? $(date -u +%FT%TZ)"
+  rc=$?
+  echo "=== rc $rc $(date -u +%FT%TZ)"
+  exit "$rc"
 } 2>&1 | tee -a "$out/shift.log"
 exit "${PIPESTATUS[0]}"

@@ -169,7 +169,8 @@ def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opene
     run, action = _open_run(cl, exp_id, job, existing, ckpt, force)
     if run is None:
         return dict(row, status="FAILED (diverged earlier)", error=None, run_id=action)
-    print(f"[{job.experiment}] {job.key} ({action}, run {run.run_id[:8]}, config {h})", flush=True)
+    print(f"[{job.experiment}] {job.key}: {tracking.model_label(job.config['model'])} "
+          f"({action}, run {run.run_id[:8]}, config {h})", flush=True)
     return _Opened(job, run, ckpt, row, err_key)
 
 

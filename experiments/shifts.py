@@ -231,7 +231,7 @@ def run_shift(args, shifts, raw) -> int:
     work = Deadline(deadline.at - EXPORT_RESERVE_S)
     rows = run_jobs(jobs, parallel=args.parallel, progress=True, deadline=work)
     print(summary_table(rows))
-    report(rows)
+    status = report(rows)  # 1 if a run crashed: the shift exports what finished, then fails
     ended = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     data = run_store.load_mlflow(tracking.tracking_uri())
     if data.runs.empty:
@@ -247,7 +247,10 @@ def run_shift(args, shifts, raw) -> int:
             tar.add(store / "artifacts", arcname="artifacts")
     print(f"part: {part}\nstore: {out / 'store.tgz'}\nnext, on your machine: "
           f"python -m analysis add-part {out / 'part'} && make tables", flush=True)
-    return 0
+    if status:
+        print("shift FAILED: some runs crashed (see the table above); the part holds the runs "
+              "that finished", flush=True)
+    return status
 
 
 def _device() -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from convnets.config import ConfigError, config_hash, resolve_config
+from convnets.config import DEFAULTS, ConfigError, config_hash, resolve_config
 from convnets.models import build_model, check_options, get_entry
 from convnets.names import PROFILES
 from convnets.runtime import check_precision
@@ -116,6 +116,7 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise SpecError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
         key, value = item.split("=", 1)
+        check_set_key(item, key.strip())
         parsed = yaml.safe_load(value)
         if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
             try:
@@ -124,6 +125,23 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
                 pass
         out.append((key.strip(), parsed))
     return out
+
+
+def check_set_key(item: str, key: str) -> None:
+    """A ``--set`` key must name a config key (any key below ``*.options``, which builders and
+    data sets check); the error says it came from the command line, not from a spec."""
+    node: Any = DEFAULTS
+    walked = []
+    for part in key.split("."):
+        if walked and walked[-1] == "options":
+            return
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(walked) or "the top level"
+            valid = ", ".join(node) if isinstance(node, dict) else "none (not a mapping)"
+            raise SpecError(f"--set {item!r} (command line): unknown config key {key!r}; valid "
+                            f"keys at {where}: {valid}")
+        node = node[part]
+        walked.append(part)
 
 
 def spec_path(name: str) -> Path:
@@ -373,7 +391,12 @@ def expand(
                 with torch.device("meta"):
                     build_model(model, **options)
             except (ConfigError, ValueError, KeyError, TypeError) as err:
-                raise SpecError(f"{where}: {err.args[0] if err.args else err}") from None
+                msg = str(err.args[0] if err.args else err)
+                from_cli = [f"--set {k}={v!r}" for k, v in sets if f"'{k}'" in msg]
+                if from_cli:  # a value given on the command line, not written in the spec
+                    raise SpecError(f"{', '.join(from_cli)} (command line), in {where}: "
+                                    f"{msg}") from None
+                raise SpecError(f"{where}: {msg}") from None
             tags = _tags(spec, group, vname, profile, lr_source)
             for seed in range(n_seeds):
                 c = copy.deepcopy(resolved)

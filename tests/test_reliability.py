@@ -178,3 +178,26 @@ def test_parallel_workers_share_the_cores(monkeypatch):
     finally:
         torch.set_num_threads(before)
         signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.mark.parametrize("option, value", [("--parallel", "0"), ("--parallel", "-2"),
+                                           ("--ddp", "-1")])
+def test_process_counts_below_one_are_refused(fresh_store, tmp_path, capsys, option, value):
+    """Failed on the main of 2026-12-02: --parallel 0 and -2 were accepted silently."""
+    spec = _write(tmp_path)
+    assert main(["run", spec, "--profile", "smoke", option, value]) == 2
+    assert f"{option} {value}: must be" in capsys.readouterr().err
+    assert not fresh_store.exists()
+
+
+def test_a_set_typo_is_reported_as_the_command_lines(fresh_store, tmp_path, capsys):
+    """Failed on the main of 2026-12-02: `--set optim.lrr=0.1` was reported as an error in
+    the YAML file's first variant."""
+    spec = _write(tmp_path)
+    assert main(["run", spec, "--profile", "smoke", "--set", "optim.lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set 'optim.lrr=0.1' (command line): unknown config key 'optim.lrr'" in err
+    assert "variants" not in err and "lr, momentum" in err
+    assert main(["run", spec, "--profile", "smoke", "--set", "optim.lr=-1"]) == 2
+    assert "--set optim.lr=-1 (command line)" in capsys.readouterr().err
+    assert not fresh_store.exists()

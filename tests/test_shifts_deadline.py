@@ -111,3 +111,32 @@ def test_shift_dry_run_on_cpu_end_to_end(tmp_path):
     assert f"Parts: {parts[0].name}" in md and "Runs: 4 (4 finished" in md
     assert shifts.done_keys(ledger_dir) and not any(
         k[4] == "quick" for k in shifts.done_keys(ledger_dir))  # smoke never completes a shift
+
+
+def test_a_shift_whose_runs_crash_exports_what_finished_and_fails(tmp_path, monkeypatch):
+    """Failed on the main of 2026-12-02: the shift discarded the run report's status, so a GPU
+    shift whose runs crashed exited 0."""
+    import argparse
+
+    import experiments.runner as runner
+    from experiments import shifts
+    from experiments.spec import expand, load_spec
+
+    spec = _write(tmp_path, "crashy")
+    jobs = expand(load_spec(spec), "smoke", seeds=1, only=["base"])
+    real = runner.run_jobs
+
+    def one_crashes(js, **kw):
+        rows = real(js, **kw)
+        return rows + [dict(rows[0], variant="wide", status="FAILED (RuntimeError)", error=None)]
+
+    monkeypatch.setattr(shifts, "shift_jobs", lambda *a, **k: jobs)
+    monkeypatch.setattr(shifts, "shakedown", lambda js: js)
+    monkeypatch.setattr(runner, "run_jobs", one_crashes)
+    for key in ("MLFLOW_TRACKING_URI", "CONVNETS_ARTIFACTS", "CONVNETS_CHECKPOINTS"):
+        monkeypatch.delenv(key, raising=False)  # run_shift sets them under --out
+    queue, raw = shifts.load_queue()
+    args = argparse.Namespace(out=tmp_path / "OUT", id=queue[0].id, profile="smoke",
+                              data_dir=None, deadline="10m", parallel=1)
+    assert shifts.run_shift(args, queue, raw) == 1
+    assert len(list((tmp_path / "OUT" / "part").iterdir())) == 1  # the finished run exported

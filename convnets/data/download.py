@@ -1,5 +1,5 @@
 """Downloads through torchvision, and the messages that say what to do when data are missing
-(``--data-dir``, ``$CONVNETS_DATA``, ``dataset=synthetic``, archives not yet extracted)."""
+(``--data-dir``, ``$CONVNETS_DATA``, ``--dataset synthetic``, archives not yet extracted)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .paths import ENV_DATA_DIR, _is_writable_dir
 def _ways_out(extra: str = "") -> str:
     return (
         "Ways out: pass --data-dir DIR (or set the environment variable "
-        f"{ENV_DATA_DIR}=DIR) pointing at a copy of the data, or use dataset=synthetic for an "
+        f"{ENV_DATA_DIR}=DIR) pointing at a copy of the data, or use --dataset synthetic for an "
         f"offline smoke run.{extra}"
     )
 
