@@ -148,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     from convnets import tracking
     from experiments.runner import Terminated, run_jobs, summary_table
 
+    try:
+        tracking.check_store()
+    except tracking.StoreUnreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
     with first_use_lock(tracking.tracking_uri()):  # a fresh store: one process creates it
         cl = tracking.client()  # the experiment, its kind tag and description, before any run
         tracking.describe_experiment(

@@ -201,3 +201,21 @@ def test_a_set_typo_is_reported_as_the_command_lines(fresh_store, tmp_path, caps
     assert main(["run", spec, "--profile", "smoke", "--set", "optim.lr=-1"]) == 2
     assert "--set optim.lr=-1 (command line)" in capsys.readouterr().err
     assert not fresh_store.exists()
+
+
+def test_a_tracking_server_that_is_down_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    """Failed on the main of 2026-12-02: 253 s of retries, then a 111-line traceback."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(runner, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
+    spec = _write(tmp_path)
+    t0 = time.time()
+    assert main(["run", spec, "--profile", "smoke"]) == 2
+    assert time.time() - t0 < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and uri in err[0] and "cannot be reached" in err[0]
