@@ -9,6 +9,7 @@ import sys
 from experiments.deadline import ENV, parse_deadline
 from experiments.locks import first_use_lock
 from experiments.lr_search import add_lr_search_parser, run_lr_search
+from experiments.preflight import check_jobs_data
 from experiments.rekey import write_rekey
 from experiments.shifts import add_shifts_parser, run_shifts_command
 from experiments.spec import (
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tracking.check_store()
-    except tracking.StoreUnreachable as err:
+        check_jobs_data(jobs)  # every data set read and checked before any run opens
+    except (tracking.StoreUnreachable, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,13 +29,17 @@ def _natural_key(name: str) -> tuple:
     return tuple((1, p.lower()) if i % 2 == 0 else (0, int(p)) for i, p in enumerate(parts)), name
 
 
-def _list_images(folder: Path, prefix: str) -> list[tuple[str, tuple[str, int, int]]]:
-    """Image files of ``folder`` in numeric-aware name order, with (relative name, size, mtime)."""
+def _list_images(folder: Path, prefix: str,
+                 skipped: list[str]) -> list[tuple[str, tuple[str, int, int]]]:
+    """Image files of ``folder`` in numeric-aware name order, with (relative name, size, mtime);
+    the other files (hidden ones aside) are appended to ``skipped``."""
     found = []
     with os.scandir(folder) as it:
         for e in it:
-            if e.name.startswith(".") or os.path.splitext(e.name)[1].lower() \
-                    not in _IMAGE_EXTENSIONS or not e.is_file():
+            if e.name.startswith("."):
+                continue
+            if os.path.splitext(e.name)[1].lower() not in _IMAGE_EXTENSIONS or not e.is_file():
+                skipped.append(f"{prefix}/{e.name}")
                 continue
             st = e.stat()
             found.append((_natural_key(e.name), e.path,
@@ -174,19 +179,25 @@ def _split_listing(
     root: Path, classes: list[str]
 ) -> tuple[dict[str, list[tuple[str, int]]], list[tuple[str, int, int]]]:
     """Per split, (file, class index) in class then file order; and every file's cache entry
-    (relative name, size, mtime). Each train class needs an image; test classes may be empty."""
+    (relative name, size, mtime). Every class needs images in both splits: a test split
+    without one would evaluate on the other classes only, and its error would not be the
+    error on the data set. Files that are not images are skipped and counted on stderr."""
     listing: dict[str, list[tuple[str, int]]] = {}
-    entries = []
+    entries, skipped = [], []
     for split in ("train", "test"):
         items = []
         for ci, c in enumerate(classes):
             folder = root / split / c
-            files = _list_images(folder, f"{split}/{c}") if folder.is_dir() else []
-            if split == "train" and not files:
-                raise DatasetError(f"class folder {folder} has no .jpg/.jpeg/.png images")
+            files = _list_images(folder, f"{split}/{c}", skipped) if folder.is_dir() else []
+            if not files:
+                raise DatasetError(f"class folder {folder} has no .jpg/.jpeg/.png images "
+                                   f"(every class of train/ needs images in {split}/ too)")
             items += [(f, ci) for f, _ in files]
             entries += [e for _, e in files]
         listing[split] = items
+    if skipped:
+        print(f"note: image folder {root}: {len(skipped)} file(s) that are not .jpg/.jpeg/.png "
+              f"images skipped (first: {skipped[0]})", file=sys.stderr, flush=True)
     return listing, entries
 
 

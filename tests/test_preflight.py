@@ -1,0 +1,126 @@
+"""Bad data and run-length faults are stopped before any run opens: one line, nothing created,
+no MLflow run (each case failed on the main of 2026-12-02: a 12-60 line traceback, a FAILED
+run, a created data folder, or a silently accepted warm-up)."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+import pytest
+
+import experiments.runner as runner
+from convnets.data import DatasetError, load_dataset
+from experiments.__main__ import main
+from tests.test_data import write_imagefolder, write_mnist
+
+SPEC = textwrap.dedent("""
+    name: {name}
+    claim: Tiny claim for the tests.
+    citation: Nobody 2026, Table 0
+    recipe:
+      data: {{name: {data}, options: {{{opts}}}}}
+      schedule: {{unit: epochs, length: 2, drops: [0.5], warmup_iterations: {warmup}}}
+      batch_size: 4
+    groups:
+      - name: G
+        model: {model}
+        baseline: base
+        variants:
+          base: {{options: {options}}}
+    profiles:
+      smoke: {{seeds: 1}}
+    """)
+
+
+@pytest.fixture
+def no_runs(tmp_path, monkeypatch):
+    db = tmp_path / "store" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setattr(runner, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
+    return db
+
+
+def _spec(tmp_path, data, warmup=0, model="cifar_resnet", options="{depth: 8}"):
+    path = tmp_path / "pf.yaml"
+    opts = "" if data == "synthetic" else "cache: false"
+    path.write_text(SPEC.format(name="pf", data=data, warmup=warmup, model=model,
+                                options=options, opts=opts))
+    return str(path)
+
+
+def _refused(capsys, args, *needles):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # the message alone, no traceback
+    for needle in needles:
+        assert needle in err[0], err[0]
+
+
+def test_an_empty_test_class_folder_is_an_error(tmp_path):
+    """Failed on the main of 2026-12-02: the test split was evaluated on the other classes."""
+    root = tmp_path / "imgs"
+    write_imagefolder(root)
+    shutil.rmtree(root / "test" / "dog")
+    (root / "test" / "dog").mkdir()
+    with pytest.raises(DatasetError, match=r"test/dog has no \.jpg/\.jpeg/\.png images"):
+        load_dataset(f"imagefolder:{root}", cache=False)
+
+
+def test_non_image_files_are_counted(tmp_path, capfd):
+    root = tmp_path / "imgs"
+    write_imagefolder(root)
+    (root / "train" / "cat" / "notes.txt").write_text("x")
+    (root / "test" / "dog" / "Thumbs.db").write_text("x")
+    ds = load_dataset(f"imagefolder:{root}", cache=False)
+    assert len(ds.train) == 6 and len(ds.test) == 4
+    assert "2 file(s) that are not .jpg/.jpeg/.png images skipped" in capfd.readouterr().err
+
+
+def test_an_empty_image_folder_is_refused_before_any_run(tmp_path, no_runs, capsys):
+    root = tmp_path / "imgs"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    _refused(capsys, ["run", _spec(tmp_path, f"imagefolder:{root}"), "--profile", "smoke"],
+             "pf G/base/seed0", "has no class folders")
+    assert not no_runs.exists()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("truncate", "truncated"), ("magic", "not an idx file"), ("labels", "label")])
+def test_corrupt_mnist_is_refused_before_any_run(tmp_path, no_runs, capsys, damage, needle):
+    data = tmp_path / "data"
+    write_mnist(data, "MNIST", gz=False)
+    raw = data / "MNIST" / "raw"
+    if damage == "truncate":
+        f = raw / "train-images-idx3-ubyte"
+        f.write_bytes(f.read_bytes()[:100])
+    elif damage == "magic":
+        f = raw / "t10k-labels-idx1-ubyte"
+        f.write_bytes(b"\x01\x02" + f.read_bytes()[2:])
+    else:
+        f = raw / "train-labels-idx1-ubyte"
+        b = bytearray(f.read_bytes())
+        b[-1] = 77  # class 77 of 10
+        f.write_bytes(bytes(b))
+    spec = _spec(tmp_path, "mnist", model="mnist_resnet", options="{}")
+    assert main(["run", spec, "--profile", "smoke", "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0].lower(), err
+    assert not no_runs.exists()
+
+
+def test_a_missing_data_dir_is_named_and_not_created(tmp_path, no_runs, capsys):
+    missing = tmp_path / "nowhere"
+    _refused(capsys, ["run", _spec(tmp_path, "mnist", model="mnist_resnet", options="{}"),
+                      "--profile", "smoke", "--data-dir", str(missing)],
+             str(missing), "does not exist")
+    assert not missing.exists() and not no_runs.exists()
+
+
+def test_a_warmup_longer_than_an_epoch_schedule_is_refused(tmp_path, no_runs, capsys):
+    """synthetic 512 training images at batch 4 for 2 epochs = 256 iterations."""
+    spec = _spec(tmp_path, "synthetic", warmup=300)
+    _refused(capsys, ["run", spec, "--profile", "smoke"], "'schedule.warmup_iterations' (300)",
+             "256 iterations: 2 epochs of 128 steps")
+    assert not no_runs.exists()
