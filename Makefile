@@ -6,7 +6,8 @@ PIP := $(PY) -m pip
 # torch is installed first and pinned: this build is served from local disk on the dev machines.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # Variables (`make help` prints the `#>` lines): make degradation PROFILE=quick SEEDS=3
-#> PROFILE   paper | quick | smoke (default: paper with a CUDA GPU, else smoke)
+#> PROFILE   paper | quick | cpu | smoke (default: paper with a CUDA GPU, else smoke; cpu: the
+#>           short CIFAR/MNIST schedules sized for a 2-core CPU, in degradation and seed004)
 #> SEEDS     number of seeds, overriding the profile's (e.g. SEEDS=3)
 #> DATA_DIR  folder holding the data sets (else $$CONVNETS_DATA, else ~/.cache/convnets/data)
 #> DEVICE    cuda | cpu | cuda:1 ... (default: the trainer's choice)
@@ -28,7 +29,7 @@ PORT ?= 5000
 PROFILE ?= $(shell $(PY) -c "import torch; print('paper' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
 RUN_ARGS = --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(DEVICE),--device $(DEVICE)) $(EXTRA)
 
-.PHONY: help setup test lint shifts gpu-shift ablation-resnetv2 degradation densenet nin seed-claims reproduce \
+.PHONY: help setup test lint shifts gpu-shift ablation-resnetv2 degradation densenet nin seed-claims seed004 reproduce \
         lr-search tables bench mlflow-ui optuna-dashboard clean-stores _notice
 
 help: ## list the targets and the variables they take
@@ -69,7 +70,10 @@ nin: _notice ## NiN: global average pooling vs fully connected heads
 seed-claims: _notice ## the seed documents' own models (d2l DenseNet on Fashion-MNIST, MNIST nets)
 	$(PY) -m experiments run seed-claims $(RUN_ARGS)
 
-reproduce: ablation-resnetv2 degradation densenet nin seed-claims ## every claim
+seed004: _notice ## the course notes' MNIST nets, printed vs corrected code (PROFILE=cpu: 3 epochs)
+	$(PY) -m experiments run seed004-mnist $(RUN_ARGS)
+
+reproduce: ablation-resnetv2 degradation densenet nin seed-claims seed004 ## every claim
 
 lr-search: _notice ## Optuna learning-rate search: make lr-search EXP=degradation
 	$(PY) -m experiments lr-search $(EXP) $(RUN_ARGS)

@@ -12,6 +12,7 @@ and GPU; the fast-path switches (``runtime.*``) never change what is trained. It
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -328,6 +329,7 @@ def fit(
     if world.size == 1:  # compile: auto depends on the run's length (DDP + compile: unmeasured)
         total = plan_iterations(cfg, data.train_x.shape[0], cfg["batch_size"])[1].total
         rt = resolve_runtime(placed, model=name, iterations=total, family=family)
+    rt = _checkpoint_precision(rt, cfg, checkpoint)
     module, model = _build_model(cfg, data, rt, world)
     optimizer = make_optimizer(module, cfg, rt)
     run = _Run(cfg, world, rt, data, module, optimizer, checkpoint, checkpoint_meta)
@@ -356,6 +358,26 @@ def fit(
         err, pred = evaluate(module, data, rt, cfg)
     return build_result(run.history, err, pred, data, rt, run.sched, run.steps_per_epoch,
                         run.wall_time(), **world.info(per_rank))
+
+
+def _checkpoint_precision(rt: Runtime, cfg: dict, checkpoint: str | Path | None) -> Runtime:
+    """A run keeps one precision: resumed from a bf16 checkpoint on a machine where ``auto``
+    means fp32 (or the other way round) it goes on in the checkpoint's precision, saying so,
+    so the precision it records is the one all of it was trained in. An explicit precision
+    that differs from the checkpoint's is refused."""
+    if not checkpoint or not Path(checkpoint).exists():
+        return rt
+    was = load_checkpoint(checkpoint).get("precision")
+    now = "bf16" if rt.bf16 else "fp32"
+    if was is None or was == now:
+        return rt
+    if cfg["runtime"]["precision"] != "auto":
+        raise ConfigError(f"checkpoint {checkpoint} was trained in {was}, but "
+                          f"'runtime.precision' asks for {now}: a run is trained in one "
+                          "precision; use precision auto to resume it")
+    print(f"  resuming in {was}, the precision of checkpoint {checkpoint} (auto would choose "
+          f"{now} here)", flush=True)
+    return dataclasses.replace(rt, bf16=was == "bf16")
 
 
 def _build_model(cfg: dict, data: DeviceData, rt: Runtime, world: World):
@@ -408,7 +430,8 @@ class _Run:
             save_checkpoint(self.path, self.module, self.optimizer, self.data_gen,
                             self.rt.device, history=self.history, config=self.cfg,
                             meta=self.meta, schedule=self.sched.state_dict(),
-                            world_size=self.world.size, wall_time_s=self.wall_time(), **state)
+                            world_size=self.world.size, wall_time_s=self.wall_time(),
+                            precision="bf16" if self.rt.bf16 else "fp32", **state)
 
     def train_epoch(self, epoch: int, step, bar: Progress, deadline: float | None,
                     trace: list | None) -> dict:

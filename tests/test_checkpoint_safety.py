@@ -13,6 +13,7 @@ import torch
 import experiments.runner as runner
 from convnets import tracking
 from convnets.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
+from convnets.config import ConfigError
 from convnets.train import fit
 from experiments.__main__ import main
 from experiments.spec import expand, load_spec
@@ -149,3 +150,24 @@ def test_the_runner_sets_a_damaged_checkpoint_aside_and_restarts(mlflow_store, t
     assert done["metrics.final_test_error"].iloc[0] == ref.final["final_test_error"]
     assert done["metrics.final_train_loss"].iloc[0] == pytest.approx(
         ref.final["final_train_loss"], rel=0, abs=0)
+
+
+def test_a_run_keeps_the_precision_of_its_checkpoint(tmp_path):
+    """Precision is outside the config hash, so a run stopped on a CPU with native bf16 may
+    be resumed on one where auto means fp32: it goes on in bf16 (a run is one precision, and
+    records it), and an explicit other precision is refused."""
+    bf16 = {**TINY, "runtime": {"precision": "bf16", "allow_slow_bf16": True}}
+    ckpt = tmp_path / "run.pt"
+
+    def stop(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(bf16, checkpoint=ckpt, progress=False, on_epoch_end=stop)
+    assert load_checkpoint(ckpt)["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="trained in bf16.*asks for fp32"):
+        fit({**TINY, "runtime": {"precision": "fp32"}}, checkpoint=ckpt, progress=False)
+    resumed = fit(TINY, checkpoint=ckpt, progress=False)  # precision auto
+    assert resumed.info["precision"] == "bf16"
+    whole = fit(bf16, progress=False)
+    assert resumed.final["final_test_error"] == whole.final["final_test_error"]
