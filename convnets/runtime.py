@@ -115,7 +115,11 @@ def auto_switches(cuda: bool, model: str | None = None, iterations: int | None =
       d2l DenseNet (165 vs 218). So: the CIFAR ResNet family (``CPU_COMPILE_FAMILIES``)
       compiles in runs of at least ``AUTO_COMPILE_CPU_MIN_ITERATIONS`` steps (4x the longer
       payback, so compilation costs at most a quarter of what it saves; the papers' 64,000
-      qualify), every other run stays eager, as do runs of unknown length.
+      qualify), every other run stays eager, as do runs of unknown length. On an AVX2-only
+      EPYC compiling made ResNet-20 slower (222 vs 321 images/s through the runner), so for
+      those runs ``auto`` is only a candidate: ``convnets.train.CompileTrial`` times compiled
+      and eager steps at the start of the run, on the machine that runs it, and keeps the
+      faster (recorded on the run and in its checkpoint).
 
     CUDA: channels_last and fused SGD on (the usual Tensor Core layout and the fused
     kernel); compile ``AUTO_COMPILE_CUDA`` until a GPU bench decides.

@@ -334,6 +334,13 @@ def fit(
     optimizer = make_optimizer(module, cfg, rt)
     run = _Run(cfg, world, rt, data, module, optimizer, checkpoint, checkpoint_meta)
     step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
+    trial = None
+    if rt.compile and rt.compile_auto and rt.device.type == "cpu":  # decided on this machine
+        eager = make_step(model, optimizer, dataclasses.replace(rt, compile=None), data.mean,
+                          data.std, cfg["data"]["resize"])
+        trial = CompileTrial(step, eager, run.compile_choice)
+        step = trial.step
+        run.trial = trial
     bar = Progress(run.sched.total, progress and world.main, initial=run.iteration)
     pred = None
     try:
@@ -356,8 +363,56 @@ def fit(
         return None
     if pred is None:  # resumed from a checkpoint of the finished run
         err, pred = evaluate(module, data, rt, cfg)
+    extra = {}
+    if trial is not None:
+        extra["compile_trial"] = trial.summary()
+        if trial.choice == "eager":
+            rt = dataclasses.replace(rt, compile=None)
     return build_result(run.history, err, pred, data, rt, run.sched, run.steps_per_epoch,
-                        run.wall_time(), **world.info(per_rank))
+                        run.wall_time(), **world.info(per_rank), **extra)
+
+
+class CompileTrial:
+    """``compile: auto`` on a CPU, timed on the machine that runs instead of taken from the
+    CPUs a bench once saw (on an AVX2-only EPYC compiling made ResNet-20 slower: 222 vs 321
+    images/s; on two others it was faster). The first ``WARMUP`` steps run compiled (the
+    compilation itself is not timed), then compiled and eager steps alternate until each has
+    ``STEPS`` timings, and the faster median trains the rest of the run. Both steps update the
+    same weights with the same arithmetic (only its order may differ), so the trial's steps
+    are ordinary training steps. The choice is kept in the checkpoint, so a resumed run goes
+    on as it began, and recorded on the run (``resolved.compile_trial``)."""
+
+    WARMUP, STEPS = 2, 5
+
+    def __init__(self, compiled, eager, choice: str | None = None):
+        self.steps = {"compiled": compiled, "eager": eager}
+        self.choice = choice
+        self.times: dict[str, list[float]] = {"compiled": [], "eager": []}
+        self.calls = 0
+        self.resumed = choice is not None
+
+    def step(self, xb, yb, lr):
+        if self.choice:
+            return self.steps[self.choice](xb, yb, lr)
+        self.calls += 1
+        if self.calls <= self.WARMUP:
+            return self.steps["compiled"](xb, yb, lr)
+        which = "compiled" if self.calls % 2 else "eager"
+        t0 = time.perf_counter()
+        out = self.steps[which](xb, yb, lr)
+        out[0].item()  # wait for the step (CPU: already done)
+        self.times[which].append(time.perf_counter() - t0)
+        if min(len(t) for t in self.times.values()) >= self.STEPS:
+            med = {k: sorted(t)[len(t) // 2] for k, t in self.times.items()}
+            self.choice = min(med, key=med.get)
+        return out
+
+    def summary(self) -> str:
+        if self.resumed and not any(self.times.values()):
+            return f"{self.choice} (chosen before the run was resumed)"
+        med = {k: 1000 * sorted(t)[len(t) // 2] for k, t in self.times.items() if t}
+        timing = ", ".join(f"{k} {v:.0f} ms/step" for k, v in med.items())
+        return f"{self.choice or 'compiled'} ({timing}; medians of {self.STEPS} steps each)"
 
 
 def _checkpoint_precision(rt: Runtime, cfg: dict, checkpoint: str | Path | None) -> Runtime:
@@ -412,12 +467,14 @@ class _Run:
         self.history: list[dict[str, float]] = []
         self.epoch, self.iteration, self.wall_before, self.partial = 0, 0, 0.0, None
         self.path = Path(checkpoint) if checkpoint else None
+        self.compile_choice, self.trial = None, None  # CompileTrial's choice, kept across resume
         if self.path and self.path.exists():
             state = restore_checkpoint(self.path, module, optimizer, self.data_gen, rt.device)
             self.epoch, self.iteration = state["epoch"], state["iteration"]
             self.history = state["history"]
             self.wall_before = state.get("wall_time_s", 0.0)
             self.partial = state.get("partial")  # stopped inside an epoch by a deadline
+            self.compile_choice = state.get("compile_choice")
             self.sched.load_state_dict(state.get("schedule", {}))
         self.wall0 = time.perf_counter()
 
@@ -431,7 +488,8 @@ class _Run:
                             self.rt.device, history=self.history, config=self.cfg,
                             meta=self.meta, schedule=self.sched.state_dict(),
                             world_size=self.world.size, wall_time_s=self.wall_time(),
-                            precision="bf16" if self.rt.bf16 else "fp32", **state)
+                            precision="bf16" if self.rt.bf16 else "fp32",
+                            compile_choice=self.trial.choice if self.trial else None, **state)
 
     def train_epoch(self, epoch: int, step, bar: Progress, deadline: float | None,
                     trace: list | None) -> dict:
