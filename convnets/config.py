@@ -243,24 +243,24 @@ def _check_recipe_keys(c: dict) -> None:
         raise ConfigError(f"'bn_group' must be a positive integer or null, got {g!r}")
     if not isinstance(o["lr_mult"], list) or not all(
             isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str)
-            and isinstance(e[1], (int, float)) and e[1] >= 0 for e in o["lr_mult"]):
+            and _is_number(e[1]) and e[1] >= 0 for e in o["lr_mult"]):
         raise ConfigError("'optim.lr_mult' must be a list of [parameter-name prefix, "
                           f"multiplier >= 0] pairs, got {o['lr_mult']!r}")
-    if not (isinstance(o["bias_lr_mult"], (int, float)) and o["bias_lr_mult"] >= 0):
+    if not (_is_number(o["bias_lr_mult"]) and o["bias_lr_mult"] >= 0):
         raise ConfigError(f"'optim.bias_lr_mult' must be a number >= 0, got {o['bias_lr_mult']!r}")
     for key in ("bias_decay", "bias_lr_schedule"):
         if not isinstance(o[key], bool):
             raise ConfigError(f"'optim.{key}' must be true or false, got {o[key]!r}")
     e = s["warmup_until_error"]
     if e is not None:
-        if not (isinstance(e, (int, float)) and 0 < e <= 100):
+        if not (_is_number(e) and 0 < e <= 100):
             raise ConfigError(f"'schedule.warmup_until_error' must be a percentage in (0, 100] "
                               f"or null, got {e!r}")
         if s["warmup_iterations"] <= 0:
             raise ConfigError("'schedule.warmup_until_error' needs 'schedule.warmup_iterations' "
                               "> 0: it is the cap of the rule")
     w = s["warmup_window"]
-    if not (isinstance(w, int) and w > 0):
+    if isinstance(w, bool) or not (isinstance(w, int) and w > 0):
         raise ConfigError(f"'schedule.warmup_window' must be a positive integer, got {w!r}")
 
 

@@ -219,3 +219,18 @@ def test_a_tracking_server_that_is_down_is_named_in_one_line(tmp_path, monkeypat
     assert time.time() - t0 < 30
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and uri in err[0] and "cannot be reached" in err[0]
+
+
+@pytest.mark.parametrize("cfg, key", [
+    ({"optim": {"bias_lr_mult": True}}, "optim.bias_lr_mult"),
+    ({"optim": {"lr_mult": [["head", True]]}}, "optim.lr_mult"),
+    ({"schedule": {"warmup_window": True}}, "schedule.warmup_window"),
+    ({"schedule": {"warmup_iterations": 5, "warmup_until_error": True}},
+     "schedule.warmup_until_error"),
+])
+def test_true_is_not_a_number(cfg, key):
+    """Failed on the main of 2026-12-02: YAML's `true` passed where a number is required."""
+    from convnets.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        resolve_config({"model": {"name": "resnet20"}, **cfg})
