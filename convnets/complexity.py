@@ -8,11 +8,15 @@ or additions), so MACs = FLOPs / 2. This is the convention of the papers' "multi
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from convnets.models.registry import build_model
 
 
 def count_params(module: nn.Module) -> int:
@@ -32,6 +36,23 @@ def complexity(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, int]:
     """Parameters and MACs of one forward pass of a single example of ``input_size`` (C, H, W)."""
     rows = stage_table(model, input_size)
     return {"params": count_params(model), "macs": sum(r.macs for r in rows)}
+
+
+def registered_complexity(name: str, options: dict, input_size: tuple[int, ...]) -> dict[str, int]:
+    """``complexity`` of the registered model ``name`` built with ``options``, plus ``layers``
+    (its convolution, linear and batch-norm layers: the kernels a step launches per layer).
+
+    Counted once per (name, options, input size) in a process: counting runs the model under
+    the flop counter, and listings (``experiments shifts``, the bench) ask for the same few
+    models many times."""
+    return dict(_registered(name, json.dumps(options, sort_keys=True), tuple(input_size)))
+
+
+@functools.cache
+def _registered(name: str, options: str, input_size: tuple[int, ...]) -> tuple:
+    model = build_model(name, **json.loads(options))
+    layers = sum(isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) for m in model.modules())
+    return tuple(dict(complexity(model, input_size), layers=layers).items())
 
 
 def stage_table(model: nn.Module, input_size: tuple[int, ...]) -> list[StageRow]:

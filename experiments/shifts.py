@@ -62,13 +62,18 @@ def load_queue(path: Path = QUEUE) -> tuple[list[Shift], dict]:
     return shifts, raw
 
 
-def shift_jobs(shift: Shift, profile: str | None = None, data_dir: str | None = None):
-    """The jobs of a shift (``profile`` replaces every run's profile: the CPU dry run)."""
+def shift_jobs(shift: Shift, profile: str | None = None, data_dir: str | None = None,
+               specs: dict | None = None):
+    """The jobs of a shift (``profile`` replaces every run's profile: the CPU dry run);
+    ``specs``: the specs already loaded, by name (filled in here)."""
     from experiments.spec import expand, load_spec
 
+    specs = {} if specs is None else specs
     jobs = []
     for r in shift.runs:
-        spec = load_spec(r["spec"])
+        if r["spec"] not in specs:
+            specs[r["spec"]] = load_spec(r["spec"])
+        spec = specs[r["spec"]]
         prof = profile or r["profile"]
         seeds = r.get("seeds")
         n = max(seeds) + 1 if isinstance(seeds, list) else seeds
@@ -102,39 +107,28 @@ def done_keys(ledger_dir: Path | None = None) -> set[tuple]:
 
 def estimate_seconds(jobs, assumed: dict) -> float:
     """Device seconds for ``jobs`` under the queue's stated assumption (see shifts.yaml)."""
-    from convnets.models import build_model
-
-    total, cache = 0.0, {}
+    total = 0.0
     for job in jobs:
         c = job.config
-        name, opts = c["model"]["name"], c["model"]["options"]
-        key = (name, json.dumps(opts, sort_keys=True), c["data"]["name"], c["data"]["resize"])
-        if key not in cache:
-            cache[key] = _step_cost(name, opts, c, assumed, build_model)
-        per_image_flops, layers = cache[key]
-        iters = _iterations(c)
-        batch = c["batch_size"]
-        step = max(per_image_flops * batch / (assumed["tflops"] * 1e12),
+        per_image_flops, layers = _step_cost(c["model"]["name"], c["model"]["options"],
+                                             c["data"]["resize"])
+        step = max(per_image_flops * c["batch_size"] / (assumed["tflops"] * 1e12),
                    layers * assumed["seconds_per_layer_step"])
-        total += iters * step + assumed["overhead_per_run_s"]
+        total += _iterations(c) * step + assumed["overhead_per_run_s"]
     return total
 
 
-def _step_cost(name, opts, cfg, assumed, build_model) -> tuple[float, int]:
-    import torch
-
-    from convnets.complexity import complexity
+def _step_cost(name: str, opts: dict, resize: int | None) -> tuple[float, int]:
+    """(training FLOPs per image, layers) of a model; MACs are counted once per model config
+    (``registered_complexity``)."""
+    from convnets.complexity import registered_complexity
     from convnets.models import get_entry
 
-    entry = get_entry(name)
-    shape = tuple(entry.input_size)
-    if cfg["data"]["resize"]:
-        shape = (shape[0], cfg["data"]["resize"], cfg["data"]["resize"])
-    model = build_model(name, **opts)
-    macs = complexity(model, shape)["macs"]
-    layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d))
-                 for m in model.modules())
-    return 6.0 * macs, layers  # training: forward + 2x backward, 2 FLOPs per MAC
+    shape = tuple(get_entry(name).input_size)
+    if resize:
+        shape = (shape[0], resize, resize)
+    c = registered_complexity(name, opts, shape)
+    return 6.0 * c["macs"], c["layers"]  # training: forward + 2x backward, 2 FLOPs per MAC
 
 
 _TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "mnist": 60000, "fashion_mnist": 60000}
@@ -153,9 +147,9 @@ def _iterations(cfg: dict) -> int:
 def shift_states(shifts, assumed, ledger_dir=None, estimate: bool = True) -> list[dict]:
     """Per shift: state, runs, the jobs missing and (``estimate``) the estimated seconds."""
     done = done_keys(ledger_dir)
-    out = []
+    out, specs = [], {}
     for s in shifts:
-        jobs = shift_jobs(s)
+        jobs = shift_jobs(s, specs=specs)
         missing = [j for j in jobs if _key(j.experiment, j.group, j.variant, j.seed,
                                            j.tags["profile"]) not in done]
         state = ("done" if not missing else "pending" if len(missing) == len(jobs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import statistics
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from convnets.complexity import registered_complexity
 from convnets.data import channel_stats
 from convnets.models import build_model
 from convnets.runtime import Runtime
@@ -282,16 +282,9 @@ def matmul_peak(device: torch.device, precision: str, n: int, min_s: float) -> P
     return Peak(precision, n, best)
 
 
-@functools.cache
-def _forward_macs(name: str, options: tuple, shape: tuple) -> int:
-    from convnets.complexity import complexity
-
-    return complexity(build_model(name, **dict(options)), shape)["macs"]
-
-
 def train_flops(spec: Spec) -> float:
     """Training FLOPs of one image: 2 x forward MACs (``convnets.complexity``), x3 for the
     forward and the backward pass (input and weight gradients each cost about a forward).
     The image is the one the network sees: the stored shape, or ``resize`` (d2l: 96x96)."""
     shape = (spec.shape[0], spec.resize, spec.resize) if spec.resize else spec.shape
-    return 3 * 2 * _forward_macs(spec.name, tuple(sorted(spec.options.items())), tuple(shape))
+    return 3 * 2 * registered_complexity(spec.name, spec.options, shape)["macs"]
