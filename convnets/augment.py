@@ -5,7 +5,7 @@ with zeros, take a random 32x32 crop, flip horizontally with probability 1/2. Th
 pipelines (fb.resnet.torch, DenseNet's Lua code) normalise first and pad afterwards, so a padded
 pixel is 0 at the network input, i.e. the mean colour. We augment uint8 (or int16 mean-subtracted)
 images, so ``fill`` gives the padding value that normalises to exactly 0 (see
-``convnets.train.prepare_data``); ``fill=None`` pads with 0 (black for raw uint8 images). Random draws are
+``convnets.device_data.prepare_data``); ``fill=None`` pads with 0 (black for raw uint8 images). Random draws are
 made on a CPU ``torch.Generator`` (so a seed gives the same draws on every device, and the
 generator state is easy to checkpoint), then one gather applies crop and flip to every image.
 """
@@ -96,7 +96,7 @@ def to_float(
     With ``mean``/``std`` (0-255 scale, shape (C,)) the batch is standardised per channel, as
     the CIFAR papers do; without them it is scaled to [0, 1] (d2l's ToTensor). Per-pixel mean
     subtraction (He et al. 2015) arrives here as int16 images already minus the mean image,
-    with ``mean`` 0 and ``std`` 1 (see ``convnets.train.prepare_data``). ``resize``
+    with ``mean`` 0 and ``std`` 1 (see ``convnets.device_data.prepare_data``). ``resize``
     upsamples bilinearly to ``resize x resize`` (d2l's Fashion-MNIST at 96x96).
     """
     x = x.float()

@@ -2,8 +2,9 @@
 
     torchrun --nproc_per_node=2 -m convnets.distributed --config cfg.yaml [--experiment NAME]
 
-This module holds the process group, synchronised batch norm on CPU, the DDP wrapper and the
-launchers; it has no training loop. Every rank runs ``convnets.train.fit``, the one loop, whose
+This module holds the process group and the launchers; it has no training loop (and what a
+K-process run changes in the model, synchronised batch norm and the DDP wrapper, is
+``convnets.parallel``'s). Every rank runs ``convnets.train.fit``, the one loop, whose
 ``world`` (``convnets.runtime.World``) is this process group, so K processes train what one
 process would:
 
@@ -12,11 +13,7 @@ process would:
   trains on samples ``[s*B + r*B/K, s*B + (r+1)*B/K)`` of step s (B = ``batch_size``, the global
   batch; it must be divisible by K);
 * gradients are averaged by DDP, and batch norm is synchronised, so the statistics are those of
-  the global batch (2 processes x 64 normalise like 1 x 128). On CUDA this is
-  ``torch.nn.SyncBatchNorm``; ``SyncBatchNorm`` refuses CPU tensors (torch 2.11-2.14: "expected
-  input tensor to be on GPU"), so on CPU/gloo the layers become :class:`CPUSyncBatchNorm`, which
-  all-reduces the per-channel sums with a differentiable all-reduce. Either way 2 x 16 matches
-  1 x 32 to float rounding (``tests/test_distributed.py``);
+  the global batch (2 processes x 64 normalise like 1 x 128; ``convnets.parallel``);
 * the per-epoch train loss / error are all-reduced; rank 0 evaluates (on the unwrapped model),
   logs to MLflow and writes checkpoints; every rank can resume from the checkpoint.
 
@@ -25,8 +22,7 @@ Backend: nccl on CUDA (one GPU per rank, ``cuda:$LOCAL_RANK``), gloo on CPU.
 Launch with torchrun (above), or from Python with :func:`launch` (``torch.multiprocessing``,
 one node), which the experiment runner can use for ``--ddp K``.
 
-Imports the trainer (``fit``) and its parts; ``convnets.train`` imports this module only inside
-a K-process run (``data_parallel``), never at import time.
+Imports the trainer (``fit``); nothing below it imports this module.
 """
 
 from __future__ import annotations
@@ -41,17 +37,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from convnets import tracking
 from convnets.config import ConfigError, resolve_config
 from convnets.results import DivergedError, RunResult
 from convnets.runtime import rank, world_size
 from convnets.train import fit
 
-__all__ = ["CPUSyncBatchNorm", "convert_sync_batchnorm", "data_parallel", "ddp_fit",
-           "init_from_env", "launch", "main", "rank", "world_size"]
+__all__ = ["init_from_env", "launch", "main"]
 
 # ---------------------------------------------------------------------------------------------
 # Process group
@@ -75,108 +70,6 @@ def init_from_env() -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------
-# Synchronised batch norm on CPU
-# ---------------------------------------------------------------------------------------------
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the backward pass sums the gradients over ranks (d(sum_r L_r)/dx)."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class CPUSyncBatchNorm(_BatchNorm):
-    """Batch norm whose training statistics are those of the global batch (all ranks).
-
-    Same parameters, buffers and state-dict keys as ``BatchNorm{1,2,3}d``. Two all-reduces per
-    layer (the sums, then the squared deviations: a two-pass variance, as precise as the local
-    kernel); gradients flow through both. Outside training, or in a single process, it is plain
-    batch norm.
-    """
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and world_size() > 1):
-            return super().forward(input)
-        self._check_input_dim(input)
-        c = input.shape[1]
-        dims = [0, *range(2, input.dim())]
-        shape = [1, c] + [1] * (input.dim() - 2)
-        x = input.float()
-        count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
-        tot = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
-        n = tot[c]
-        mean = tot[:c] / n
-        xc = x - mean.view(shape)
-        var = _AllReduceSum.apply((xc * xc).sum(dims)) / n
-        y = xc * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                f = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                     else self.momentum)
-                self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
-                unbiased = var.detach() * (n / (n - 1)).clamp_min(0)
-                self.running_var.mul_(1 - f).add_(unbiased, alpha=f)
-        return y.to(input.dtype)
-
-
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every batch-norm layer synchronised over the process group (CUDA: torch's
-    ``SyncBatchNorm``; CPU: :class:`CPUSyncBatchNorm`). Parameters and buffers are kept."""
-    if device.type != "cpu":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-    def convert(module: nn.Module) -> nn.Module:
-        if isinstance(module, _BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-            new = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum,
-                                   module.affine, module.track_running_stats)
-            if module.affine:
-                with torch.no_grad():
-                    new.weight = module.weight
-                    new.bias = module.bias
-            new.running_mean = module.running_mean
-            new.running_var = module.running_var
-            new.num_batches_tracked = module.num_batches_tracked
-            new.train(module.training)
-            return new
-        for name, child in module.named_children():
-            module.add_module(name, convert(child))
-        return module
-
-    return convert(model)
-
-
-def data_parallel(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(``model`` with batch norm synchronised over the process group, DDP around it): what
-    ``fit`` trains in a K-process run. Checkpoints and evaluation use the first (no
-    ``module.`` prefix in the keys), the training step calls the second."""
-    module = convert_sync_batchnorm(model, device)
-    ids = [device.index] if device.type == "cuda" else None
-    return module, nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-#: ``fit`` trains on every rank of the initialised process group (its ``world`` defaults to
-#: it); the old name of its K-process form, kept for callers (tests/test_distributed.py)
-ddp_fit = fit
-
-
-# ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
@@ -196,8 +89,6 @@ def _spawned(local_rank: int, nprocs: int, port: int, cfg: dict, run_id: str | N
     init_from_env()
     logger = None
     if run_id and local_rank == 0:
-        from convnets import tracking
-
         logger = tracking.RunLogger(tracking.client(), run_id)
     try:
         result = fit(cfg, logger=logger, checkpoint=checkpoint, progress=progress,
@@ -216,8 +107,6 @@ def launch(cfg: dict, nprocs: int, *, run_id: str | None = None,
     """Train ``cfg`` on ``nprocs`` local processes (one per GPU on CUDA); rank 0 logs epochs into
     MLflow run ``run_id`` if given. Returns rank 0's result; raises ``DivergedError`` as ``fit``.
     The caller logs the final result and ends the run (as the experiment runner does)."""
-    import torch.multiprocessing as mp
-
     if torch.cuda.is_available() and nprocs > torch.cuda.device_count():
         raise ConfigError(f"--ddp {nprocs} needs {nprocs} GPUs, {torch.cuda.device_count()} "
                           "visible")
@@ -250,8 +139,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _open_run(args: argparse.Namespace, cfg: dict, world: int):
     """Rank 0's MLflow run (``convnets.tracking.TrackedRun``): ``--run-id`` resumed, else new."""
-    from convnets import tracking
-
     cl = tracking.client()
     if args.run_id:  # the caller's run (its experiment is the run's own)
         return tracking.TrackedRun.start(cl, "", run_id=args.run_id)

@@ -37,13 +37,14 @@ from torch.func import functional_call, stack_module_state
 from convnets.augment import to_float
 from convnets.checkpoint import load_checkpoint, save_checkpoint
 from convnets.config import resolve_config
+from convnets.device_data import epoch_data, prepare_data
 from convnets.models import build_model
 from convnets.optim import plan_iterations
 from convnets.progress import Progress
 from convnets.results import DivergedError, NullLogger, build_result, check_finite
 from convnets.runtime import data_seed as _data_seed
 from convnets.runtime import resolve_runtime, seed_everything
-from convnets.train import epoch_data, evaluate, prepare_data
+from convnets.train import evaluate
 
 
 class MixedProgressError(ValueError):

@@ -17,8 +17,8 @@ import torch
 from convnets.runtime import Runtime, device_name
 
 if TYPE_CHECKING:
+    from convnets.device_data import DeviceData
     from convnets.optim import StepSchedule
-    from convnets.train import DeviceData
 
 
 @dataclass

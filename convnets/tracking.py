@@ -52,6 +52,7 @@ import yaml
 
 from convnets import names
 from convnets.names import REPO_ROOT, tracking_uri  # noqa: F401  (re-exported)
+from convnets.results import DeadlineReached, DivergedError
 
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -330,8 +331,6 @@ class Terminated(KeyboardInterrupt):
 def failure(err: BaseException) -> tuple[str, str]:
     """(failure kind, reason) of the exception that ended a run: ``diverged`` (non-finite
     loss), ``deadline``, ``interrupted`` (Ctrl-C, SIGTERM) or ``error`` (anything else)."""
-    from convnets.results import DeadlineReached, DivergedError
-
     if isinstance(err, DivergedError):
         return names.DIVERGED, str(err)
     if isinstance(err, DeadlineReached):

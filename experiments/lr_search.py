@@ -52,8 +52,10 @@ from typing import Any
 
 from convnets import tracking
 from convnets.names import ERROR
+from convnets.results import DivergedError
+from convnets.train import fit
 from experiments.locks import first_use_lock
-from experiments.search_settings import (  # noqa: F401  (require_validation_split: tests)
+from experiments.search_settings import (
     DEFAULT_TRIALS,
     SearchError,
     Target,
@@ -93,8 +95,6 @@ def _trial_tags(t: Target, number: int) -> dict[str, str]:
 def _objective(trial, t: Target, cl, dataset, worker: int = 0):
     import optuna
 
-    from convnets.results import DivergedError
-    from convnets.train import fit
 
     s = t.settings
     lo, hi = (min(s.grid), max(s.grid)) if s.grid else s.lr_range

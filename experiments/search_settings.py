@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 
 from convnets import tracking
+from convnets.config import config_hash, resolve_config
+from convnets.data import load_dataset
 from experiments.locks import first_use_lock
 from experiments.spec import PROFILES
 
@@ -244,10 +246,8 @@ def study_name(experiment: str, group: str, variant: str, profile: str) -> str:
 def train_size(cfg: dict) -> tuple[int, Any]:
     """Number of training images (the loaded data set is returned for reuse in-process).
     Only ``.train`` of the data set is touched."""
-    from convnets import train as T
-
     d = cfg["data"]
-    ds = T.load_dataset(d["name"], d["data_dir"], **d["options"])
+    ds = load_dataset(d["name"], d["data_dir"], **d["options"])
     return int(ds.train.labels.shape[0]), ds
 
 
@@ -258,8 +258,6 @@ def default_val_size(n_train: int) -> int:
 def trial_config(job_config: dict, s: Settings, n_train: int, seed: int) -> dict:
     """The job's resolved config for a search trial: a validation split, the budget schedule,
     evaluation every epoch, the search seed."""
-    from convnets.config import resolve_config
-
     cfg = copy.deepcopy(job_config)
     val = s.val_size or cfg["data"]["val_size"] or default_val_size(n_train)
     if not 0 < val < n_train:
@@ -311,8 +309,6 @@ class Target:
 
 def _study_attrs(t: Target) -> dict[str, Any]:
     """What must not change between calls adding trials to one study."""
-    from convnets.config import config_hash
-
     cfg = copy.deepcopy(t.config)
     cfg["optim"]["lr"] = 1.0
     return {"budget_epochs": t.settings.budget_epochs, "val_size": t.config["data"]["val_size"],

@@ -97,7 +97,7 @@ def test_each_seed_resumes_its_own_run_after_an_interrupt(mlflow_store, tmp_path
     assert main(args) == 130
     killed = _by_seed("bs-resume")
     assert [killed[s]["status"] for s in (0, 1)] == ["KILLED", "KILLED"]
-    from convnets.train import read_checkpoint_meta
+    from convnets.checkpoint import read_checkpoint_meta
 
     for job in jobs:  # one checkpoint per seed, naming its own run
         meta = read_checkpoint_meta(runner.checkpoint_path(job))

@@ -14,8 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from convnets import tracking
-from convnets.distributed import CPUSyncBatchNorm, convert_sync_batchnorm, ddp_fit
 from convnets.models import build_model
+from convnets.parallel import CPUSyncBatchNorm, convert_sync_batchnorm
 from convnets.train import fit
 
 CFG = {
@@ -68,7 +68,7 @@ def test_two_processes_train_what_one_process_trains(mlflow_store, tmp_path):
     try:
         ref = fit(CFG, progress=False)
         single: list[torch.Tensor] = []
-        one = ddp_fit(CFG, progress=False, trace=single)
+        one = fit(CFG, progress=False, trace=single)
     finally:
         torch.set_num_threads(threads)
     # world size 1 is fit itself, bit for bit

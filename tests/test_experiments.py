@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(mlflow_store, tmp_path
     killed = _runs("resume")
     assert list(killed["status"]) == ["KILLED"]
     # the checkpoint names the run that wrote it, so it can only resume that run
-    from convnets.train import read_checkpoint_meta
+    from convnets.checkpoint import read_checkpoint_meta
 
     job = expand(load_spec(spec), "smoke", seeds=1, only=["base"])[0]
     assert read_checkpoint_meta(runner.checkpoint_path(job)) == {"run_id": killed["run_id"].iloc[0]}

@@ -11,21 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from convnets.augment import crop_flip, crop_flip_reference, draw_crop_flip, to_float
+from convnets.config import ConfigError, resolve_config
 from convnets.data import pixel_mean
+from convnets.device_data import epoch_data, prepare_data
 from convnets.models import build_model
 from convnets.models.common import ClassicDropout, GhostBatchNorm2d, use_ghost_batchnorm
 from convnets.models.nin import nin
-from convnets.train import (
-    ConfigError,
-    StepSchedule,
-    epoch_data,
-    fit,
-    make_optimizer,
-    make_step,
-    prepare_data,
-    resolve_config,
-    resolve_runtime,
-)
+from convnets.optim import StepSchedule, make_optimizer
+from convnets.runtime import resolve_runtime
+from convnets.train import fit, make_step
 from tests.test_train import interrupt_after_epoch_1_and_resume
 
 SYNTH = {"name": "synthetic", "options": {"n_train": 256, "n_test": 128, "image_size": 16}}

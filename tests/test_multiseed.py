@@ -10,6 +10,7 @@ import torch
 import convnets.multiseed as M
 import convnets.train as T
 from convnets.augment import to_float
+from convnets.results import DivergedError
 
 BASE = {
     "data": {"name": "synthetic", "options": {"n_train": 256, "n_test": 64, "image_size": 8}},
@@ -119,7 +120,7 @@ def test_a_diverging_seed_leaves_the_others(monkeypatch):
     reference = M.fit_seeds(cfg, SEEDS)
     monkeypatch.setattr(M.SeedStack, "step", step)
     out = M.fit_seeds(cfg, SEEDS)
-    assert isinstance(out[1], T.DivergedError)
+    assert isinstance(out[1], DivergedError)
     for k in (0, 2):
         assert out[k].history[0]["train_loss"] == reference[k].history[0]["train_loss"]
         assert (out[k].predictions == reference[k].predictions).all()

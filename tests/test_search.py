@@ -19,10 +19,12 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from convnets import tracking
-from convnets import train as train_mod
+from convnets import device_data, tracking
+from convnets.config import resolve_config
 from convnets.data import load_dataset
+from convnets.device_data import prepare_data
 from experiments import lr_search as search
+from experiments import search_settings as settings_mod
 from experiments import spec as spec_mod
 
 SPEC = textwrap.dedent(
@@ -212,15 +214,17 @@ def test_search_never_reads_the_test_set(env, monkeypatch):
         calls.append(args)
         return NoTestSet(load_dataset(*args, **kwargs))
 
-    monkeypatch.setattr(train_mod, "load_dataset", guarded)
+    # the two places a search loads its data: counting its images, and fit
+    monkeypatch.setattr(device_data, "load_dataset", guarded)
+    monkeypatch.setattr(settings_mod, "load_dataset", guarded)
     # the guard works: evaluating on the test split does touch it
-    cfg = train_mod.resolve_config({"model": {"name": "cifar_resnet", "options": {"depth": 8}},
-                                    "data": {"name": "synthetic",
-                                             "options": {"n_train": 64, "image_size": 12}}})
+    cfg = resolve_config({"model": {"name": "cifar_resnet", "options": {"depth": 8}},
+                          "data": {"name": "synthetic",
+                                   "options": {"n_train": 64, "image_size": 12}}})
     with pytest.raises(AssertionError, match="read the test set"):
-        train_mod.prepare_data(cfg, torch.device("cpu"))
+        prepare_data(cfg, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="val_size"):
-        search.require_validation_split(cfg)
+        settings_mod.require_validation_split(cfg)
 
     rows = search.lr_search("tiny", "smoke", trials=2, budget_epochs=1, record=False,
                             storage=f"journal:{env / 'notest.journal'}")

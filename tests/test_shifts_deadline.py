@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from convnets import tracking
-from convnets.train import config_hash
+from convnets.config import config_hash
 from experiments.__main__ import main
 from experiments.deadline import parse_deadline
 from tests.test_data import write_imagefolder

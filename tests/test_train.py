@@ -6,14 +6,10 @@ import pytest
 import torch
 
 from convnets.augment import crop_flip, crop_flip_reference, draw_crop_flip
-from convnets.train import (
-    ConfigError,
-    DivergedError,
-    config_hash,
-    fit,
-    make_schedule,
-    resolve_config,
-)
+from convnets.config import ConfigError, config_hash, resolve_config
+from convnets.optim import make_schedule
+from convnets.results import DeadlineReached, DivergedError
+from convnets.train import fit
 
 SMALL = {
     "model": {"name": "cifar_resnet", "options": {"depth": 8}},
@@ -100,7 +96,7 @@ def test_deadline_stop_resumes_to_the_uninterrupted_result_bitwise(tmp_path, mon
     calls = iter(range(10**6))  # the clock is read once per iteration, before the step
     monkeypatch.setattr(train, "_clock", lambda: 2.0 if next(calls) >= stop_at else 0.0)
     ckpt = tmp_path / "run.pt"
-    with pytest.raises(train.DeadlineReached, match=f"iteration {stop_at} of 24"):
+    with pytest.raises(DeadlineReached, match=f"iteration {stop_at} of 24"):
         fit(SMALL, checkpoint=ckpt, progress=False, deadline=1.0)
     state = torch.load(ckpt, weights_only=False)
     assert state["iteration"] == stop_at
@@ -139,7 +135,7 @@ def test_validation_split_never_touches_test_set(monkeypatch):
                 raise AssertionError("the test set was read during a validation run")
             return getattr(self._ds, name)
 
-    monkeypatch.setattr("convnets.train.load_dataset", lambda *a, **k: Guard(real(*a, **k)))
+    monkeypatch.setattr("convnets.device_data.load_dataset", lambda *a, **k: Guard(real(*a, **k)))
     cfg = dict(SMALL, data=dict(SMALL["data"], val_size=64))
     result = fit(cfg, progress=False)
     assert result.eval_split == "val"

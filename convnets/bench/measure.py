@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from convnets.complexity import registered_complexity
 from convnets.data import channel_stats
+from convnets.device_data import epoch_data
 from convnets.models import build_model
 from convnets.runtime import Runtime
-from convnets.train import epoch_data, make_step
+from convnets.train import make_step
 
 
 @dataclass

@@ -17,10 +17,10 @@ from convnets.bench.measure import (
     synthetic,
     time_windows,
 )
+from convnets.device_data import epoch_data
 from convnets.models import build_model
 from convnets.multiseed import SeedStack
 from convnets.runtime import Runtime
-from convnets.train import epoch_data
 
 
 def _worker(spec, device, flags, t, threads, barrier, queue):
