@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from convnets import data as D
 from convnets.data import (
     Dataset,
     DatasetError,
     channel_stats,
+    cifar,
     default_data_dir,
     list_datasets,
     load_dataset,
@@ -212,7 +212,7 @@ def test_cache_written_reused_and_verified(tmp_path, monkeypatch):
         raise AssertionError("the cache should have been used")
 
     with monkeypatch.context() as m:
-        m.setattr(D, "_read_pickle", fail)
+        m.setattr(cifar, "_read_pickle", fail)  # the CIFAR loader's one reader of pickles
         second = load_dataset("cifar10", tmp_path)
     assert torch.equal(first.train.images, second.train.images)
     assert first.checksum == second.checksum and first.classes == second.classes

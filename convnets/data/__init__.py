@@ -32,11 +32,9 @@ messages), one module per source (:mod:`.cifar`, :mod:`.mnist`, :mod:`.imagefold
 
 from __future__ import annotations
 
-# Besides __all__, the package answers to data_identity (config hashes), the two folder names,
-# and _read_pickle: the CIFAR loader looks it up here, so replacing convnets.data._read_pickle
-# (tests do) reaches every CIFAR read.
+# Besides __all__, the package answers to data_identity (config hashes) and the two folder
+# names.
 from .cache import CACHE_DIRNAME  # noqa: F401
-from .cifar import _read_pickle  # noqa: F401
 from .dataset import Dataset, DatasetError, ImageSet
 from .paths import ENV_DATA_DIR, default_data_dir  # noqa: F401
 from .registry import check_dataset_name, data_identity, list_datasets, load_dataset  # noqa: F401

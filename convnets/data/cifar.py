@@ -60,18 +60,10 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
-    """``convnets.data._read_pickle(path)``, looked up on the package at every call, so that
-    replacing it there (a test does) reaches every read in this module."""
-    from convnets import data
-
-    return data._read_pickle(path)
-
-
 def _cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     import numpy as np
 
-    d = _unpickle(path)
+    d = _read_pickle(path)
     for k in ("data", label_key):
         if k not in d:
             raise DatasetError(f"{path}: no {k!r} entry (keys: {', '.join(map(str, d))})")
@@ -144,7 +136,7 @@ def _load_cifar(variant: str, root: Path, download: bool, **opts: Any) -> Datase
                            f"download again, or " + _ways_out(hint))
 
     def build() -> dict[str, Any]:
-        meta = _unpickle(base / meta_file)
+        meta = _read_pickle(base / meta_file)
         classes = meta.get(names_key)
         if not isinstance(classes, list) or not classes:
             raise DatasetError(f"{base / meta_file}: no {names_key!r} list of class names")
