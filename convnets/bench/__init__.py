@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ import torch
 
 from convnets.bench.measure import Spec, Timing, bench_baseline, bench_fast, matmul_peak
 from convnets.bench.plan import (
+    K_FLAGS,
+    LADDER,
     Row,
     State,
     data_for,
@@ -45,6 +48,7 @@ from convnets.bench.plan import (
 )
 from convnets.bench.report import environment, render
 from convnets.bench.seeds import bench_batched, bench_processes, if_it_fits
+from convnets.tracking import _git, git_info
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_ITERS = 10 * (60000 // 64)
@@ -68,26 +72,6 @@ CPU_MODELS = ["resnet20", "resnet56", "MNIST Inception", "d2l DenseNet (96x96)"]
 K_ALL = (2, 4, 8)
 
 
-def _flags(bf16=False, fused_sgd=False, channels_last=False, compile=None) -> dict:
-    return dict(bf16=bf16, fused_sgd=fused_sgd, channels_last=channels_last, compile=compile)
-
-
-# one technique at a time; each row names its full set of techniques
-LADDER = [
-    ("trainer: fp32", _flags()),
-    ("trainer: bf16", _flags(bf16=True)),
-    ("trainer: bf16, fused SGD", _flags(bf16=True, fused_sgd=True)),
-    ("trainer: bf16, fused SGD, channels_last",
-     _flags(bf16=True, fused_sgd=True, channels_last=True)),
-    ("trainer: bf16, fused SGD, compile", _flags(bf16=True, fused_sgd=True, compile="default")),
-    ("trainer: bf16, fused SGD, channels_last, compile",
-     _flags(bf16=True, fused_sgd=True, channels_last=True, compile="default")),
-    ("trainer: bf16, fused SGD, channels_last, CUDA graphs",
-     _flags(bf16=True, fused_sgd=True, channels_last=True, compile="reduce-overhead")),
-]
-#: the K-runs rows and the thread rows use the eager bf16 step with fused SGD: K compilations
-#: at once would dominate the bench, and vmap's batched step runs eagerly
-K_FLAGS = LADDER[2][1]
 
 
 @dataclass
@@ -201,10 +185,6 @@ RENDER_CODE = ("convnets/bench", "convnets/runtime.py")
 def _code_commit(out: Path) -> str:
     """The last commit that changed the rendering code (``RENDER_CODE``), so rendering again
     at a later commit rewrites the same table; "(dirty)" if that code has uncommitted edits."""
-    import subprocess
-
-    from convnets.tracking import _git, git_info
-
     try:
         commit = _git("log", "-1", "--format=%H", "--", *RENDER_CODE).strip()
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--",

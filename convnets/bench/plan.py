@@ -23,6 +23,29 @@ import torch
 
 from convnets.bench.measure import Peak, Result, Spec, synthetic, train_flops
 
+
+def _flags(bf16=False, fused_sgd=False, channels_last=False, compile=None) -> dict:
+    return dict(bf16=bf16, fused_sgd=fused_sgd, channels_last=channels_last, compile=compile)
+
+
+# one technique at a time; each row names its full set of techniques
+LADDER = [
+    ("trainer: fp32", _flags()),
+    ("trainer: bf16", _flags(bf16=True)),
+    ("trainer: bf16, fused SGD", _flags(bf16=True, fused_sgd=True)),
+    ("trainer: bf16, fused SGD, channels_last",
+     _flags(bf16=True, fused_sgd=True, channels_last=True)),
+    ("trainer: bf16, fused SGD, compile", _flags(bf16=True, fused_sgd=True, compile="default")),
+    ("trainer: bf16, fused SGD, channels_last, compile",
+     _flags(bf16=True, fused_sgd=True, channels_last=True, compile="default")),
+    ("trainer: bf16, fused SGD, channels_last, CUDA graphs",
+     _flags(bf16=True, fused_sgd=True, channels_last=True, compile="reduce-overhead")),
+]
+#: the K-runs rows and the thread rows use the eager bf16 step with fused SGD: K compilations
+#: at once would dominate the bench, and vmap's batched step runs eagerly
+K_FLAGS = LADDER[2][1]
+
+
 STATE_RE = re.compile(r"<!-- bench-state (.*) -->\s*\Z", re.S)
 
 

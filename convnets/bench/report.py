@@ -9,6 +9,10 @@ import platform
 import torch
 
 from convnets.bench.measure import Result, Spec
+from convnets.bench.plan import LADDER
+from convnets.models.registry import get_entry
+from convnets.runtime import auto_switches
+from convnets.tracking import git_info
 
 
 def cpu_model() -> str:
@@ -22,8 +26,6 @@ def cpu_model() -> str:
 
 
 def environment(device: torch.device, load: str | None) -> dict[str, str]:
-    from convnets.tracking import git_info
-
     commit, dirty = git_info()
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -131,14 +133,8 @@ def _k_rows(state, specs: dict[str, Spec]) -> list[tuple]:
     return out
 
 
-def _ladder() -> dict[str, dict]:
-    from convnets.bench import LADDER  # the package imports this module: import when used
-
-    return dict(LADDER)
-
-
 def _label_of(flags: dict) -> str | None:
-    return next((k for k, f in _ladder().items() if f == flags), None)
+    return next((k for k, f in LADDER if f == flags), None)
 
 
 def _rate(state, model: str, label: str | None) -> float | None:
@@ -149,9 +145,6 @@ def _rate(state, model: str, label: str | None) -> float | None:
 def _default_rows(state, specs: dict[str, Spec]) -> list[tuple]:
     """Per model: the ladder row that the trainer's ``runtime: auto`` resolves to for the
     paper's schedule on this device (``convnets.runtime.auto_switches``), and its speed."""
-    from convnets.models.registry import get_entry
-    from convnets.runtime import auto_switches
-
     cuda = state.env.get("device", "cpu") != "cpu"
     bf16 = cuda or state.env.get("mkldnn bf16") == "True"
     out, seen = [], []
@@ -175,7 +168,7 @@ def _payback_rows(state) -> list[tuple]:
     compiled step's saving over the same eager row has paid for them."""
     out = []
     for r in _done(state, "model"):
-        flags = _ladder().get(r.config)
+        flags = dict(LADDER).get(r.config)
         if not r.compile_s or not flags:
             continue
         eager = _label_of(dict(flags, compile=None))
