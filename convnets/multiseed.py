@@ -185,6 +185,8 @@ def _refuse_unsupported(cfg: dict) -> None:
         "optim.lr_mult": bool(o["lr_mult"]),
         "optim.bias_lr_mult": o["bias_lr_mult"] != 1.0,
         "optim.bias_decay": o["bias_decay"] is not True,
+        # fit keeps 1-D parameters at a fixed rate then (optim.param_groups' fixed_lr)
+        "optim.bias_lr_schedule": o["bias_lr_schedule"] is not True,
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:

@@ -126,6 +126,20 @@ def test_a_diverging_seed_leaves_the_others(monkeypatch):
         assert (out[k].predictions == reference[k].predictions).all()
 
 
+def test_every_parameter_group_key_of_fit_is_refused():
+    """fit's optimizer has parameter groups for these keys (convnets.optim.param_groups); the
+    batched SGD has one group, so it must refuse them rather than train another recipe
+    (optim.bias_lr_schedule: false was let through before: 1-D parameters were scheduled)."""
+    model = MODELS["resnet option A"]
+    for key, value in [("lr_mult", [["fc", 0.1]]), ("bias_lr_mult", 2.0),
+                       ("bias_decay", False), ("bias_lr_schedule", False)]:
+        why = M.unsupported(dict(BASE, model=model, optim={key: value}))
+        assert why and f"optim.{key}" in why
+        with pytest.raises(ValueError, match=f"optim.{key}"):
+            M.fit_seeds(dict(BASE, model=model, optim={key: value}), [0, 1])
+    assert M.unsupported(dict(BASE, model=model)) is None
+
+
 def test_dropout_is_refused():
     cfg = dict(BASE, model={"name": "densenet_cifar", "options": {
         "depth": 10, "growth_rate": 4, "bottleneck": True, "dropout": 0.2}})
