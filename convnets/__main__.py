@@ -8,7 +8,7 @@ import sys
 import yaml
 from tabulate import tabulate
 
-from convnets.complexity import stage_table
+from convnets.complexity import complexity, stage_table
 from convnets.models import build_model, get_entry, list_models
 
 
@@ -55,8 +55,6 @@ def info(name: str, options: dict, num_classes: int | None = None) -> str:
 
 def model_table() -> str:
     """Markdown table of the registry: name, family, input, classes, params, MACs, source."""
-    from convnets.complexity import complexity
-
     rows = []
     for n in list_models():
         e = get_entry(n)

@@ -1,10 +1,9 @@
 """The run config: ``DEFAULTS`` (every key documented), ``resolve_config`` (defaults filled in,
 unknown keys and bad values rejected), ``config_hash`` and ``ConfigError``.
 
-What a config *is* lives here; how it is run does not. This module imports neither torch nor
-another convnets module at import time (``config_hash`` and the data-set check import
-``convnets.runtime`` / ``convnets.data`` where they are used), so every other module may
-import it.
+What a config *is* lives here; how it is run does not. Of the project this module imports only
+``convnets.data`` (data-set names and their identity in the hash), which imports nothing of
+training, so every other module may import it.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ import hashlib
 import json
 import math
 from typing import Any
+
+from convnets.data import DatasetError, check_dataset_name, data_identity
 
 DEFAULTS: dict[str, Any] = {
     "model": {  # what is trained
@@ -159,8 +160,6 @@ def _require_bool(key: str, v: Any, *, auto: bool = False) -> None:
 
 
 def _check_model_data(c: dict) -> None:
-    from convnets.data import DatasetError, check_dataset_name
-
     m, d = c["model"], c["data"]
     if not m["name"]:
         raise ConfigError("config key 'model.name' is required")
@@ -280,8 +279,6 @@ def hash_of_resolved(c: dict, *, legacy_precision: str | None = None) -> str:
     """``config_hash`` of an already resolved config. ``legacy_precision`` (bf16 | fp32)
     recomputes the hash of the earlier rule, which also held the resolved precision: only the
     re-keying of old ledger parts asks for it."""
-    from convnets.data import data_identity
-
     c = copy.deepcopy(c)
     for key in RUNTIME_KEYS + NON_TRAINING_KEYS + ("seed",):
         c.pop(key, None)

@@ -6,11 +6,13 @@ import argparse
 import os
 import sys
 
+from convnets import tracking
 from experiments.deadline import ENV, parse_deadline
 from experiments.locks import first_use_lock
 from experiments.lr_search import add_lr_search_parser, run_lr_search
 from experiments.preflight import check_jobs_data
 from experiments.rekey import write_rekey
+from experiments.runner import Terminated, report, run_jobs, stop_on_sigterm, summary_table
 from experiments.shifts import add_shifts_parser, run_shifts_command
 from experiments.spec import (
     PROFILES,
@@ -146,9 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             print(f"  {job.key} config {job.config_hash}")
         return 0
-    from convnets import tracking
-    from experiments.runner import Terminated, run_jobs, summary_table
-
     try:
         tracking.check_store()
         check_jobs_data(jobs)  # every data set read and checked before any run opens
@@ -170,25 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     return report(rows)
 
 
-def report(rows: list[dict]) -> int:
-    """Print done versus left; exit status 1 only if a run crashed."""
-    failed = sum(r["status"].startswith("FAILED") for r in rows)
-    crashed = sum(r["status"].startswith("FAILED") and "diverged" not in r["status"]
-                  for r in rows)
-    left = sum(r["status"].startswith(("KILLED", "not started")) for r in rows)
-    claimed = sum(r["status"].startswith("claimed") for r in rows)
-    done = len(rows) - failed - left - claimed
-    print(f"{done} finished or skipped, {failed} failed ({crashed} crashed, "
-          f"{failed - crashed} diverged)"
-          + (f", {left} left for the next invocation (deadline)" if left else "")
-          + (f", {claimed} being trained by other processes" if claimed else ""), flush=True)
-    # a diverged run is a result (the paper reports some variants as failing); a crash is not;
-    # a deadline is a planned stop
-    return 1 if crashed else 0
-
-
 if __name__ == "__main__":
-    from experiments.runner import stop_on_sigterm
-
     stop_on_sigterm()  # the command line only: a process that imports main() keeps its own
     sys.exit(main())

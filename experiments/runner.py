@@ -28,6 +28,7 @@ from tabulate import tabulate
 
 from convnets import multiseed, tracking
 from convnets.checkpoint import CheckpointError, read_checkpoint_meta, set_aside
+from convnets.distributed import launch
 from convnets.multiseed import MixedProgressError, fit_seeds
 from convnets.names import DIVERGED, FAILURE_KIND, ORPHANED, final_error
 from convnets.tracking import Terminated
@@ -198,8 +199,6 @@ def _train(o: _Opened, *, progress: bool, ddp: int, deadline: Deadline | None) -
     """Train one opened job and close its run; returns its row."""
     try:
         if ddp > 1:  # data-parallel over `ddp` processes; rank 0 logs and checkpoints
-            from convnets.distributed import launch
-
             result = launch(o.job.config, ddp, run_id=o.run.run_id, checkpoint=o.ckpt,
                             progress=progress)
         else:
@@ -382,3 +381,20 @@ def summary_table(rows: list[dict], split: str = "test") -> str:
         for r in rows
     ]
     return tabulate(table, headers=["group", "variant", "seed", "status", f"final {split} err %"])
+
+
+def report(rows: list[dict]) -> int:
+    """Print done versus left; exit status 1 only if a run crashed."""
+    failed = sum(r["status"].startswith("FAILED") for r in rows)
+    crashed = sum(r["status"].startswith("FAILED") and "diverged" not in r["status"]
+                  for r in rows)
+    left = sum(r["status"].startswith(("KILLED", "not started")) for r in rows)
+    claimed = sum(r["status"].startswith("claimed") for r in rows)
+    done = len(rows) - failed - left - claimed
+    print(f"{done} finished or skipped, {failed} failed ({crashed} crashed, "
+          f"{failed - crashed} diverged)"
+          + (f", {left} left for the next invocation (deadline)" if left else "")
+          + (f", {claimed} being trained by other processes" if claimed else ""), flush=True)
+    # a diverged run is a result (the paper reports some variants as failing); a crash is not;
+    # a deadline is a planned stop
+    return 1 if crashed else 0

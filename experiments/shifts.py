@@ -23,7 +23,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
+
+from analysis import ledger
+from analysis import runs as run_store
+from analysis.ledger import local_device
+from convnets import tracking
+from convnets.complexity import registered_complexity
+from convnets.models import build_model, get_entry
+from convnets.optim import make_optimizer
+from convnets.runtime import resolve_runtime
+from convnets.train import make_step
+from experiments.deadline import Deadline, parse_deadline
+from experiments.runner import report, run_jobs, summary_table
+from experiments.spec import expand, load_spec, set_dotted
 
 QUEUE = Path(__file__).resolve().parent / "shifts.yaml"
 SHIFT_KEYS = {"id", "runs", "dataset", "data", "bench_minutes"}
@@ -66,8 +80,6 @@ def shift_jobs(shift: Shift, profile: str | None = None, data_dir: str | None = 
                specs: dict | None = None):
     """The jobs of a shift (``profile`` replaces every run's profile: the CPU dry run);
     ``specs``: the specs already loaded, by name (filled in here)."""
-    from experiments.spec import expand, load_spec
-
     specs = {} if specs is None else specs
     jobs = []
     for r in shift.runs:
@@ -92,8 +104,6 @@ def _key(experiment, group, variant, seed, profile) -> tuple:
 
 def done_keys(ledger_dir: Path | None = None) -> set[tuple]:
     """(experiment, group, variant, seed, profile) of every result in the ledger."""
-    from analysis import ledger
-
     try:
         data = ledger.load_ledger(ledger_dir or ledger.LEDGER_DIR, validate=False)
     except FileNotFoundError:
@@ -121,9 +131,6 @@ def estimate_seconds(jobs, assumed: dict) -> float:
 def _step_cost(name: str, opts: dict, resize: int | None) -> tuple[float, int]:
     """(training FLOPs per image, layers) of a model; MACs are counted once per model config
     (``registered_complexity``)."""
-    from convnets.complexity import registered_complexity
-    from convnets.models import get_entry
-
     shape = tuple(get_entry(name).input_size)
     if resize:
         shape = (shape[0], resize, resize)
@@ -196,13 +203,6 @@ def run_shifts_command(args) -> int:
 
 
 def run_shift(args, shifts, raw) -> int:
-    from analysis import ledger
-    from analysis import runs as run_store
-    from convnets import tracking
-    from experiments.__main__ import report
-    from experiments.deadline import Deadline, parse_deadline
-    from experiments.runner import run_jobs, summary_table
-
     t_start = time.time()
     deadline = parse_deadline(args.deadline)
     states = shift_states(shifts, raw["assumed"], estimate=False)
@@ -248,10 +248,6 @@ def run_shift(args, shifts, raw) -> int:
 
 
 def _device() -> str:
-    import torch
-
-    from analysis.ledger import local_device
-
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return local_device()
@@ -260,9 +256,6 @@ def _device() -> str:
 def shakedown(jobs):
     """One training step per fast-path setting the jobs use, on a tiny batch; a setting that
     fails falls back to eager fp32-layout defaults (and says so) rather than losing the lease."""
-    from convnets.runtime import resolve_runtime
-    from experiments.spec import set_dotted
-
     settings = {json.dumps(j.config["runtime"], sort_keys=True): j for j in jobs}
     fallback = set()
     for key, job in settings.items():
@@ -286,13 +279,6 @@ def shakedown(jobs):
 
 
 def _one_step(cfg: dict) -> None:
-    import torch
-
-    from convnets.models import build_model, get_entry
-    from convnets.optim import make_optimizer
-    from convnets.runtime import resolve_runtime
-    from convnets.train import make_step
-
     rt = resolve_runtime(cfg["runtime"])
     entry = get_entry(cfg["model"]["name"])
     c, h, w = entry.input_size

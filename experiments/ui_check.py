@@ -25,6 +25,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from experiments.spec import load_spec
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars",
@@ -162,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     if chromium() is None:
         print("error: no chromium on PATH (apt-get install -y chromium)", file=sys.stderr)
         return 2
-    from experiments.spec import load_spec
-
     spec = load_spec(args.spec)
     variants = args.variant or list(spec["groups"][0]["variants"])[:2]
     with tempfile.TemporaryDirectory(prefix="ui-check-") as tmp:

@@ -132,7 +132,7 @@ def test_a_shift_whose_runs_crash_exports_what_finished_and_fails(tmp_path, monk
 
     monkeypatch.setattr(shifts, "shift_jobs", lambda *a, **k: jobs)
     monkeypatch.setattr(shifts, "shakedown", lambda js: js)
-    monkeypatch.setattr(runner, "run_jobs", one_crashes)
+    monkeypatch.setattr(shifts, "run_jobs", one_crashes)  # the runner's, as the shift calls it
     for key in ("MLFLOW_TRACKING_URI", "CONVNETS_ARTIFACTS", "CONVNETS_CHECKPOINTS"):
         monkeypatch.delenv(key, raising=False)  # run_shift sets them under --out
     queue, raw = shifts.load_queue()
