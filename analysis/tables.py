@@ -66,6 +66,43 @@ def spec_deltas(experiment: str) -> dict[str, float]:
             if isinstance(g, dict) and g.get("equivalence_delta") is not None}
 
 
+def _spec_schedule(experiment: str) -> dict | None:
+    """The schedule of the claim's ``paper`` profile (recipe, then that profile's overrides)."""
+    path = SPEC_DIR / f"{experiment}.yaml"
+    if not path.exists():
+        return None
+    spec = yaml.safe_load(path.read_text()) or {}
+    sched = dict((spec.get("recipe") or {}).get("schedule") or {})
+    paper = ((spec.get("profiles") or {}).get("paper") or {}).get("overrides") or {}
+    sched.update(paper.get("schedule") or {})
+    return sched if "length" in sched else None
+
+
+def schedule_line(sel: pd.DataFrame, configs: dict, experiment: str) -> list[str]:
+    """'Schedule: ...' for the runs' resolved schedules (from the parts' ``configs.json``), as a
+    fraction of the paper profile's where both count the same unit; [] when no config is known."""
+    scheds = [configs[h]["schedule"] for h in dict.fromkeys(sel["config_hash"])
+              if isinstance(configs.get(h), dict) and "schedule" in configs[h]]
+    if not scheds:
+        return []
+    texts = []
+    for s in {repr(x): x for x in scheds}.values():
+        n, unit = s["length"], s["unit"]
+        drops = ", ".join(f"{round(d * n):,}" for d in s.get("drops") or [])
+        gamma = s.get("gamma", 0.1)
+        step = f"/{1 / gamma:g}" if gamma and 1 / gamma == round(1 / gamma) else f"x{gamma:g}"
+        text = f"{n:,} {unit}" + (f" (lr {step} at {drops})" if drops else "")
+        if s.get("warmup_iterations"):
+            text += f", {s['warmup_iterations']:,} warm-up iterations"
+        paper = _spec_schedule(experiment)
+        if paper and paper.get("unit") == unit and paper["length"] != n:
+            text += f": {100 * n / paper['length']:.3g}% of the paper's {paper['length']:,}"
+        elif paper and paper.get("unit") == unit:
+            text += ": the paper's"
+        texts.append(text)
+    return ["Schedule: " + "; ".join(texts)]
+
+
 def select(runs: pd.DataFrame, experiment: str, profile: str | None = None):
     """The experiment's runs of one profile (most faithful present unless given), without crashed
     runs, keeping the latest run per (group, variant, seed) so a rerun replaces a seed.
@@ -231,8 +268,9 @@ def write_claim(data: RunData, experiment: str, out: Path, profile: str | None,
     paired = stats.paired_tests(sel, data.preds, data.targets)
     verdict = stats.claim_verdict(table)
     dups = [d for d in data.duplicates if d.startswith(f"run {experiment}/")]
-    notes = [f"Duplicates across parts: {len(dups)} run(s) counted once "
-             "(the part that ended last wins)"] if dups else []
+    notes = schedule_line(sel, data.configs, experiment)
+    notes += [f"Duplicates across parts: {len(dups)} run(s) counted once "
+              "(the part that ended last wins)"] if dups else []
     head = provenance(sel, data.runs[data.runs["experiment"] == experiment], profile,
                       data.parts, notes)
     files = [out / f"{name}.md", out / f"{name}.tex", out / f"{name}.csv"]

@@ -162,3 +162,17 @@ def test_latex_compiles(tmp_path):
     subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
                    cwd=tmp_path, check=True, capture_output=True, timeout=60)
     assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_the_schedule_line_states_the_fraction_of_the_papers():
+    """The degradation spec's paper schedule is 64,000 iterations (He et al. 2015 Sec. 4.2)."""
+    sel = pd.DataFrame({"config_hash": ["a", "a", "b"]})
+    cut = {"schedule": {"unit": "iterations", "length": 1600, "drops": [0.5, 0.75],
+                        "gamma": 0.1, "warmup_iterations": 0}}
+    assert tables.schedule_line(sel, {"a": cut, "b": cut}, "degradation") == [
+        "Schedule: 1,600 iterations (lr /10 at 800, 1,200): 2.5% of the paper's 64,000"]
+    full = {"schedule": dict(cut["schedule"], length=64000, warmup_iterations=400)}
+    assert tables.schedule_line(sel, {"a": full}, "degradation") == [
+        "Schedule: 64,000 iterations (lr /10 at 32,000, 48,000), 400 warm-up iterations: "
+        "the paper's"]
+    assert tables.schedule_line(sel, {}, "degradation") == []  # a part without configs.json
