@@ -176,3 +176,20 @@ def test_the_schedule_line_states_the_fraction_of_the_papers():
         "Schedule: 64,000 iterations (lr /10 at 32,000, 48,000), 400 warm-up iterations: "
         "the paper's"]
     assert tables.schedule_line(sel, {}, "degradation") == []  # a part without configs.json
+
+
+def test_degradation_tables_test_the_training_error_too(tmp_path):
+    """He et al.'s Fig. 1 claim is about training error: a plain net whose final training
+    error is clearly higher is 'reproduced' in the training-error section, whatever its test
+    error does (here the test errors are equal)."""
+    spec = [("plain", "plain20", "plain20", "", "", 10.0, "FINISHED"),
+            ("plain", "plain56", "plain20", "", "higher", 10.0, "FINISHED")]
+    runs = make_runs(spec, experiment="degradation", profile="cpu")
+    runs["final_train_error"] = np.where(runs["variant"] == "plain56", 20.0, 12.0) + \
+        runs["seed"].map({0: -0.2, 1: 0.0, 2: 0.3})
+    entry, _ = tables.write_claim(io.RunData(runs), "degradation", tmp_path, None, draw=False)
+    md = (tmp_path / "degradation.md").read_text()
+    assert "**Claim verdict:** not reproduced (equivalent within the stated margin)" in md
+    section = md.split("## Final training error", 1)[1]
+    assert "**Training-error verdict:** reproduced: 1 directional" in section
+    assert "| plain56   | –       | 20.03 ± 0.25 (n=3" in section
