@@ -219,8 +219,31 @@ def _paired_cells(r) -> list[str]:
             f"{r.mcnemar_p:.3g}", f"{r.diff:+.2f} [{r.boot_ci_low:+.2f}, {r.boot_ci_high:+.2f}]"]
 
 
+POSITION_HEADERS = ["Variant", "Paper", "Ours (mean ± sd, n)", "(paper − mean) / sd",
+                    "95% prediction interval, one seed", "p", "Reading"]
+POSITION_NOTE = ("A paper prints one run (or a mean of a few), so it is set against the spread "
+                 "of our seeds, not our mean's: the 95% prediction interval for one more seed of "
+                 "ours is mean ± t(n−1) · sd · √(1 + 1/n), and p is the two-sided chance of a "
+                 "seed of ours lying as far out as the paper's number.")
+
+
+def _position_cells(r) -> list[str]:
+    ours = f"{r.mean:.2f} ± {r.sd:.2f} (n={r.n})" if r.n > 1 else _num(r.mean, "{:.2f}") + \
+        f" (n={r.n})"
+    if pd.isna(r.z):
+        reading = f"n = {r.n}: no seed-to-seed spread yet" if r.n < 2 else "no spread"
+        return [r.variant, f"{r.paper:g}", ours, "–", "–", "–", reading]
+    side = "above" if r.paper > r.mean else "below"
+    reading = ("inside the spread of our seeds" if r.p_pred >= stats.ALPHA
+               else f"outside: {side} what a seed of ours gives")
+    p = "<0.001" if r.p_pred < 0.001 else f"{r.p_pred:.3f}"
+    return [r.variant, f"{r.paper:g}", ours, f"{r.z:+.2f}",
+            f"[{r.pi_low:.2f}, {r.pi_high:.2f}]", p, reading]
+
+
 def to_markdown(name: str, table, paired, head: list[str], verdict: str, smoke: bool,
-                train: pd.DataFrame | None = None) -> str:
+                train: pd.DataFrame | None = None,
+                position: pd.DataFrame | None = None) -> str:
     out = [f"<!-- {MARK} -->"]
     out += [f"**{figures.SMOKE}** (smoke profile: pipeline check only)\n"] if smoke else []
     out += [f"# {name}\n", *[f"- {_md(line)}" for line in head], "",
@@ -230,6 +253,11 @@ def to_markdown(name: str, table, paired, head: list[str], verdict: str, smoke: 
         out += [f"## {_md(group or 'all variants')}\n",
                 tabulate(rows, HEADERS, tablefmt="github", disable_numparse=True), ""]
     out += [f"_{NOTES}_\n"]
+    if position is not None and len(position):
+        rows = [[_md(c) for c in _position_cells(r)] for r in position.itertuples()]
+        out += ["## The paper's numbers against our seeds\n",
+                tabulate(rows, POSITION_HEADERS, tablefmt="github", disable_numparse=True), "",
+                f"_{POSITION_NOTE}_\n"]
     if train is not None and len(train):
         out += ["## Final training error\n",
                 f"**Training-error verdict:** {stats.claim_verdict(train)}\n"]
@@ -294,7 +322,8 @@ def write_claim(data: RunData, experiment: str, out: Path, profile: str | None,
     head = provenance(sel, data.runs[data.runs["experiment"] == experiment], profile,
                       data.parts, notes)
     files = [out / f"{name}.md", out / f"{name}.tex", out / f"{name}.csv"]
-    files[0].write_text(to_markdown(experiment, table, paired, head, verdict, smoke, train))
+    files[0].write_text(to_markdown(experiment, table, paired, head, verdict, smoke, train,
+                                    stats.paper_positions(sel)))
     files[1].write_text(to_latex(experiment, _join(sel["claim"]), table, head, verdict, smoke))
     table.to_csv(files[2], index=False)
     if len(paired):

@@ -193,3 +193,18 @@ def test_degradation_tables_test_the_training_error_too(tmp_path):
     section = md.split("## Final training error", 1)[1]
     assert "**Training-error verdict:** reproduced: 1 directional" in section
     assert "| plain56   | –       | 20.03 ± 0.25 (n=3" in section
+
+
+def test_the_papers_numbers_are_set_against_our_seed_spread(tmp_path):
+    """'worse': seeds 8.1, 7.9, 8.0 (mean 8, sd 0.1), paper 6.5: z = -15, interval
+    8 -+ t(0.975, 2) * 0.1 * sqrt(4/3) = 8 -+ 0.50, and t = 1.5 / 0.11547 = 12.99 on 2 df gives
+    p = 1 - t / sqrt(2 + t^2) = 0.006; 'better' (mean 6.0 = paper 6.00) is inside."""
+    tables.write_claim(io.RunData(make_runs(SPEC)), "toy", tmp_path, None, draw=False)
+    md = (tmp_path / "toy.md").read_text().split("## The paper's numbers against our seeds", 1)[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in md.splitlines() if line.startswith("| ") and "Variant" not in line}
+    assert rows["worse"] == ["6.5", "8.00 ± 0.10 (n=3)", "-15.00", "[7.50, 8.50]", "0.006",
+                             "outside: below what a seed of ours gives"]
+    assert rows["better"][2:] == ["+0.00", "[5.50, 6.50]", "1.000",
+                                  "inside the spread of our seeds"]
+    assert "broken" not in rows and "extra" not in rows  # 'fail' and no number: not placed
