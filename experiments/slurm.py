@@ -135,9 +135,10 @@ def submit(args, spec: dict, jobs: list[Job]) -> int:
     submitted = ex.map_array(train_task, todo, [launch] * len(todo))
     ids = [j.job_id for j in submitted]
     slurm_state.append_records(folder, todo, ids)
-    array = ids[0].split("_")[0]
-    print(f"submitted job array {array}: {len(ids)} tasks ({ids[0]} .. {ids[-1]}); logs in "
-          f"{folder}/; follow with `python -m experiments status {args.name}`", flush=True)
+    what = (f"job {ids[0]} (1 task)" if len(ids) == 1 else
+            f"job array {ids[0].split('_')[0]} ({len(ids)} tasks, {ids[0]} .. {ids[-1]})")
+    print(f"submitted {what}; logs in {folder}/; follow with "
+          f"`python -m experiments status {args.name}`", flush=True)
     return 0
 
 
@@ -201,7 +202,7 @@ def train_task(job: Job, launch: Launch) -> dict:
     except Terminated as err:
         timed_out = "SIGUSR2" in str(err)
         row = {"group": job.group, "variant": job.variant, "seed": job.seed,
-               "config": job.config_hash, "status": f"KILLED ({err})", "error": None,
+               "config": job.config_hash, "status": f"KILLED (interrupted: {err})", "error": None,
                "run_id": ""}
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # from here on the run is closed
     _tag_runs(job, int(start * 1000), task)
