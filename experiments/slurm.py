@@ -80,12 +80,9 @@ def _setup_lines() -> list[str]:
     return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 
 
-def executor(args, spec_name: str, folder: Path):
-    """The submitit executor of one submission (nothing is submitted yet)."""
-    import submitit
-
+def sbatch_parameters(args, spec_name: str) -> dict:
+    """submitit's parameters of one submission (its ``update_parameters`` keywords)."""
     limit = time_limit_minutes(args.time_limit)
-    ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=args.requeues)
     params = dict(time=limit, job_name=f"convnets-{spec_name}", nodes=1, ntasks_per_node=1,
                   cpus_per_task=args.cpus_per_run, array_parallelism=args.array_parallelism,
                   stderr_to_stdout=True, setup=_setup_lines(),
@@ -96,7 +93,15 @@ def executor(args, spec_name: str, folder: Path):
         params["partition"] = args.partition
     if args.gpus_per_run:
         params["gpus_per_node"] = args.gpus_per_run
-    ex.update_parameters(**params)
+    return params
+
+
+def executor(args, spec_name: str, folder: Path):
+    """The submitit executor of one submission (nothing is submitted yet)."""
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=args.requeues)
+    ex.update_parameters(**sbatch_parameters(args, spec_name))
     return ex
 
 
@@ -146,16 +151,9 @@ def _print_array(args, spec_name: str, folder: Path, todo: list[Job]) -> int:
     """The batch script ``submit`` would hand to sbatch, and the task of each array index."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    try:
-        ex = executor(args, spec_name, folder)
-        params = dict(ex.parameters)
-    except ImportError:  # no submitit: the options as sbatch would get them
-        print("(submitit is not installed; the batch script cannot be shown)")
-        params = None
-    if params is not None:
-        cmd = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}/%j"
-        print(_make_sbatch_string(command=cmd, folder=str(folder / "%j"), map_count=len(todo),
-                                  **params))
+    cmd = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}/%j"
+    print(_make_sbatch_string(command=cmd, folder=str(folder / "%j"), map_count=len(todo),
+                              **sbatch_parameters(args, spec_name)))
     for i, job in enumerate(todo):
         print(f"  task {i}: {job.key} config {job.config_hash}")
     return 0
