@@ -19,6 +19,11 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
            slurmctld slurmd slurm-client munge >/dev/null; } || { say "apt-get failed"; exit 3; }
 fi
 
+# already up (an earlier call with the same DIR): reuse it
+if [ -f "$DIR/pids" ] && [ -f "$DIR/slurm.conf" ] \
+   && SLURM_CONF=$DIR/slurm.conf sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mix|alloc'; then
+  say "already running (SLURM_CONF=$DIR/slurm.conf)"; exit 0
+fi
 mkdir -p "$DIR/state" "$DIR/spool"
 : > "$DIR/pids"
 
