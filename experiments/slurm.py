@@ -21,6 +21,7 @@ them, and import this checkout (``PYTHONPATH``) with the submitting ``sys.execut
 
 from __future__ import annotations
 
+import datetime
 import os
 import shlex
 import signal
@@ -170,6 +171,17 @@ def _task_id() -> str:
     return env.get("SLURM_JOB_ID", "")
 
 
+def _job_end(task: str, fallback: float) -> float:
+    """When Slurm ends this job (its start plus the time limit, from ``squeue``), else
+    ``fallback``: the task's own start plus the limit, a little later than the job's."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", task, "-o", "%e"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.split()
+        return datetime.datetime.fromisoformat(out[0]).timestamp()  # local time, as printed
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return fallback
+
+
 def _tag_runs(job: Job, since_ms: int, task: str) -> None:
     """Tag the run this task trained with its Slurm job id (tag ``slurm_job``)."""
     cl = tracking.client()
@@ -190,23 +202,24 @@ def train_task(job: Job, launch: Launch) -> dict:
     start = time.time()
     stop_on_sigterm()  # submitit ignores SIGTERM; the runner records it (KILLED, checkpoint)
     signal.signal(signal.SIGUSR2, _time_up)
-    at = start + launch.limit_min * 60 - margin_s(launch.limit_min)
-    deadline = Deadline(min(at, launch.deadline_at or at))
     task = _task_id()
+    at = _job_end(task, start + launch.limit_min * 60) - margin_s(launch.limit_min)
+    deadline = Deadline(min(at, launch.deadline_at or at))
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     print(f"task {task}: {job.experiment} {job.key} config {job.config_hash}", flush=True)
     timed_out = False
-    try:
-        row = run_job(job, force=launch.force, progress=False, deadline=deadline)
+    try:  # --force applies to the first start only: a requeued task resumes its run
+        row = run_job(job, force=launch.force and restarts == 0, progress=False,
+                      deadline=deadline)
     except Terminated as err:
         timed_out = "SIGUSR2" in str(err)
         row = {"group": job.group, "variant": job.variant, "seed": job.seed,
-               "config": job.config_hash, "status": f"KILLED (interrupted: {err})", "error": None,
-               "run_id": ""}
+               "config": job.config_hash, "status": f"KILLED (interrupted: {err})",
+               "error": None, "run_id": ""}
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # from here on the run is closed
     _tag_runs(job, int(start * 1000), task)
     limit_first = launch.deadline_at is None or at < launch.deadline_at
     timed_out = timed_out or (row["status"].startswith("KILLED (deadline)") and limit_first)
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     print(f"task {task}: {row['status']}", flush=True)
     if timed_out and restarts < launch.requeues and task:
         print(f"task {task}: time limit; requeued ({restarts + 1} of {launch.requeues})",
