@@ -39,6 +39,42 @@ def describe(x) -> dict:
     return out
 
 
+def paper_position(x, paper: float) -> dict:
+    """Where a single published number lies in our seed distribution ``x``: its distance from
+    our mean in our seed-to-seed sds (``z``), the 95% prediction interval for one more seed
+    (mean +- t(n-1) * sd * sqrt(1 + 1/n)), and the two-sided p of a seed as far out as the paper's
+    number (t = (paper - mean) / (sd * sqrt(1 + 1/n)), n - 1 df). A paper reports one run (or a
+    mean of a few), so the question is whether it is a plausible draw from our runs, not
+    whether our mean equals it. NaNs below 2 seeds or with no spread."""
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    out = dict(n=n, z=NAN, pi_low=NAN, pi_high=NAN, p_pred=NAN)
+    if n < 2 or not np.isfinite(paper) or x.std(ddof=1) == 0:
+        return out
+    m, sd = float(x.mean()), float(x.std(ddof=1))
+    scale = sd * np.sqrt(1 + 1 / n)
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * scale
+    t = (paper - m) / scale
+    out.update(z=(paper - m) / sd, pi_low=m - half, pi_high=m + half,
+               p_pred=float(2 * stats.t.sf(abs(t), n - 1)))
+    return out
+
+
+def paper_positions(runs: pd.DataFrame) -> pd.DataFrame:
+    """``paper_position`` for every variant with a numeric paper error (finished runs)."""
+    rows = []
+    for (group, variant), v in runs.groupby(["group", "variant"], sort=False):
+        paper = pd.to_numeric(pd.Series([p for p in v["paper_error"] if p]), errors="coerce")
+        if paper.empty or not np.isfinite(paper.iloc[0]):
+            continue
+        x = v.loc[(v["status"] == "FINISHED") & v["final_error"].notna(), "final_error"]
+        rows.append(dict(group=group, variant=variant, paper=float(paper.iloc[0]),
+                         **describe(x), **{k: val for k, val in
+                                           paper_position(x, float(paper.iloc[0])).items()
+                                           if k != "n"}))
+    return pd.DataFrame(rows)
+
+
 def welch(a, b) -> dict:
     """Welch's t-test of mean(a) - mean(b) with its Welch-Satterthwaite 95% CI."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

@@ -9,7 +9,7 @@ import sys
 from experiments.deadline import ENV, parse_deadline
 from experiments.locks import first_use_lock
 from experiments.lr_search import add_lr_search_parser, run_lr_search
-from experiments.preflight import check_jobs_data
+from experiments.preflight import check_jobs_data, check_stored_results
 from experiments.rekey import write_rekey
 from experiments.shifts import add_shifts_parser, run_shifts_command
 from experiments.slurm_options import add_slurm_arguments, check_slurm_args
@@ -172,13 +172,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tracking.check_store()
-        check_jobs_data(jobs)  # every data set read and checked before any run opens
+        checksums = check_jobs_data(jobs)  # every data set read and checked before any run
     except (tracking.StoreUnreachable, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     with first_use_lock(tracking.tracking_uri()):  # a fresh store: one process creates it
         cl = tracking.client()  # the experiment, its kind tag and description, before any run
+        try:
+            if not args.force:  # a stored result of data that has changed since is no answer
+                check_stored_results(cl, jobs, checksums)
+        except SpecError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         tracking.describe_experiment(
             cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
     if args.launcher == "slurm":

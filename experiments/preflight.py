@@ -5,6 +5,11 @@ is known).
 A bad data set (a truncated IDX file, a bad magic number, labels out of range, a missing or
 empty image folder, a test split missing a class) or a missing data folder is reported here in
 one line, naming the job and the file: no MLflow run is opened, no folder is created.
+
+A result already in the store is checked against the data it would stand for: a finished (or
+diverged) run records the checksum of the data it trained on, and a named data set (``mnist``,
+``cifar10``: the name, not the content, enters the config hash) whose files have changed since
+would otherwise be answered with that old result.
 """
 
 from __future__ import annotations
@@ -12,16 +17,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from convnets import tracking
 from convnets.config import ConfigError
 from convnets.data import DatasetError, load_dataset
+from convnets.names import DIVERGED, FAILURE_KIND
 from convnets.optim import plan_iterations
 from experiments.spec import Job, SpecError
 
 
-def check_jobs_data(jobs: list[Job]) -> None:
+def check_jobs_data(jobs: list[Job]) -> dict[str, str]:
     """Load each distinct data set of ``jobs`` once (the loaders verify files and caches) and
-    check every job's schedule against its training split; ``SpecError`` on the first fault."""
+    check every job's schedule against its training split; ``SpecError`` on the first fault.
+    Returns each job's data checksum, by job key."""
     sizes: dict[str, int] = {}
+    sums: dict[str, str] = {}
+    checksums: dict[str, str] = {}
     for job in jobs:
         d = job.config["data"]
         where = f"{job.experiment} {job.key}"
@@ -31,10 +41,36 @@ def check_jobs_data(jobs: list[Job]) -> None:
         key = json.dumps([d["name"], d["data_dir"], d["options"]], sort_keys=True, default=str)
         if key not in sizes:
             try:
-                sizes[key] = len(load_dataset(d["name"], d["data_dir"], **d["options"]).train)
+                ds = load_dataset(d["name"], d["data_dir"], **d["options"])
             except DatasetError as err:
                 raise SpecError(f"{where}: data set {d['name']!r}: {err}") from None
+            sizes[key], sums[key] = len(ds.train), ds.checksum
         check_length(job, sizes[key])
+        checksums[job.key] = sums[key]
+    return checksums
+
+
+def check_stored_results(cl, jobs: list[Job], checksums: dict[str, str]) -> None:
+    """``SpecError`` if a job's finished or diverged run in the store (the runner would skip the
+    job, or refuse it, on that run's word) was trained on data with another checksum than the
+    job's data set has now. ``--force`` retrains instead and skips this check."""
+    for job in jobs:
+        exp = cl.get_experiment_by_name(job.experiment)
+        if exp is None:
+            continue
+        runs = tracking.find_runs(cl, exp.experiment_id, job.config_hash, job.seed,
+                                  job.tags.get("profile", ""))
+        for run in runs:
+            if run.info.status != "FINISHED" and run.data.tags.get(FAILURE_KIND) != DIVERGED:
+                continue
+            was = run.data.tags.get("dataset_checksum")
+            if was and was != checksums[job.key]:
+                raise SpecError(
+                    f"{job.experiment} {job.key}: run {run.info.run_id[:8]} "
+                    f"({run.info.status.lower()}) was trained on {job.config['data']['name']} "
+                    f"data with checksum {was[:12]}, but that data set now has checksum "
+                    f"{checksums[job.key][:12]}: its files changed since. Point --data-dir at "
+                    "the data it was trained on, or use --force to train it again on these")
 
 
 def check_length(job: Job, n_train: int) -> None:

@@ -140,3 +140,16 @@ def test_precision_mix_counts_and_flags_disagreeing_precisions():
     assert mixed["precisions"] == "3 bf16, 2 fp32" and mixed["precision_p"] < 0.05
     close = stats.precision_mix(["bf16", "fp32", "bf16", "fp32"], [5.0, 5.05, 5.3, 5.2])
     assert close["precision_p"] > 0.05
+
+
+def test_paper_position_against_a_hand_computed_example():
+    """x = 1, 2, 3 (mean 2, sd 1, n 3), paper 5: z = 3; scale sqrt(4/3) = 1.1547; with 2 df the
+    t CDF is 1/2 + t / (2 sqrt(2 + t^2)), so t = 2.598 gives p = 0.1216, and t(0.975, 2) =
+    4.3027 gives the prediction interval 2 -+ 4.9683."""
+    r = stats.paper_position([1.0, 2.0, 3.0], 5.0)
+    t = 3 / np.sqrt(4 / 3)
+    assert r["z"] == pytest.approx(3.0)
+    assert r["p_pred"] == pytest.approx(2 * (0.5 - t / (2 * np.sqrt(2 + t * t))), rel=1e-9)
+    assert r["p_pred"] == pytest.approx(0.1216, abs=1e-4)
+    assert (r["pi_low"], r["pi_high"]) == pytest.approx((2 - 4.96837, 2 + 4.96837), abs=1e-4)
+    assert np.isnan(stats.paper_position([7.96], 11.5)["z"])  # one seed: no spread yet

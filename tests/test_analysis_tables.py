@@ -162,3 +162,49 @@ def test_latex_compiles(tmp_path):
     subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
                    cwd=tmp_path, check=True, capture_output=True, timeout=60)
     assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_the_schedule_line_states_the_fraction_of_the_papers():
+    """The degradation spec's paper schedule is 64,000 iterations (He et al. 2015 Sec. 4.2)."""
+    sel = pd.DataFrame({"config_hash": ["a", "a", "b"]})
+    cut = {"schedule": {"unit": "iterations", "length": 1600, "drops": [0.5, 0.75],
+                        "gamma": 0.1, "warmup_iterations": 0}}
+    assert tables.schedule_line(sel, {"a": cut, "b": cut}, "degradation") == [
+        "Schedule: 1,600 iterations (lr /10 at 800, 1,200): 2.5% of the paper's 64,000"]
+    full = {"schedule": dict(cut["schedule"], length=64000, warmup_iterations=400)}
+    assert tables.schedule_line(sel, {"a": full}, "degradation") == [
+        "Schedule: 64,000 iterations (lr /10 at 32,000, 48,000), 400 warm-up iterations: "
+        "the paper's"]
+    assert tables.schedule_line(sel, {}, "degradation") == []  # a part without configs.json
+
+
+def test_degradation_tables_test_the_training_error_too(tmp_path):
+    """He et al.'s Fig. 1 claim is about training error: a plain net whose final training
+    error is clearly higher is 'reproduced' in the training-error section, whatever its test
+    error does (here the test errors are equal)."""
+    spec = [("plain", "plain20", "plain20", "", "", 10.0, "FINISHED"),
+            ("plain", "plain56", "plain20", "", "higher", 10.0, "FINISHED")]
+    runs = make_runs(spec, experiment="degradation", profile="cpu")
+    runs["final_train_error"] = np.where(runs["variant"] == "plain56", 20.0, 12.0) + \
+        runs["seed"].map({0: -0.2, 1: 0.0, 2: 0.3})
+    entry, _ = tables.write_claim(io.RunData(runs), "degradation", tmp_path, None, draw=False)
+    md = (tmp_path / "degradation.md").read_text()
+    assert "**Claim verdict:** not reproduced (equivalent within the stated margin)" in md
+    section = md.split("## Final training error", 1)[1]
+    assert "**Training-error verdict:** reproduced: 1 directional" in section
+    assert "| plain56   | –       | 20.03 ± 0.25 (n=3" in section
+
+
+def test_the_papers_numbers_are_set_against_our_seed_spread(tmp_path):
+    """'worse': seeds 8.1, 7.9, 8.0 (mean 8, sd 0.1), paper 6.5: z = -15, interval
+    8 -+ t(0.975, 2) * 0.1 * sqrt(4/3) = 8 -+ 0.50, and t = 1.5 / 0.11547 = 12.99 on 2 df gives
+    p = 1 - t / sqrt(2 + t^2) = 0.006; 'better' (mean 6.0 = paper 6.00) is inside."""
+    tables.write_claim(io.RunData(make_runs(SPEC)), "toy", tmp_path, None, draw=False)
+    md = (tmp_path / "toy.md").read_text().split("## The paper's numbers against our seeds", 1)[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in md.splitlines() if line.startswith("| ") and "Variant" not in line}
+    assert rows["worse"] == ["6.5", "8.00 ± 0.10 (n=3)", "-15.00", "[7.50, 8.50]", "0.006",
+                             "outside: below what a seed of ours gives"]
+    assert rows["better"][2:] == ["+0.00", "[5.50, 6.50]", "1.000",
+                                  "inside the spread of our seeds"]
+    assert "broken" not in rows and "extra" not in rows  # 'fail' and no number: not placed

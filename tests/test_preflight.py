@@ -124,3 +124,37 @@ def test_a_warmup_longer_than_an_epoch_schedule_is_refused(tmp_path, no_runs, ca
     _refused(capsys, ["run", spec, "--profile", "smoke"], "'schedule.warmup_iterations' (300)",
              "256 iterations: 2 epochs of 128 steps")
     assert not no_runs.exists()
+
+
+def test_a_result_of_data_that_changed_since_is_refused(tmp_path, monkeypatch, capsys):
+    """Failed on the main of 2026-12-03: `mnist` enters the config hash by name, so after its
+    files changed the finished run was skipped and its old error reported as the answer."""
+    db = tmp_path / "store" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(tmp_path / "ckpt"))
+    data = tmp_path / "data"
+    write_mnist(data, "MNIST", gz=False)
+    spec = _spec(tmp_path, "mnist", model="mnist_resnet", options="{}")
+    args = ["run", spec, "--profile", "smoke", "--data-dir", str(data),
+            "--set", "runtime.precision=fp32"]
+    assert main(args) == 0
+    assert main(args) == 0  # unchanged data: the finished run is the answer
+    assert "FINISHED (skipped)" in capsys.readouterr().out
+
+    f = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    b = bytearray(f.read_bytes())
+    b[-1] ^= 0xFF  # one pixel of the last training image
+    f.write_bytes(bytes(b))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "pf G/base/seed0" in err[0] and "changed since" in err[0] and "--force" in err[0]
+
+    assert main(args + ["--force"]) == 0  # trains again, on the data as they are now
+    from mlflow.tracking import MlflowClient
+
+    cl = MlflowClient(f"sqlite:///{db}")
+    runs = cl.search_runs([cl.get_experiment_by_name("pf").experiment_id])
+    sums = {r.data.tags["dataset_checksum"] for r in runs if r.info.status == "FINISHED"}
+    assert len(runs) == 2 and len(sums) == 2
