@@ -16,6 +16,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 #> OUT       make gpu-shift: folder for the shift's part, store and log
 #> EXP       make lr-search: the spec to tune (default degradation)
 #> PORT      make mlflow-ui: port on 127.0.0.1 (default 5000)
+#> LAUNCHER  local | slurm (slurm: each claim target submits one job array; options from
+#>           $$CONVNETS_SLURM_* or EXTRA="--partition gpu --gpus-per-run 1 --time-limit 4h")
+#> SLURM_DIR make test-slurm: folder of the test cluster's config, state and logs
 SEEDS ?=
 DATA_DIR ?=
 DEVICE ?=
@@ -24,12 +27,14 @@ SOURCE ?= ledger
 OUT ?=
 EXTRA ?=
 PORT ?= 5000
+LAUNCHER ?=
+SLURM_DIR ?= /tmp/convnets-slurm
 
 # PROFILE defaults to `paper` when a CUDA GPU is visible, else `smoke` (with a notice).
 PROFILE ?= $(shell $(PY) -c "import torch; print('paper' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
-RUN_ARGS = --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(DEVICE),--device $(DEVICE)) $(EXTRA)
+RUN_ARGS = --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(DEVICE),--device $(DEVICE)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(EXTRA)
 
-.PHONY: help setup test lint shifts gpu-shift ablation-resnetv2 degradation densenet nin seed-claims seed004 reproduce \
+.PHONY: help setup test test-slurm lint shifts gpu-shift ablation-resnetv2 degradation densenet nin seed-claims seed004 reproduce \
         lr-search tables bench mlflow-ui optuna-dashboard clean-stores _notice
 
 help: ## list the targets and the variables they take
@@ -47,6 +52,13 @@ setup: ## create .venv with pip and install the project (editable, with the dev 
 
 test: ## run the test suite (CPU, skips `slow` and `gpu` markers)
 	$(PY) -m pytest -q
+
+# up.sh installs Slurm if missing and starts it (root); if it cannot, the tests skip and say why
+test-slurm: ## the `slurm` tests on a single-node Slurm started for them (tests/slurm/up.sh), stopped after
+	@bash -c 'd="$(SLURM_DIR)"; trap "bash tests/slurm/down.sh \"$$d\"" EXIT; \
+	  if bash tests/slurm/up.sh "$$d"; then . "$$d/env"; \
+	  else echo "warning: no Slurm cluster here; the slurm tests will be skipped" >&2; fi; \
+	  $(PY) -m pytest -q -m slurm tests/test_slurm.py'
 
 lint: ## ruff over the code
 	$(PY) -m ruff check convnets experiments analysis tests

@@ -14,6 +14,7 @@ from experiments.preflight import check_jobs_data, check_stored_results
 from experiments.rekey import write_rekey
 from experiments.runner import Terminated, report, run_jobs, stop_on_sigterm, summary_table
 from experiments.shifts import add_shifts_parser, run_shifts_command
+from experiments.slurm_options import add_slurm_arguments, check_slurm_args
 from experiments.spec import (
     PROFILES,
     SpecError,
@@ -41,31 +42,37 @@ def _jobs(args):
     )
 
 
+def _add_plan_arguments(p) -> None:
+    """The options that choose a spec's runs (``run`` and ``status``)."""
+    p.add_argument("name", help="spec name (see `list`), e.g. resnetv2-orderings, or the "
+                   "path of a spec file whose stem equals its `name:`")
+    p.add_argument("--profile", choices=PROFILES, default="smoke")
+    p.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run, e.g. --set optim.lr=0.05")
+    p.add_argument("--variant", action="append", default=[],
+                   help="only this variant ('group/variant' or 'variant'); repeatable")
+    p.add_argument("--dataset", default=None,
+                   help="e.g. imagefolder:/data/cifar10-jpeg-q75; drops the spec's and "
+                        "profile's data options (smoke's synthetic sizes) unless it names "
+                        "the same data set")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--lr", choices=["spec", "tuned"], default="spec",
+                   help="tuned: use experiments/tuned/NAME.yaml from lr-search")
+    p.add_argument("--allow-tuned-mismatch", action="store_true",
+                   help="with --lr tuned: accept lrs searched for another profile or data")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the claim specs")
     p_val = sub.add_parser("validate", help="validate specs (all, or the named ones)")
     p_val.add_argument("names", nargs="*")
-    p_run = sub.add_parser("run", help="run a claim's grid x seeds into MLflow")
-    p_run.add_argument("name", help="spec name (see `list`), e.g. resnetv2-orderings, or the "
-                       "path of a spec file whose stem equals its `name:`")
-    p_run.add_argument("--profile", choices=PROFILES, default="smoke")
-    p_run.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
-    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override for every run, e.g. --set optim.lr=0.05")
-    p_run.add_argument("--variant", action="append", default=[],
-                       help="only this variant ('group/variant' or 'variant'); repeatable")
-    p_run.add_argument("--dataset", default=None,
-                       help="e.g. imagefolder:/data/cifar10-jpeg-q75; drops the spec's and "
-                            "profile's data options (smoke's synthetic sizes) unless it names "
-                            "the same data set")
-    p_run.add_argument("--data-dir", default=None)
-    p_run.add_argument("--device", default=None)
-    p_run.add_argument("--lr", choices=["spec", "tuned"], default="spec",
-                       help="tuned: use experiments/tuned/NAME.yaml from lr-search")
-    p_run.add_argument("--allow-tuned-mismatch", action="store_true",
-                       help="with --lr tuned: accept lrs searched for another profile or data")
+    p_run = sub.add_parser("run", help="run a claim's grid x seeds into MLflow (here, or as "
+                           "a Slurm job array with --launcher slurm)")
+    _add_plan_arguments(p_run)
     p_run.add_argument("--force", action="store_true", help="rerun FINISHED runs too")
     p_run.add_argument("--parallel", type=int, default=1, help="K runs at once (processes)")
     p_run.add_argument("--ddp", type=int, default=0, metavar="K",
@@ -80,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
                             f"ISO 8601; default ${ENV}. Runs that cannot finish are not "
                             "started; the running one is checkpointed and marked KILLED; "
                             "rerunning resumes. Exit 0.")
+    add_slurm_arguments(p_run)
+    p_status = sub.add_parser("status", help="where each run of a spec stands: pending, running, "
+                              "finished, failed, killed, with its Slurm job and MLflow run")
+    _add_plan_arguments(p_status)
+    p_status.add_argument("--slurm-folder", default=os.environ.get("CONVNETS_SLURM_FOLDER"),
+                          help="the submission folder given to `run --launcher slurm`")
     add_shifts_parser(sub)
     sub.add_parser("rekey", help="recompute paper_tables/data/rekey.csv: the ledger parts' "
                    "config keys under today's hash rule (from the specs at their commits)")
@@ -103,6 +116,8 @@ def _listing(args) -> int:
 
 def _checked_jobs(args):
     """(spec, jobs, deadline) of ``run``, every option checked; raises ``SpecError``."""
+    if args.launcher == "slurm":
+        check_slurm_args(args)
     if sum([bool(args.ddp), args.parallel > 1, args.batch_seeds > 1]) > 1:
         raise SpecError("--ddp, --parallel and --batch-seeds do not combine: pick one way to "
                         "use devices")
@@ -139,11 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in ("list", "validate"):
             return _listing(args)
+        if args.cmd == "status":
+            return _status(args)
         spec, jobs, deadline = _checked_jobs(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{spec['name']}: {len(jobs)} runs, profile {args.profile}", flush=True)
+    if args.launcher == "slurm" and args.dry_run:
+        from experiments.slurm import submit
+
+        return submit(args, spec, jobs)
     if args.dry_run:
         for job in jobs:
             print(f"  {job.key} config {job.config_hash}")
@@ -165,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         tracking.describe_experiment(
             cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
+    if args.launcher == "slurm":
+        from experiments.slurm import submit
+
+        return submit(args, spec, jobs)
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
                         deadline=deadline, batch_seeds=args.batch_seeds)
@@ -173,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"
     print(summary_table(rows, split))
     return report(rows)
+
+
+def _status(args) -> int:
+    """``status SPEC``: one line per run (the launcher's view; local runs show too)."""
+    from experiments.slurm import status
+
+    spec, jobs = _jobs(args)
+    return status(args, spec, jobs)
 
 
 if __name__ == "__main__":
