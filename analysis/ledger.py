@@ -139,16 +139,25 @@ def build_manifest(data: RunData, *, device: str | None = None, started: str | N
     }
 
 
+def _portable_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs as a committed part keeps them, naming nothing of the machine that ran: no
+    artifact paths (the part holds the curves and predictions; the store's ``file://`` URIs
+    would name one machine) and an image folder by its content checksum, not its path (as the
+    config hash already does)."""
+    runs = runs.assign(curve_uri="", predictions_uri="")
+    folder = runs["dataset"].astype(str).str.startswith("imagefolder:")
+    runs.loc[folder, "dataset"] = "imagefolder:" + runs.loc[folder, "dataset_checksum"].astype(str)
+    return runs
+
+
 def write_part(data: RunData, ledger: Path = LEDGER_DIR, **manifest_args) -> Path:
     """Export ``data`` as a new part under ``ledger`` (files + MANIFEST.json); returns its path."""
-    manifest = build_manifest(data, **manifest_args)
+    portable = RunData(_portable_runs(data.runs), data.curves, data.preds, data.targets,
+                       configs=data.configs)
+    manifest = build_manifest(portable, **manifest_args)
     out = Path(ledger) / manifest["part_id"]
     if out.exists():
         raise PartError(f"{out}: a part with this id exists already; pass another part_id")
-    # the part holds the curves and predictions: the store's artifact paths (file:// URIs of
-    # the machine that ran) would name one machine in a committed file
-    portable = RunData(data.runs.assign(curve_uri="", predictions_uri=""), data.curves,
-                       data.preds, data.targets, configs=data.configs)
     files = export_snapshot(portable, out)
     manifest["files"] = {p.name: sha256(p) for p in files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -175,3 +175,18 @@ def test_tables_are_dated_by_their_data_and_stale_claims_removed(tmp_path, degra
     assert "Newest run 2026-11-23" in readme
     assert not (out / "gone.md").exists() and not (out / "gone.csv").exists()
     assert (out / "bench-cpu.md").exists()
+
+
+def test_a_part_names_no_path_of_the_machine_that_ran(tmp_path, degradation):
+    """Failed on the main of 2026-12-04: an image folder's runs kept `dataset` =
+    'imagefolder:/tmp/data/cifar10-jpeg-q75' in runs.csv and MANIFEST.json."""
+    runs = degradation.runs.assign(dataset="imagefolder:/home/me/data/c10",
+                                   dataset_checksum="eec90e10bd2f5438")
+    data = io.RunData(runs, degradation.curves, degradation.preds,
+                      {k: v for k, v in degradation.targets.items()})
+    part = _part(data, tmp_path, "p")
+    for f in ("runs.csv", "MANIFEST.json"):
+        text = (part / f).read_text()
+        assert "/home/me" not in text and "file://" not in text, f
+    assert set(io.load_snapshot(part).runs["dataset"]) == {"imagefolder:eec90e10bd2f5438"}
+    ledger.validate_part(part)
