@@ -199,6 +199,11 @@ def test_the_papers_numbers_are_set_against_our_seed_spread(tmp_path):
     """'worse': seeds 8.1, 7.9, 8.0 (mean 8, sd 0.1), paper 6.5: z = -15, interval
     8 -+ t(0.975, 2) * 0.1 * sqrt(4/3) = 8 -+ 0.50, and t = 1.5 / 0.11547 = 12.99 on 2 df gives
     p = 1 - t / sqrt(2 + t^2) = 0.006; 'better' (mean 6.0 = paper 6.00) is inside."""
+    tables.write_claim(io.RunData(make_runs(SPEC, profile="quick")), "toy", tmp_path, None,
+                       draw=False)  # a shortened schedule: the paper's numbers are not its kind
+    md = (tmp_path / "toy.md").read_text()
+    assert "## The paper's numbers against our seeds" not in md
+    assert "not set against our seeds: the quick profile's schedule" in md
     tables.write_claim(io.RunData(make_runs(SPEC)), "toy", tmp_path, None, draw=False)
     md = (tmp_path / "toy.md").read_text().split("## The paper's numbers against our seeds", 1)[1]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
