@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from convnets.augment import to_float
-from convnets.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from convnets.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from convnets.config import ConfigError, resolve_config
 from convnets.device_data import DeviceData, epoch_data, prepare_data
 from convnets.models import build_model
@@ -297,6 +302,17 @@ def _build_model(cfg: dict, data: DeviceData, rt: Runtime, world: World):
     return data_parallel(model, rt.device)
 
 
+def _same_data(path: Path, state: dict, checksum: str | None) -> None:
+    """A run resumes only on the data it started on: ``CheckpointError`` if the checkpoint was
+    written training on data with another checksum (a named data set enters the config hash by
+    name, so its files can change under an unfinished run)."""
+    was = state.get("dataset_checksum")
+    if was and checksum and was != checksum:
+        raise CheckpointError(f"checkpoint {path} was written training on data with checksum "
+                              f"{was[:12]}, but the data set now has checksum {checksum[:12]}: "
+                              "resuming would train one run on two data sets")
+
+
 class _Run:
     """What a checkpoint holds between epochs (epoch, iteration, history, generators, schedule),
     and one epoch of training on this rank's slices of the global batches."""
@@ -317,6 +333,7 @@ class _Run:
         self.compile_choice, self.trial = None, None  # CompileTrial's choice, kept across resume
         if self.path and self.path.exists():
             state = restore_checkpoint(self.path, module, optimizer, self.data_gen, rt.device)
+            _same_data(self.path, state, data.info.get("dataset_checksum"))
             self.epoch, self.iteration = state["epoch"], state["iteration"]
             self.history = state["history"]
             self.wall_before = state.get("wall_time_s", 0.0)
@@ -336,7 +353,8 @@ class _Run:
                             meta=self.meta, schedule=self.sched.state_dict(),
                             world_size=self.world.size, wall_time_s=self.wall_time(),
                             precision="bf16" if self.rt.bf16 else "fp32",
-                            compile_choice=self.trial.choice if self.trial else None, **state)
+                            compile_choice=self.trial.choice if self.trial else None,
+                            dataset_checksum=self.data.info.get("dataset_checksum"), **state)
 
     def train_epoch(self, epoch: int, step, bar: Progress, deadline: float | None,
                     trace: list | None) -> dict:

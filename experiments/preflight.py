@@ -18,10 +18,12 @@ import json
 from pathlib import Path
 
 from convnets import tracking
+from convnets.checkpoint import CheckpointError, load_checkpoint
 from convnets.config import ConfigError
 from convnets.data import DatasetError, load_dataset
 from convnets.names import DIVERGED, FAILURE_KIND
 from convnets.optim import plan_iterations
+from experiments.runner import checkpoint_path
 from experiments.spec import Job, SpecError
 
 
@@ -52,9 +54,11 @@ def check_jobs_data(jobs: list[Job]) -> dict[str, str]:
 
 def check_stored_results(cl, jobs: list[Job], checksums: dict[str, str]) -> None:
     """``SpecError`` if a job's finished or diverged run in the store (the runner would skip the
-    job, or refuse it, on that run's word) was trained on data with another checksum than the
-    job's data set has now. ``--force`` retrains instead and skips this check."""
+    job, or refuse it, on that run's word), or the checkpoint of its unfinished run (the runner
+    would resume it), was trained on data with another checksum than the job's data set has
+    now. ``--force`` retrains from scratch instead and skips this check."""
     for job in jobs:
+        _check_checkpoint(job, checksums[job.key])
         exp = cl.get_experiment_by_name(job.experiment)
         if exp is None:
             continue
@@ -93,3 +97,19 @@ def check_length(job: Job, n_train: int) -> None:
     if s["warmup_iterations"] >= sched.total:
         raise SpecError(f"{where}: 'schedule.warmup_iterations' ({s['warmup_iterations']}) must "
                         f"be shorter than the run ({sched.total} iterations: {length})")
+
+
+def _check_checkpoint(job: Job, checksum: str) -> None:
+    ckpt = checkpoint_path(job)
+    if not ckpt.exists():
+        return
+    try:
+        was = load_checkpoint(ckpt).get("dataset_checksum")
+    except CheckpointError:
+        return  # the runner keeps it aside and starts the run afresh, saying so
+    if was and was != checksum:
+        raise SpecError(
+            f"{job.experiment} {job.key}: its checkpoint {ckpt} was written training on "
+            f"{job.config['data']['name']} data with checksum {was[:12]}, but that data set now "
+            f"has checksum {checksum[:12]}: resuming would train one run on two data sets. Point "
+            "--data-dir at the data it started on, or use --force to start it again on these")

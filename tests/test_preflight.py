@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-import experiments.runner as runner
+import experiments.__main__ as cli
 from convnets.data import DatasetError, load_dataset
 from experiments.__main__ import main
 from tests.test_data import write_imagefolder, write_mnist
@@ -37,7 +37,7 @@ SPEC = textwrap.dedent("""
 def no_runs(tmp_path, monkeypatch):
     db = tmp_path / "store" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    monkeypatch.setattr(runner, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(cli, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
     return db
 
 
@@ -158,3 +158,45 @@ def test_a_result_of_data_that_changed_since_is_refused(tmp_path, monkeypatch, c
     runs = cl.search_runs([cl.get_experiment_by_name("pf").experiment_id])
     sums = {r.data.tags["dataset_checksum"] for r in runs if r.info.status == "FINISHED"}
     assert len(runs) == 2 and len(sums) == 2
+
+
+def test_an_unfinished_run_does_not_resume_on_data_that_changed_since(tmp_path, monkeypatch,
+                                                                       capsys):
+    """Failed on the main of 2026-12-04: the run stopped after its first epoch resumed from its
+    checkpoint on the changed files, one run trained on two data sets. Now the runner refuses it
+    before any run opens, and ``fit`` itself refuses such a checkpoint."""
+    from convnets.checkpoint import CheckpointError
+    from convnets.train import fit
+    from experiments.runner import checkpoint_path
+    from experiments.spec import expand, load_spec
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(tmp_path / "ckpt"))
+    data = tmp_path / "data"
+    write_mnist(data, "MNIST", gz=False)
+    spec = _spec(tmp_path, "mnist", model="mnist_resnet", options="{}")
+    (job,) = expand(load_spec(spec), "smoke", data_dir=str(data),
+                    sets=[("runtime.precision", "fp32")])
+    ckpt = checkpoint_path(job)
+
+    def stop(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(job.config, checkpoint=ckpt, progress=False, on_epoch_end=stop)
+    assert ckpt.exists()
+    f = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    b = bytearray(f.read_bytes())
+    b[-1] ^= 0xFF
+    f.write_bytes(bytes(b))
+
+    args = ["run", spec, "--profile", "smoke", "--data-dir", str(data),
+            "--set", "runtime.precision=fp32"]
+    assert main(args) == 2
+    # (the store is new here, so MLflow's lines of creating it come first)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "mlflow" not in line]
+    assert len(err) == 1 and "pf G/base/seed0" in err[0] and "two data sets" in err[0], err
+    with pytest.raises(CheckpointError, match="two data sets"):
+        fit(job.config, checkpoint=ckpt, progress=False)
+    assert main(args + ["--force"]) == 0  # from scratch, on the data as they are now
+    assert not ckpt.exists()

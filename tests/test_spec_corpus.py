@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import experiments.runner as runner
+import experiments.__main__ as cli
 from experiments.__main__ import main
 from experiments.spec import SPEC_DIR, expand, load_spec
 
@@ -122,7 +122,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(tmp_path / "ckpt"))
     trained = []
-    monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: trained.append(jobs) or [])
+    monkeypatch.setattr(cli, "run_jobs", lambda jobs, **kw: trained.append(jobs) or [])
     return db, trained
 
 
