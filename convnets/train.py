@@ -187,22 +187,46 @@ def fit(
     module, model = _build_model(cfg, data, rt, world)
     optimizer = make_optimizer(module, cfg, rt)
     run = _Run(cfg, world, rt, data, module, optimizer, checkpoint, checkpoint_meta)
+    step = _step_of(model, optimizer, rt, data, cfg, run)
+    err, pred = _train_epochs(run, step, logger, progress, deadline, trace, on_epoch_end)
+    if not world.main:
+        return None
+    if pred is None:  # resumed from a checkpoint of the finished run
+        err, pred = evaluate(module, data, rt, cfg)
+    extra, trial = {}, run.trial
+    if trial is not None:
+        extra["compile_trial"] = trial.summary()
+        if trial.choice == "eager":
+            rt = dataclasses.replace(rt, compile=None)
+    return build_result(run.history, err, pred, data, rt, run.sched, run.steps_per_epoch,
+                        run.wall_time(), **world.info(per_rank), **extra)
+
+
+def _step_of(model, optimizer, rt: Runtime, data: DeviceData, cfg: dict, run: _Run):
+    """The training step; with ``compile: auto`` on a CPU, a ``CompileTrial`` between the
+    compiled and the eager step, decided on this machine (kept on ``run`` for its checkpoint)."""
     step = make_step(model, optimizer, rt, data.mean, data.std, cfg["data"]["resize"])
-    trial = None
-    if rt.compile and rt.compile_auto and rt.device.type == "cpu":  # decided on this machine
+    if rt.compile and rt.compile_auto and rt.device.type == "cpu":
         eager = make_step(model, optimizer, dataclasses.replace(rt, compile=None), data.mean,
                           data.std, cfg["data"]["resize"])
-        trial = CompileTrial(step, eager, run.compile_choice)
-        step = trial.step
-        run.trial = trial
+        run.trial = CompileTrial(step, eager, run.compile_choice)
+        step = run.trial.step
+    return step
+
+
+def _train_epochs(run: _Run, step, logger, progress: bool, deadline: float | None,
+                  trace: list | None, on_epoch_end) -> tuple:
+    """Every epoch left: train, evaluate when due (rank 0), checkpoint, then log. Returns the
+    last evaluation's (error, predictions); (None, None) when none ran (nothing was left)."""
+    cfg, data, world = run.cfg, run.data, run.world
     bar = Progress(run.sched.total, progress and world.main, initial=run.iteration)
-    pred = None
+    err = pred = None
     try:
         for epoch in range(run.epoch, run.n_epochs):
             metrics = run.train_epoch(epoch, step, bar, deadline, trace)
             last = epoch == run.n_epochs - 1
             if world.main and (last or (epoch + 1) % cfg["eval_every"] == 0):
-                err, pred = evaluate(module, data, rt, cfg)
+                err, pred = evaluate(run.module, data, run.rt, cfg)
                 metrics[f"{data.eval_split}_error"] = err
             run.history.append(metrics)
             # checkpoint first, then log: a crash in between re-runs nothing already logged
@@ -213,17 +237,7 @@ def fit(
                 on_epoch_end(metrics)
     finally:
         bar.close()
-    if not world.main:
-        return None
-    if pred is None:  # resumed from a checkpoint of the finished run
-        err, pred = evaluate(module, data, rt, cfg)
-    extra = {}
-    if trial is not None:
-        extra["compile_trial"] = trial.summary()
-        if trial.choice == "eager":
-            rt = dataclasses.replace(rt, compile=None)
-    return build_result(run.history, err, pred, data, rt, run.sched, run.steps_per_epoch,
-                        run.wall_time(), **world.info(per_rank), **extra)
+    return err, pred
 
 
 class CompileTrial:
