@@ -241,6 +241,16 @@ def _position_cells(r) -> list[str]:
             f"[{r.pi_low:.2f}, {r.pi_high:.2f}]", p, reading]
 
 
+def _group_tables(table: pd.DataFrame, heading: str) -> list[str]:
+    """One Markdown table per group of a comparison table, under ``heading``-level titles."""
+    out = []
+    for group, g in table.groupby("group", sort=False):
+        rows = [[_md(c) for c in _row_cells(r)] for r in g.itertuples()]
+        out += [f"{heading} {_md(group or 'all variants')}\n",
+                tabulate(rows, HEADERS, tablefmt="github", disable_numparse=True), ""]
+    return out
+
+
 def to_markdown(name: str, table, paired, head: list[str], verdict: str, smoke: bool,
                 train: pd.DataFrame | None = None,
                 position: pd.DataFrame | None = None) -> str:
@@ -248,11 +258,7 @@ def to_markdown(name: str, table, paired, head: list[str], verdict: str, smoke: 
     out += [f"**{figures.SMOKE}** (smoke profile: pipeline check only)\n"] if smoke else []
     out += [f"# {name}\n", *[f"- {_md(line)}" for line in head], "",
             f"**Claim verdict:** {verdict}\n"]
-    for group, g in table.groupby("group", sort=False):
-        rows = [[_md(c) for c in _row_cells(r)] for r in g.itertuples()]
-        out += [f"## {_md(group or 'all variants')}\n",
-                tabulate(rows, HEADERS, tablefmt="github", disable_numparse=True), ""]
-    out += [f"_{NOTES}_\n"]
+    out += _group_tables(table, "##") + [f"_{NOTES}_\n"]
     if position is not None and len(position):
         rows = [[_md(c) for c in _position_cells(r)] for r in position.itertuples()]
         out += ["## The paper's numbers against our seeds\n",
@@ -261,11 +267,7 @@ def to_markdown(name: str, table, paired, head: list[str], verdict: str, smoke: 
     if train is not None and len(train):
         out += ["## Final training error\n",
                 f"**Training-error verdict:** {stats.claim_verdict(train)}\n"]
-        for group, g in train.groupby("group", sort=False):
-            rows = [[_md(c) for c in _row_cells(r)] for r in g.itertuples()]
-            out += [f"### {_md(group or 'all variants')}\n",
-                    tabulate(rows, HEADERS, tablefmt="github", disable_numparse=True), ""]
-        out += [f"_{TRAIN_NOTE}_\n"]
+        out += _group_tables(train, "###") + [f"_{TRAIN_NOTE}_\n"]
     if len(paired):
         out += [f"## Per-example paired tests ({stats.BOOTSTRAP_LABEL})\n",
                 "Same-seed pairs on the same test set: exact McNemar on discordant examples; "
