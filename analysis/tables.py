@@ -63,23 +63,23 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "claim"
 
 
-def spec_deltas(experiment: str) -> dict[str, float]:
-    """group -> ``equivalence_delta`` of the claim's spec (``experiments/<name>.yaml``, read as
-    data: analysis imports no training code), {} when the spec or the key is absent."""
+def _spec(experiment: str) -> dict:
+    """The claim's spec (``experiments/<name>.yaml``) read as data, for the numbers tables need
+    from it (analysis imports no training code); {} when there is none."""
     path = SPEC_DIR / f"{experiment}.yaml"
-    if not path.exists():
-        return {}
-    spec = yaml.safe_load(path.read_text()) or {}
-    return {g["name"]: float(g["equivalence_delta"]) for g in spec.get("groups", [])
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def spec_deltas(experiment: str) -> dict[str, float]:
+    """group -> ``equivalence_delta`` of the claim's spec, {} when the spec or the key is
+    absent."""
+    return {g["name"]: float(g["equivalence_delta"]) for g in _spec(experiment).get("groups", [])
             if isinstance(g, dict) and g.get("equivalence_delta") is not None}
 
 
 def _spec_schedule(experiment: str) -> dict | None:
     """The schedule of the claim's ``paper`` profile (recipe, then that profile's overrides)."""
-    path = SPEC_DIR / f"{experiment}.yaml"
-    if not path.exists():
-        return None
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = _spec(experiment)
     sched = dict((spec.get("recipe") or {}).get("schedule") or {})
     paper = ((spec.get("profiles") or {}).get("paper") or {}).get("overrides") or {}
     sched.update(paper.get("schedule") or {})
@@ -93,7 +93,7 @@ def schedule_line(sel: pd.DataFrame, configs: dict, experiment: str) -> list[str
               if isinstance(configs.get(h), dict) and "schedule" in configs[h]]
     if not scheds:
         return []
-    texts = []
+    texts, paper = [], _spec_schedule(experiment)
     for s in {repr(x): x for x in scheds}.values():
         n, unit = s["length"], s["unit"]
         drops = ", ".join(f"{round(d * n):,}" for d in s.get("drops") or [])
@@ -102,7 +102,6 @@ def schedule_line(sel: pd.DataFrame, configs: dict, experiment: str) -> list[str
         text = f"{n:,} {unit}" + (f" (lr {step} at {drops})" if drops else "")
         if s.get("warmup_iterations"):
             text += f", {s['warmup_iterations']:,} warm-up iterations"
-        paper = _spec_schedule(experiment)
         if paper and paper.get("unit") == unit and paper["length"] != n:
             text += f": {100 * n / paper['length']:.3g}% of the paper's {paper['length']:,}"
         elif paper and paper.get("unit") == unit:
@@ -309,9 +308,10 @@ def write_claim(data: RunData, experiment: str, out: Path, profile: str | None,
     if sel.empty:
         return None, []
     smoke, name = profile in SMOKE_PROFILES, slug(experiment)
-    table = stats.compare(sel, spec_deltas(experiment))
+    deltas = spec_deltas(experiment)
+    table = stats.compare(sel, deltas)
     train = (stats.compare(sel.assign(final_error=sel["final_train_error"], paper_error=""),
-                           spec_deltas(experiment))
+                           deltas)
              if experiment in TRAINING_ERROR_CLAIMS else None)
     table.insert(0, "profile", profile)
     table.insert(0, "experiment", experiment)

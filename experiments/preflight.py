@@ -31,8 +31,7 @@ def check_jobs_data(jobs: list[Job]) -> dict[str, str]:
     """Load each distinct data set of ``jobs`` once (the loaders verify files and caches) and
     check every job's schedule against its training split; ``SpecError`` on the first fault.
     Returns each job's data checksum, by job key."""
-    sizes: dict[str, int] = {}
-    sums: dict[str, str] = {}
+    loaded: dict[str, tuple[int, str]] = {}  # data key -> (training images, checksum)
     checksums: dict[str, str] = {}
     for job in jobs:
         d = job.config["data"]
@@ -41,14 +40,14 @@ def check_jobs_data(jobs: list[Job]) -> dict[str, str]:
             raise SpecError(f"{where}: the data folder {d['data_dir']} (--data-dir or "
                             "data.data_dir) does not exist; nothing was created")
         key = json.dumps([d["name"], d["data_dir"], d["options"]], sort_keys=True, default=str)
-        if key not in sizes:
+        if key not in loaded:
             try:
                 ds = load_dataset(d["name"], d["data_dir"], **d["options"])
             except DatasetError as err:
                 raise SpecError(f"{where}: data set {d['name']!r}: {err}") from None
-            sizes[key], sums[key] = len(ds.train), ds.checksum
-        check_length(job, sizes[key])
-        checksums[job.key] = sums[key]
+            loaded[key] = len(ds.train), ds.checksum
+        check_length(job, loaded[key][0])
+        checksums[job.key] = loaded[key][1]
     return checksums
 
 
