@@ -29,7 +29,7 @@ from experiments.tuned import check_tuned, tuned_lrs
 
 def _jobs(args):
     spec = load_spec(args.name)
-    return spec, expand(
+    jobs = expand(
         spec,
         args.profile,
         seeds=args.seeds,
@@ -40,6 +40,15 @@ def _jobs(args):
         device=args.device,
         tuned_lr=tuned_lrs(args.name) if args.lr == "tuned" else None,
     )
+    if not args.seed:
+        return spec, jobs
+    have = sorted({job.seed for job in jobs})
+    wrong = [s for s in args.seed if s not in have]
+    if wrong or len(set(args.seed)) < len(args.seed):
+        what = (f"seed {wrong[0]} is not among the run's seeds {have[0]}-{have[-1]} (raise "
+                "--seeds to reach it)" if wrong else "a seed is given twice")
+        raise SpecError(f"--seed: {what}")
+    return spec, [job for job in jobs if job.seed in args.seed]
 
 
 def _add_plan_arguments(p) -> None:
@@ -48,6 +57,9 @@ def _add_plan_arguments(p) -> None:
                    "path of a spec file whose stem equals its `name:`")
     p.add_argument("--profile", choices=PROFILES, default="smoke")
     p.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
+    p.add_argument("--seed", type=int, action="append", default=[], metavar="S",
+                   help="only seed S of those (0-based; repeatable), e.g. the seeds that no "
+                        "ledger part holds yet")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run, e.g. --set optim.lr=0.05")
     p.add_argument("--variant", action="append", default=[],
