@@ -225,3 +225,22 @@ def test_crashed_run_fails_the_command_and_keeps_its_checkpoint(mlflow_store, tm
     runs = _runs("crash")
     assert list(runs["status"]) == ["FINISHED"]
     assert "tags.failure_reason" not in runs or runs["tags.failure_reason"].isna().all()
+
+
+def test_seed_option_runs_only_the_named_seeds_of_the_range(tmp_path, capsys):
+    """A campaign adds the seeds no ledger part holds: ``--seeds 3 --seed 1 --seed 2`` plans
+    seeds 1 and 2 with the config of the full range; a seed outside it is refused."""
+    spec = _write(tmp_path)
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "3",
+                 "--dry-run"]) == 0
+    every = capsys.readouterr().out.splitlines()[1:]
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "3",
+                 "--seed", "2", "--seed", "1", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "tiny: 2 runs, profile smoke"
+    assert out[1:] == [line for line in every if "seed0" not in line]
+    for seeds, message in ((["--seed", "3"], "seed 3 is not among the run's seeds 0-2"),
+                           (["--seed", "1", "--seed", "1"], "a seed is given twice")):
+        assert main(["run", spec, "--profile", "smoke", "--seeds", "3", *seeds,
+                     "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
