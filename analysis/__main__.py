@@ -6,13 +6,15 @@ import argparse
 import warnings
 from pathlib import Path
 
+from convnets.names import REPO_ROOT, RunStatus, tracking_uri
+
 from . import ledger, runs, tables
 
 
 def _summary(runs) -> str:
     if runs.empty:
         return "no runs"
-    counts = (runs.assign(finished=runs["status"] == "FINISHED", failed=runs["status"] == "FAILED")
+    counts = (runs.assign(finished=runs["status"] == RunStatus.FINISHED, failed=runs["status"] == RunStatus.FAILED)
               .groupby(["experiment", "profile", "group", "variant"], sort=False)
               [["finished", "failed"]].sum())
     return counts.to_string()
@@ -47,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
     tb = sub.add_parser("tables", help="write per-claim tables, figures and README.md")
     tb.add_argument("--source", choices=["ledger", "snapshot", "mlflow"], default="ledger")
-    tb.add_argument("--out", type=Path, default=runs.REPO_ROOT / "paper_tables")
+    tb.add_argument("--out", type=Path, default=REPO_ROOT / "paper_tables")
     tb.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
     tb.add_argument("--snapshot", type=Path, default=None,
                     help="with --source snapshot: one snapshot folder")
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     ap = _parser()
     args = ap.parse_args(argv)
-    uri = args.tracking_uri or runs.tracking_uri()
+    uri = args.tracking_uri or tracking_uri()
     warnings.simplefilter("always", UserWarning)
     try:
         _run(args, uri)

@@ -11,6 +11,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from convnets.names import RunStatus
+
 from . import stats
 
 matplotlib.use("Agg")
@@ -49,7 +51,7 @@ def errors_figure(runs: pd.DataFrame, table: pd.DataFrame, stem: Path, title: st
                   smoke: bool = False) -> list[Path]:
     """Per group: seeds, mean with 95% t-interval, and the paper's number (red X)."""
     groups = list(dict.fromkeys(table["group"]))
-    ok = runs[(runs["status"] == "FINISHED") & runs["final_error"].notna()]
+    ok = runs[(runs["status"] == RunStatus.FINISHED) & runs["final_error"].notna()]
     split = runs["eval_split"].iloc[0] if len(runs) else "test"
     width = max(4.0, 1.3 * len(table) + 1.5 * len(groups))
     fig, axes = plt.subplots(1, len(groups), figsize=(width, 4), squeeze=False)
@@ -85,7 +87,7 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
     """Training (dashed) and evaluation (solid) error against iterations, one panel per group
     (the analogue of He et al. 2015, Fig. 1 and 6): mean with a 95% t-band over seeds when every
     variant has ``MIN_BAND_SEEDS`` or more, else every seed's own curve."""
-    ok = runs[runs["status"] == "FINISHED"]
+    ok = runs[runs["status"] == RunStatus.FINISHED]
     c = curves.merge(ok[["run_id", "group", "variant", "eval_split"]], on="run_id")
     if c.empty:
         return []

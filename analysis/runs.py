@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from convnets import names
-from convnets.names import tracking_uri  # noqa: F401  (the store the runner writes)
+from convnets.names import RunStatus, tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
@@ -118,7 +118,7 @@ def collect(uri: str | None = None) -> pd.DataFrame:
     rows = [_row(client, run, exp.name)
             for exp in client.search_experiments()
             for run in _all_runs(client, exp.experiment_id)
-            if run.info.status in ("FINISHED", "FAILED") and "variant" in run.data.tags]
+            if run.info.status in (RunStatus.FINISHED, RunStatus.FAILED) and "variant" in run.data.tags]
     return normalise_runs(pd.DataFrame(rows, columns=RUN_COLUMNS))
 
 

@@ -16,6 +16,8 @@ from statsmodels.stats.meta_analysis import effectsize_smd
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
+from convnets.names import RunStatus
+
 ALPHA = 0.05
 POWER = 0.8
 MAX_SEEDS = 1000  # "more than this" beyond
@@ -67,7 +69,7 @@ def paper_positions(runs: pd.DataFrame) -> pd.DataFrame:
         paper = pd.to_numeric(pd.Series([p for p in v["paper_error"] if p]), errors="coerce")
         if paper.empty or not np.isfinite(paper.iloc[0]):
             continue
-        x = v.loc[(v["status"] == "FINISHED") & v["final_error"].notna(), "final_error"]
+        x = v.loc[(v["status"] == RunStatus.FINISHED) & v["final_error"].notna(), "final_error"]
         rows.append(dict(group=group, variant=variant, paper=float(paper.iloc[0]),
                          **describe(x), **{k: val for k, val in
                                            paper_position(x, float(paper.iloc[0])).items()
@@ -247,7 +249,7 @@ def compare(runs: pd.DataFrame, deltas: dict[str, float] | None = None) -> pd.Da
     deltas = deltas or {}
     for group, g in runs.groupby("group", sort=False):
         base_name = g["baseline"].mode().iloc[0]
-        ok = g[(g["status"] == "FINISHED") & g["final_error"].notna()]
+        ok = g[(g["status"] == RunStatus.FINISHED) & g["final_error"].notna()]
         base = ok.loc[ok["variant"] == base_name, "final_error"].to_numpy()
         variants = list(dict.fromkeys([base_name, *g["variant"]]))
         for variant in variants:
@@ -259,7 +261,7 @@ def compare(runs: pd.DataFrame, deltas: dict[str, float] | None = None) -> pd.Da
             row = dict(group=group, variant=variant, baseline=base_name, n_baseline=len(base),
                        paper_error=paper,
                        expected=paper_direction(paper, next((e for e in v["expected"] if e), "")),
-                       **describe(x), n_failed=int((v["status"] == "FAILED").sum()),
+                       **describe(x), n_failed=int((v["status"] == RunStatus.FAILED).sum()),
                        diff=NAN, diff_ci_low=NAN, diff_ci_high=NAN, t=NAN, df=NAN, p=NAN,
                        hedges_g=NAN, paper_diff=NAN, seeds_needed=NAN,
                        delta=float(deltas.get(group, NAN)), p_tost=NAN, ci90_low=NAN,
@@ -323,7 +325,7 @@ def claim_verdict(table: pd.DataFrame) -> str:
 
 def paired_tests(runs: pd.DataFrame, preds: dict, targets: dict) -> pd.DataFrame:
     """McNemar and paired bootstrap for each variant vs baseline pair run with the same seed."""
-    ok = runs[runs["status"] == "FINISHED"]
+    ok = runs[runs["status"] == RunStatus.FINISHED]
     rows = []
     for _, g in ok.groupby("group", sort=False):
         for variant in dict.fromkeys(g["variant"]):

@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 from tabulate import tabulate
 
-from convnets.names import PROFILES, SMOKE_PROFILES  # most faithful first
+from convnets.names import DIVERGED, PROFILES, SMOKE_PROFILES, RunStatus  # most faithful first
 
 from . import figures, stats
 from .ledger import parts_table
@@ -150,7 +150,7 @@ def data_date(runs: pd.DataFrame) -> str:
 
 def crashed(runs: pd.DataFrame) -> pd.Series:
     """FAILED runs that did not diverge (a crash is not a result)."""
-    return (runs["status"] == "FAILED") & ~runs["failure_kind"].isin(["", "diverged"])
+    return (runs["status"] == RunStatus.FAILED) & ~runs["failure_kind"].isin(["", DIVERGED])
 
 
 def _join(values) -> str:
@@ -164,7 +164,7 @@ def provenance(sel: pd.DataFrame, all_runs: pd.DataFrame, profile: str, parts: d
             f"({len(commits)} commits)") if commits else "unknown"
     if sel["git_dirty"].any():
         span += f"; {int(sel['git_dirty'].sum())} run(s) from a dirty tree"
-    n_fail = int((sel["status"] == "FAILED").sum())
+    n_fail = int((sel["status"] == RunStatus.FAILED).sum())
     lines = [f"Claim: {_join(sel['claim'])}", f"Source: {_join(sel['citation'])}",
              f"Profile: {profile}; data: {_join(sel['dataset_label'])}; "
              f"evaluated on the {_join(sel['eval_split'])} split; "

@@ -8,6 +8,7 @@ layering "analysis imports nothing of training" still holds.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 
 #: run profiles, most faithful first (tables prefer the first one present)
@@ -44,6 +45,41 @@ FAILURE_REASON, FAILURE_KIND = "failure_reason", "failure_kind"
 DIVERGED, ERROR, DEADLINE, INTERRUPTED = "diverged", "error", "deadline", "interrupted"
 ORPHANED = "orphaned"
 KILLED_KINDS = (DEADLINE, INTERRUPTED, ORPHANED)
+
+
+
+class RunStatus(StrEnum):
+    """An MLflow run's status, in MLflow's own words; compares equal to the plain string, so
+    ``runs["status"] == RunStatus.FINISHED`` reads a ledger's ``runs.csv`` too."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"  # diverged (a result) or crashed (not one): its FAILURE_KIND says which
+    KILLED = "KILLED"  # a planned stop (KILLED_KINDS): the checkpoint is kept
+
+
+def ended_status(kind: str) -> RunStatus:
+    """The status a run ends with for failure kind ``kind``."""
+    return RunStatus.KILLED if kind in KILLED_KINDS else RunStatus.FAILED
+
+
+class Outcome(StrEnum):
+    """What one invocation of the runner did with a job (a summary row's ``outcome``)."""
+
+    FINISHED = "finished"  # trained to its end now
+    SKIPPED = "skipped"  # finished earlier: nothing to do
+    DIVERGED = "diverged"  # FAILED, diverged now or earlier: a result
+    CRASHED = "crashed"  # FAILED with an error: not a result, and the command fails
+    LEFT = "left"  # not started or stopped (deadline, SIGTERM): the next invocation resumes
+    CLAIMED = "claimed"  # another process holds its claim and trains it
+
+
+def outcome_of(status: RunStatus, kind: str) -> Outcome:
+    """The outcome of a run that ended ``status`` with failure kind ``kind``."""
+    if status is RunStatus.KILLED:
+        return Outcome.LEFT
+    return Outcome.DIVERGED if kind == DIVERGED else Outcome.CRASHED
+
 
 # --- metrics and artifacts ---------------------------------------------------------------------
 #: per-epoch curve, in ``curve.csv`` order; ``eval_error`` is ``test_error`` or ``val_error``

@@ -51,7 +51,7 @@ import torch
 import yaml
 
 from convnets import names
-from convnets.names import REPO_ROOT, tracking_uri  # noqa: F401  (re-exported)
+from convnets.names import REPO_ROOT, tracking_uri
 from convnets.results import DeadlineReached, DivergedError
 
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
@@ -263,6 +263,7 @@ class RunLogger:
         """The data set as a run input (``mlflow.log_input``), context ``train+test`` or
         ``train+val``."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         data = cfg.get("data") or {}
         source = {"name": data.get("name", info.get("dataset", "")),
@@ -273,7 +274,16 @@ class RunLogger:
                      profile=json.dumps({"eval_split": split}))
         # one input per (name, digest) is kept by MLflow, so the context names both splits
         tag = InputTag("mlflow.data.context", f"train+{split}")
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [tag])])
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [tag])])
+                return
+            except MlflowException as err:
+                # Two runners finishing at once both find the data set missing from the
+                # experiment and insert it; the loser's insert breaks the store's unique key
+                # (experiment, name, digest). Again, it finds the winner's row and links it.
+                if "unique constraint" not in str(err).lower() or attempt == 2:
+                    raise
 
     def log_result(self, result, cfg: dict) -> None:
         """Final metrics, the data set input and the artifacts: resolved config, curve CSV,
@@ -312,7 +322,7 @@ class RunLogger:
             if key in run_tags:
                 self.client.delete_tag(self.run_id, key)
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: names.RunStatus = names.RunStatus.FINISHED) -> None:
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -362,7 +372,7 @@ class TrackedRun:
               run_id: str | None = None) -> TrackedRun:
         """Resume run ``run_id``, or create one in experiment ``exp_id``."""
         if run_id:
-            cl.update_run(run_id, status="RUNNING")
+            cl.update_run(run_id, status=names.RunStatus.RUNNING)
             return cls(cl, run_id, resumed=True)
         tags = {k: str(v) for k, v in (tags or {}).items()}
         run = cls(cl, cl.create_run(exp_id, run_name=run_name,
@@ -389,12 +399,12 @@ class TrackedRun:
             self.logger.delete_tags([names.FAILURE_REASON, names.FAILURE_KIND])
         if tags:
             self.logger.set_tags(tags)
-        self.logger.finish("FINISHED")
+        self.logger.finish(names.RunStatus.FINISHED)
 
-    def fail(self, kind: str, reason: str, *, tags: dict | None = None) -> str:
+    def fail(self, kind: str, reason: str, *, tags: dict | None = None) -> names.RunStatus:
         """End FAILED, or KILLED for a planned stop (``names.KILLED_KINDS``); returns the
         status. Never raises: a failing store must not hide the error being recorded."""
-        status = "KILLED" if kind in names.KILLED_KINDS else "FAILED"
+        status = names.ended_status(kind)
         try:
             self.logger.set_tags({names.FAILURE_REASON: reason, names.FAILURE_KIND: kind,
                                   **(tags or {})})
@@ -403,7 +413,8 @@ class TrackedRun:
             pass
         return status
 
-    def fail_with(self, err: BaseException, *, tags: dict | None = None) -> tuple[str, str]:
+    def fail_with(self, err: BaseException, *,
+                  tags: dict | None = None) -> tuple[names.RunStatus, str]:
         """``fail`` with the kind and reason of ``err``; returns (status, kind)."""
         kind, reason = failure(err)
         return self.fail(kind, reason, tags=tags), kind

@@ -7,6 +7,7 @@ import os
 import sys
 
 from convnets import tracking
+from convnets.names import tracking_uri
 from experiments.deadline import ENV, parse_deadline
 from experiments.locks import first_use_lock
 from experiments.lr_search import add_lr_search_parser, run_lr_search
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    with first_use_lock(tracking.tracking_uri()):  # a fresh store: one process creates it
+    with first_use_lock(tracking_uri()):  # a fresh store: one process creates it
         cl = tracking.client()  # the experiment, its kind tag and description, before any run
         try:
             if not args.force:  # a stored result of data that has changed since is no answer

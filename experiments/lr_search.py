@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from convnets import tracking
-from convnets.names import ERROR
+from convnets.names import ERROR, tracking_uri
 from convnets.results import DivergedError
 from convnets.train import fit
 from experiments.locks import first_use_lock
@@ -329,7 +329,7 @@ def lr_search(
     jobs = expand(spec, profile, seeds=1, sets=list(sets), only=variants or s.variants or None,
                   dataset=dataset, data_dir=data_dir, device=device)
     require_devices(jobs)  # before any study or MLflow run exists
-    with first_use_lock(tracking.tracking_uri()):  # a fresh MLflow store: one creator
+    with first_use_lock(tracking_uri()):  # a fresh MLflow store: one creator
         cl = tracking.client()
         exp_id = tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()})
     loaded: dict[str, tuple[int, Any]] = {}

@@ -30,7 +30,17 @@ from convnets import multiseed, tracking
 from convnets.checkpoint import CheckpointError, read_checkpoint_meta, set_aside
 from convnets.distributed import launch
 from convnets.multiseed import MixedProgressError, fit_seeds
-from convnets.names import DIVERGED, FAILURE_KIND, ORPHANED, final_error
+from convnets.names import (
+    DIVERGED,
+    FAILURE_KIND,
+    ORPHANED,
+    REPO_ROOT,
+    Outcome,
+    RunStatus,
+    final_error,
+    outcome_of,
+    tracking_uri,
+)
 from convnets.tracking import Terminated
 from convnets.train import fit
 from experiments.deadline import Deadline
@@ -77,7 +87,7 @@ def worker_init(threads: int | None) -> None:
 
 
 def checkpoint_dir() -> Path:
-    return Path(os.environ.get("CONVNETS_CHECKPOINTS") or tracking.REPO_ROOT / "checkpoints")
+    return Path(os.environ.get("CONVNETS_CHECKPOINTS") or REPO_ROOT / "checkpoints")
 
 
 def checkpoint_path(job: Job) -> Path:
@@ -95,7 +105,7 @@ def _close_orphans(cl, existing: list, keep: str | None) -> None:
     could end them: the caller holds the job's claim, so no process owns them. They end KILLED
     with the reason; ``keep`` (the run about to resume) is adopted instead."""
     for r in existing:
-        if r.info.status == "RUNNING" and r.info.run_id != keep:
+        if r.info.status == RunStatus.RUNNING and r.info.run_id != keep:
             tracking.TrackedRun(cl, r.info.run_id).fail(
                 ORPHANED, "left RUNNING by a process that ended without closing it; closed by "
                 "the next start of this job")
@@ -119,7 +129,7 @@ def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool
     new run; or (None, run id) when an earlier run of it diverged (it would again)."""
     # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
     resumable = {r.info.run_id for r in existing
-                 if r.info.status in ("RUNNING", "KILLED", "FAILED")
+                 if r.info.status in (RunStatus.RUNNING, RunStatus.KILLED, RunStatus.FAILED)
                  and r.data.tags.get(FAILURE_KIND) != DIVERGED}
     owner = _checkpoint_owner(ckpt)
     if ckpt.exists() and (force or owner not in resumable):
@@ -144,8 +154,17 @@ class _Opened:
     job: Job
     run: tracking.TrackedRun
     ckpt: Path
-    row: dict
     err_key: str
+
+
+def row(job: Job, outcome: Outcome, status: str, *, error: float | None = None,
+        run_id: str = "", reason: str = "") -> dict:
+    """A job's summary row: what this invocation did (``outcome``, which ``report`` counts),
+    the ``status`` text the summary table shows, the final error if any, and the failure
+    kind (``reason``) when it ended without finishing."""
+    return {"group": job.group, "variant": job.variant, "seed": job.seed,
+            "config": job.config_hash, "outcome": outcome, "status": str(status),
+            "error": error, "run_id": run_id, "reason": reason}
 
 
 def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opened:
@@ -154,32 +173,32 @@ def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opene
     cl = tracking.client()
     exp_id = tracking.experiment_id(cl, job.experiment, {"claim": job.tags.get("claim", "")})
     h = job.config_hash
-    row = {"group": job.group, "variant": job.variant, "seed": job.seed, "config": h}
     ckpt = checkpoint_path(job)
     existing = tracking.find_runs(cl, exp_id, h, job.seed, job.tags.get("profile", ""))
-    finished = [r for r in existing if r.info.status == "FINISHED"]
+    finished = [r for r in existing if r.info.status == RunStatus.FINISHED]
     err_key = final_error("val" if job.config["data"]["val_size"] else "test")
     if finished and not force:
         run = finished[0]
-        return dict(row, status="FINISHED (skipped)", error=run.data.metrics.get(err_key),
-                    run_id=run.info.run_id)
+        return row(job, Outcome.SKIPPED, "FINISHED (skipped)",
+                   error=run.data.metrics.get(err_key), run_id=run.info.run_id)
     if deadline is not None:
         why = deadline.refuse(cl, exp_id, h, ckpt)
         if why:
-            return dict(row, status=f"not started ({why})", error=None, run_id="")
+            return row(job, Outcome.LEFT, f"not started ({why})")
     run, action = _open_run(cl, exp_id, job, existing, ckpt, force)
     if run is None:
-        return dict(row, status="FAILED (diverged earlier)", error=None, run_id=action)
+        return row(job, Outcome.DIVERGED, "FAILED (diverged earlier)", run_id=action)
     print(f"[{job.experiment}] {job.key}: {tracking.model_label(job.config['model'])} "
           f"({action}, run {run.run_id[:8]}, config {h})", flush=True)
-    return _Opened(job, run, ckpt, row, err_key)
+    return _Opened(job, run, ckpt, err_key)
 
 
 def _finished(o: _Opened, result) -> dict:
     """Record the result, drop the checkpoint; the FINISHED row."""
     o.run.finish(result, o.job.config)
     o.ckpt.unlink(missing_ok=True)
-    return dict(o.row, status="FINISHED", error=result.final[o.err_key], run_id=o.run.run_id)
+    return row(o.job, Outcome.FINISHED, RunStatus.FINISHED, error=result.final[o.err_key],
+               run_id=o.run.run_id)
 
 
 def _failed(o: _Opened, err: BaseException) -> dict:
@@ -190,9 +209,11 @@ def _failed(o: _Opened, err: BaseException) -> dict:
         raise err
     if kind == "error":  # in training or logging
         traceback.print_exception(err)
-    print(f"  {status}: {err}" + ("; checkpoint kept" if status == "KILLED" else ""), flush=True)
-    return dict(o.row, status=f"{status} ({kind if kind != 'error' else type(err).__name__})",
-                error=None, run_id=o.run.run_id)
+    kept = status is RunStatus.KILLED
+    print(f"  {status}: {err}" + ("; checkpoint kept" if kept else ""), flush=True)
+    return row(o.job, outcome_of(status, kind),
+               f"{status} ({kind if kind != 'error' else type(err).__name__})",
+               run_id=o.run.run_id, reason=kind)
 
 
 def _train(o: _Opened, *, progress: bool, ddp: int, deadline: Deadline | None) -> dict:
@@ -219,9 +240,7 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
     kept, MLflow run KILLED with the reason, and the next invocation resumes it.
     """
     if _terminated:
-        return {"group": job.group, "variant": job.variant, "seed": job.seed,
-                "config": job.config_hash, "status": "not started (terminated)", "error": None,
-                "run_id": ""}
+        return row(job, Outcome.LEFT, "not started (terminated)")
     with claim(claim_path(job)) as holder:
         if holder is not None:
             return _claimed_row(job, holder)
@@ -234,9 +253,7 @@ def run_job(job: Job, *, force: bool = False, progress: bool = True, ddp: int = 
 def _claimed_row(job: Job, holder: str) -> dict:
     """The row of a job another process is training (its claim is held)."""
     print(f"[{job.experiment}] {job.key}: skipped, being trained by {holder}", flush=True)
-    return {"group": job.group, "variant": job.variant, "seed": job.seed,
-            "config": job.config_hash, "status": f"claimed ({holder})", "error": None,
-            "run_id": ""}
+    return row(job, Outcome.CLAIMED, f"claimed ({holder})")
 
 
 def seed_groups(jobs: list[Job], k: int) -> list[list[Job]]:
@@ -343,9 +360,7 @@ def run_jobs(jobs: list[Job], *, force: bool = False, parallel: int = 1,
             try:
                 rows.append(fut.result())
             except Exception as err:  # the worker itself died
-                rows.append({"group": job.group, "variant": job.variant, "seed": job.seed,
-                             "config": job.config_hash, "status": f"FAILED ({err})",
-                             "error": None, "run_id": ""})
+                rows.append(row(job, Outcome.CRASHED, f"FAILED ({err})"))
     except KeyboardInterrupt as err:
         # queued jobs never start; running ones get the interrupt too, mark themselves KILLED
         # and keep their checkpoints (Ctrl-C reaches the whole process group; a SIGTERM sent
@@ -367,7 +382,7 @@ def _create_experiments(jobs: list[Job]) -> None:
     """Create the store's schema and the jobs' experiments once, before any job: processes
     racing to initialise a fresh SQLite store (this runner's workers, or a second runner) fail
     with "table already exists"; the lock beside the file lets one of them do it."""
-    with first_use_lock(tracking.tracking_uri()):
+    with first_use_lock(tracking_uri()):
         cl = tracking.client()
         for name in dict.fromkeys(j.experiment for j in jobs):
             text = next(j.tags.get("claim", "") for j in jobs if j.experiment == name)
@@ -385,12 +400,10 @@ def summary_table(rows: list[dict], split: str = "test") -> str:
 
 def report(rows: list[dict]) -> int:
     """Print done versus left; exit status 1 only if a run crashed."""
-    failed = sum(r["status"].startswith("FAILED") for r in rows)
-    crashed = sum(r["status"].startswith("FAILED") and "diverged" not in r["status"]
-                  for r in rows)
-    left = sum(r["status"].startswith(("KILLED", "not started")) for r in rows)
-    claimed = sum(r["status"].startswith("claimed") for r in rows)
-    done = len(rows) - failed - left - claimed
+    n = {outcome: sum(r["outcome"] is outcome for r in rows) for outcome in Outcome}
+    crashed, left, claimed = n[Outcome.CRASHED], n[Outcome.LEFT], n[Outcome.CLAIMED]
+    failed = crashed + n[Outcome.DIVERGED]
+    done = n[Outcome.FINISHED] + n[Outcome.SKIPPED]
     print(f"{done} finished or skipped, {failed} failed ({crashed} crashed, "
           f"{failed - crashed} diverged)"
           + (f", {left} left for the next invocation (deadline)" if left else "")

@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from convnets import tracking
 from convnets.config import config_hash, resolve_config
 from convnets.data import load_dataset
+from convnets.names import REPO_ROOT
 from experiments.locks import first_use_lock
 from experiments.spec import PROFILES
 
@@ -157,7 +157,7 @@ def load_settings(path: Path | None, profile: str) -> Settings:
 
 
 def default_storage() -> str:
-    return os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{tracking.REPO_ROOT / 'optuna.db'}"
+    return os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{REPO_ROOT / 'optuna.db'}"
 
 
 def _rdb_url(url: str) -> str:

@@ -29,9 +29,9 @@ import yaml
 from analysis import ledger
 from analysis import runs as run_store
 from analysis.ledger import local_device
-from convnets import tracking
 from convnets.complexity import registered_complexity
 from convnets.models import build_model, get_entry
+from convnets.names import DIVERGED, RunStatus, tracking_uri
 from convnets.optim import make_optimizer
 from convnets.runtime import resolve_runtime
 from convnets.train import make_step
@@ -109,8 +109,8 @@ def done_keys(ledger_dir: Path | None = None) -> set[tuple]:
     except FileNotFoundError:
         return set()
     r = data.runs
-    ok = (r["status"] == "FINISHED") | ((r["status"] == "FAILED")
-                                        & (r["failure_kind"].isin(["", "diverged"])))
+    ok = (r["status"] == RunStatus.FINISHED) | ((r["status"] == RunStatus.FAILED)
+                                                & (r["failure_kind"].isin(["", DIVERGED])))
     return {_key(x.experiment, x.group, x.variant, x.seed, x.profile)
             for x in r[ok].itertuples()}
 
@@ -227,7 +227,7 @@ def run_shift(args, shifts, raw) -> int:
     print(summary_table(rows))
     status = report(rows)  # 1 if a run crashed: the shift exports what finished, then fails
     ended = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    data = run_store.load_mlflow(tracking.tracking_uri())
+    data = run_store.load_mlflow(tracking_uri())
     if data.runs.empty:
         print("no finished runs to export", flush=True)
         return 1

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convnets import tracking
+from convnets.names import DEADLINE, INTERRUPTED, Outcome, tracking_uri
 from convnets.tracking import Terminated
 from experiments import slurm_state
 from experiments.deadline import Deadline, parse_deadline
 from experiments.runner import checkpoint_dir, claim_path, run_job, stop_on_sigterm
+from experiments.runner import row as runner_row
 from experiments.slurm_options import margin_s, time_limit_minutes
 from experiments.spec import Job, SpecError
 
@@ -73,7 +75,7 @@ def _sbatch_flags(flags: list[str]) -> dict:
 
 def _setup_lines() -> list[str]:
     """Batch-script lines: the store, checkpoints and this checkout, as resolved here."""
-    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+    env = {"MLFLOW_TRACKING_URI": tracking_uri(),
            "CONVNETS_CHECKPOINTS": str(checkpoint_dir().resolve())}
     env.update({k: os.environ[k] for k in TASK_ENV if os.environ.get(k)})
     path = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
@@ -213,13 +215,12 @@ def train_task(job: Job, launch: Launch) -> dict:
                       deadline=deadline)
     except Terminated as err:
         timed_out = "SIGUSR2" in str(err)
-        row = {"group": job.group, "variant": job.variant, "seed": job.seed,
-               "config": job.config_hash, "status": f"KILLED (interrupted: {err})",
-               "error": None, "run_id": ""}
+        row = runner_row(job, Outcome.LEFT, f"KILLED (interrupted: {err})",
+                         reason=INTERRUPTED)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # from here on the run is closed
     _tag_runs(job, int(start * 1000), task)
     limit_first = launch.deadline_at is None or at < launch.deadline_at
-    timed_out = timed_out or (row["status"].startswith("KILLED (deadline)") and limit_first)
+    timed_out = timed_out or (row["reason"] == DEADLINE and limit_first)
     print(f"task {task}: {row['status']}", flush=True)
     if timed_out and restarts < launch.requeues and task:
         print(f"task {task}: time limit; requeued ({restarts + 1} of {launch.requeues})",

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convnets import tracking
-from convnets.names import DIVERGED, FAILURE_KIND, final_error
+from convnets.names import (
+    DIVERGED,
+    FAILURE_KIND,
+    FAILURE_REASON,
+    RunStatus,
+    final_error,
+    tracking_uri,
+)
 from experiments.spec import Job
 
 RECORD = "submissions.jsonl"
@@ -115,7 +122,7 @@ def _runs_by_key(jobs: list[Job]) -> dict[str, list]:
     """MLflow runs of these jobs, newest first, by ``run_id_key`` (one search per experiment
     and profile)."""
     out: dict[str, list] = {}
-    uri = tracking.tracking_uri()
+    uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return out  # no store yet: nothing ran (and looking would create it)
     cl = tracking.client()
@@ -142,7 +149,7 @@ def run_states(jobs: list[Job], folder: Path, claim_path) -> list[RunState]:
 def _state(job: Job, rec: dict, queue: dict[str, str], runs: list, claim: Path) -> RunState:
     jid = rec.get("slurm_job", "")
     in_queue = queue.get(jid, "")
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+    finished = [r for r in runs if r.info.status == RunStatus.FINISHED]
     latest = finished[0] if finished else (runs[0] if runs else None)
     out = RunState(job, "not submitted", slurm_job=jid,
                    run_id=latest.info.run_id if latest else "")
@@ -160,9 +167,9 @@ def _state(job: Job, rec: dict, queue: dict[str, str], runs: list, claim: Path) 
         out.state, out.note = "running", f"claimed by {holder}" if holder else ""
     elif latest is not None:
         status = latest.info.status
-        out.state = {"FAILED": "failed", "KILLED": "killed"}.get(status, "killed")
-        out.note = latest.data.tags.get("failure_reason", "")
-        if status == "RUNNING":
+        out.state = "failed" if status == RunStatus.FAILED else "killed"
+        out.note = latest.data.tags.get(FAILURE_REASON, "")
+        if status == RunStatus.RUNNING:
             out.note = "left RUNNING by a task that ended; resumes on the next submission"
         if latest.data.tags.get(FAILURE_KIND) == DIVERGED:
             out.note = "diverged: " + out.note

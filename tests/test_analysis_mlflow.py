@@ -12,6 +12,7 @@ from mlflow.entities import Metric, Param
 from analysis import runs as io
 from analysis import tables
 from analysis.__main__ import main
+from convnets.names import REPO_ROOT, tracking_uri
 
 VARIANTS = [("plain", "plain-20", "plain-20", "", "", 8.0),
             ("plain", "plain-56", "plain-20", "", "higher", 9.0),
@@ -82,10 +83,10 @@ def store(tmp_path_factory):
 
 def test_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert io.tracking_uri() == f"sqlite:///{io.REPO_ROOT / 'mlflow.db'}"
-    assert io.tracking_uri().startswith("sqlite:////")  # absolute path
+    assert tracking_uri() == f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    assert tracking_uri().startswith("sqlite:////")  # absolute path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x/y.db")
-    assert io.tracking_uri() == "sqlite:////x/y.db"
+    assert tracking_uri() == "sqlite:////x/y.db"
 
 
 def test_collect_casts_and_counts(store):

@@ -12,7 +12,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from convnets import multiseed, tracking
+from convnets import multiseed
+from convnets.names import tracking_uri
 from experiments.__main__ import main
 from experiments.spec import expand, load_spec
 
@@ -51,13 +52,13 @@ def _curve(cl, run_id: str, key: str) -> list[tuple[int, float]]:
 
 @pytest.mark.slow  # > 10 s; `pytest -m slow` runs it
 def test_batched_runs_equal_separate_runs(mlflow_store, tmp_path):
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     assert main(["run", _spec(tmp_path, "bs-one"), "--profile", "smoke"]) == 0
     assert main(["run", _spec(tmp_path, "bs-many"), "--profile", "smoke",
                  "--batch-seeds", "2"]) == 0
     one, many = _by_seed("bs-one"), _by_seed("bs-many")
     assert set(one) == set(many) == {0, 1}
-    cl = MlflowClient(tracking.tracking_uri())
+    cl = MlflowClient(tracking_uri())
     for seed in (0, 1):
         a, b = one[seed], many[seed]
         assert a["status"] == b["status"] == "FINISHED"
@@ -83,7 +84,7 @@ def test_batched_runs_equal_separate_runs(mlflow_store, tmp_path):
 def test_each_seed_resumes_its_own_run_after_an_interrupt(mlflow_store, tmp_path, monkeypatch):
     import experiments.runner as runner
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     spec = _spec(tmp_path, "bs-resume")
     jobs = expand(load_spec(spec), "smoke")
 
@@ -120,7 +121,7 @@ def test_each_seed_resumes_its_own_run_after_an_interrupt(mlflow_store, tmp_path
 
 @pytest.mark.slow  # > 10 s; `pytest -m slow` runs it
 def test_one_diverging_seed_fails_alone(mlflow_store, tmp_path, monkeypatch):
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     real = multiseed.SeedStack.step
 
     def step(self, xb, yb, lr):  # seed index 1 "diverges"; seed 0 steps as usual
@@ -138,7 +139,7 @@ def test_one_diverging_seed_fails_alone(mlflow_store, tmp_path, monkeypatch):
 
 
 def test_refused_configs_run_one_seed_at_a_time(mlflow_store, tmp_path, capsys):
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     spec = _spec(tmp_path, "bs-refused")
     assert main(["run", spec, "--profile", "smoke", "--batch-seeds", "2",
                  "--set", "optim.bias_lr_mult=2.0", "--set", "schedule.length=1"]) == 0

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import experiments.runner as runner
-from convnets import tracking
 from convnets.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
 from convnets.config import ConfigError
+from convnets.names import tracking_uri
 from convnets.train import fit
 from experiments.__main__ import main
 from experiments.spec import expand, load_spec
@@ -142,7 +142,7 @@ def test_the_runner_sets_a_damaged_checkpoint_aside_and_restarts(mlflow_store, t
     assert f"checkpoint {ckpt} does not match its digest" in out and "from scratch" in out
     kept = list(ckpt.parent.glob(f"{ckpt.stem}.damaged-*.pt"))
     assert len(kept) == 1  # kept aside for inspection, not deleted
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     runs = mlflow.search_runs(experiment_names=["damaged"], output_format="pandas")
     done = runs[runs["status"] == "FINISHED"]
     assert len(done) == 1 and sorted(runs["status"]) == ["FINISHED", "KILLED"]

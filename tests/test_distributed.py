@@ -13,8 +13,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from convnets import tracking
 from convnets.models import build_model
+from convnets.names import tracking_uri
 from convnets.parallel import CPUSyncBatchNorm, convert_sync_batchnorm
 from convnets.train import fit
 
@@ -93,7 +93,7 @@ def test_two_processes_train_what_one_process_trains(mlflow_store, tmp_path):
     assert r1["history"] is None  # only rank 0 has a result
 
     # only rank 0 created an MLflow run (and logged into it)
-    cl = MlflowClient(tracking_uri=tracking.tracking_uri())
+    cl = MlflowClient(tracking_uri=tracking_uri())
     exp = cl.get_experiment_by_name("ddp-test")
     runs = cl.search_runs([exp.experiment_id])
     assert len(runs) == 1

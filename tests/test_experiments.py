@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from convnets import tracking
+from convnets.names import Outcome, tracking_uri
 from experiments.__main__ import main
+from experiments.runner import report, row
 from experiments.spec import SpecError, expand, list_specs, load_spec
 
 TINY = textwrap.dedent(
@@ -49,7 +50,7 @@ def _runs(name):
 
 
 def test_run_logs_every_variant_and_seed_then_skips(mlflow_store, tmp_path):
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     spec = _write(tmp_path)
     assert main(["run", spec, "--profile", "smoke"]) == 0
     runs = _runs("tiny")
@@ -66,7 +67,7 @@ def test_run_logs_every_variant_and_seed_then_skips(mlflow_store, tmp_path):
     assert run["params.model.options.depth"] == "8"
     assert run["params.model.options.unit"] == "full_preact"
     assert run["params.optim.lr"] == "0.05"
-    cl = MlflowClient(tracking.tracking_uri())
+    cl = MlflowClient(tracking_uri())
     hist = cl.get_metric_history(run["run_id"], "train_loss")
     assert [m.step for m in hist] == [4, 8]  # 128 // 32 = 4 iterations per epoch
     assert 0.0 <= run["metrics.final_test_error"] <= 100.0
@@ -90,7 +91,7 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(mlflow_store, tmp_path
     import experiments.runner as runner
     from convnets.train import fit
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     spec = _write(tmp_path, "resume")
 
     def interrupt(metrics):
@@ -114,7 +115,7 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(mlflow_store, tmp_path
     # the resumed run ends exactly where an uninterrupted one does
     ref = fit(job.config, progress=False)
     assert done["metrics.final_test_error"].iloc[0] == ref.final["final_test_error"]
-    cl = MlflowClient(tracking.tracking_uri())
+    cl = MlflowClient(tracking_uri())
     assert [m.step for m in cl.get_metric_history(done["run_id"].iloc[0], "train_loss")] == [4, 8]
 
 
@@ -173,7 +174,7 @@ def test_runner_to_snapshot_to_tables_end_to_end(mlflow_store, tmp_path):
     tables from the live store (the committed snapshot is enough to regenerate paper_tables)."""
     from analysis.__main__ import main as analysis_main
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     spec = _write(tmp_path, "e2e")
     assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--variant", "wide"]) == 0
     snap = tmp_path / "snap"
@@ -189,7 +190,7 @@ def test_runner_to_snapshot_to_tables_end_to_end(mlflow_store, tmp_path):
 
 
 def test_profiles_with_identical_configs_are_counted_apart(mlflow_store, tmp_path):
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     text = TINY.format(name="prof").replace("smoke: {seeds: 2}", "smoke: {seeds: 1}\n  quick: {seeds: 1}")
     spec = _write(tmp_path, "prof", text)
     assert main(["run", spec, "--profile", "smoke", "--variant", "base"]) == 0
@@ -204,7 +205,7 @@ def test_crashed_run_fails_the_command_and_keeps_its_checkpoint(mlflow_store, tm
     import experiments.runner as runner
     from convnets.train import fit
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     spec = _write(tmp_path, "crash")
 
     def explode(metrics):
@@ -244,3 +245,21 @@ def test_seed_option_runs_only_the_named_seeds_of_the_range(tmp_path, capsys):
         assert main(["run", spec, "--profile", "smoke", "--seeds", "3", *seeds,
                      "--dry-run"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_report_counts_rows_by_outcome_and_fails_only_on_a_crash(tmp_path, capsys):
+    """``report`` counts the rows' ``Outcome``s, not their status text: a status text that
+    reads like another outcome (a crash whose message says 'diverged') counts as what it is."""
+    job = expand(load_spec(_write(tmp_path)), "smoke", only=["base"])[0]
+    rows = [row(job, Outcome.FINISHED, "FINISHED", error=1.0),
+            row(job, Outcome.SKIPPED, "FINISHED (skipped)"),
+            row(job, Outcome.DIVERGED, "FAILED (diverged)"),
+            row(job, Outcome.LEFT, "KILLED (deadline)", reason="deadline"),
+            row(job, Outcome.LEFT, "not started (terminated)"),
+            row(job, Outcome.CLAIMED, "claimed (pid 1 on host)")]
+    assert report(rows) == 0
+    assert capsys.readouterr().out.strip() == (
+        "2 finished or skipped, 1 failed (0 crashed, 1 diverged), 2 left for the next "
+        "invocation (deadline), 1 being trained by other processes")
+    assert report([*rows, row(job, Outcome.CRASHED, "FAILED (diverged worker died)")]) == 1
+    assert "2 failed (1 crashed, 1 diverged)" in capsys.readouterr().out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from convnets import bench, tracking
+from convnets import bench
+from convnets.names import tracking_uri
 from convnets.train import fit
 from tests.test_experiments import _runs, _write
 
@@ -91,7 +92,7 @@ def test_bench_runs_tiny_on_cpu(capsys, tmp_path):
 def test_parallel_runs_finish_every_job_once(mlflow_store, tmp_path):
     from experiments.__main__ import main
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     spec = _write(tmp_path, "par")
     assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--variant", "wide",
                  "--parallel", "2"]) == 0

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from convnets import names, tracking
+from convnets.names import tracking_uri
 from tests.test_distributed import _free_port
 
 SPEC = textwrap.dedent(
@@ -127,7 +128,7 @@ def test_a_dirty_tree_logs_its_diff_and_untracked_files(mlflow_store, tmp_path, 
 
     path = mlflow.artifacts.download_artifacts(
         run_id=dirty.run_id, artifact_path=tracking.PROVENANCE_DIFF, dst_path=str(tmp_path / "d"),
-        tracking_uri=tracking.tracking_uri())
+        tracking_uri=tracking_uri())
     text = open(path).read()
     assert "# untracked: new.py" in text and "ignored.txt" not in text
     assert "-x = 1" in text and "+x = 2" in text

@@ -8,9 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from convnets import tracking
+from convnets.names import tracking_uri
 from experiments.__main__ import main
 from experiments.locks import claim
 from experiments.runner import claim_path
@@ -84,7 +87,7 @@ def test_an_orphaned_running_run_is_closed_by_the_next_start(mlflow_store, tmp_p
     RUNNING for ever and the rerun opened a new run beside it."""
     spec = _write(tmp_path, "orphan")
     job = next(j for j in expand(load_spec(spec), "smoke") if j.variant == "base")
-    cl = MlflowClient(tracking.tracking_uri())
+    cl = MlflowClient(tracking_uri())
     exp_id = tracking.experiment_id(cl, "orphan")
     orphan = tracking.TrackedRun.start(cl, exp_id, run_name="killed early",
                                        tags=dict(job.tags, config_hash=job.config_hash),
@@ -98,3 +101,35 @@ def test_an_orphaned_running_run_is_closed_by_the_next_start(mlflow_store, tmp_p
     assert closed.data.tags["failure_kind"] == "orphaned"
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
     assert not any(r.info.status == "RUNNING" for r in runs)
+
+
+class _RacingClient:
+    """A client whose first ``log_inputs`` calls fail the way the SQL store's do when another
+    runner inserted the same data set between its lookup and its insert."""
+
+    def __init__(self, errors):
+        self.errors, self.calls = list(errors), 0
+
+    def log_inputs(self, run_id, datasets):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def test_a_data_set_inserted_by_another_runner_meanwhile_is_linked_not_a_crash():
+    """Failed on the main of 2026-12-04 (seen as a flaky two-runner test under load): two
+    runners finishing at once both inserted the data set and the second crashed its finished
+    run on the store's unique key. The insert is retried, so the second links the first's row;
+    any other store error still raises, and a key that keeps clashing raises in the end."""
+    clash = "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, " \
+            "datasets.name, datasets.digest"
+    info = {"dataset_label": "MNIST", "dataset_checksum": "abc"}
+    cl = _RacingClient([MlflowException(clash)])
+    tracking.RunLogger(cl, "r").log_dataset(info, {"data": {"name": "mnist"}}, "test")
+    assert cl.calls == 2
+    for errors, calls in (([MlflowException("database is locked")], 1),
+                          ([MlflowException(clash)] * 3, 3)):
+        cl = _RacingClient(errors)
+        with pytest.raises(MlflowException):
+            tracking.RunLogger(cl, "r").log_dataset(info, {"data": {}}, "test")
+        assert cl.calls == calls

@@ -19,10 +19,11 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from convnets import device_data, tracking
+from convnets import device_data
 from convnets.config import resolve_config
 from convnets.data import load_dataset
 from convnets.device_data import prepare_data
+from convnets.names import tracking_uri
 from experiments import lr_search as search
 from experiments import search_settings as settings_mod
 from experiments import spec as spec_mod
@@ -80,7 +81,7 @@ def _cli(*argv: str) -> int:
 
 
 def _client() -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking.tracking_uri())
+    return MlflowClient(tracking_uri=tracking_uri())
 
 
 def _runs(cl: MlflowClient, flt: str = ""):

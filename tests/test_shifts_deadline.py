@@ -8,8 +8,8 @@ import time
 import mlflow
 import pytest
 
-from convnets import tracking
 from convnets.config import config_hash
+from convnets.names import Outcome, tracking_uri
 from experiments.__main__ import main
 from experiments.deadline import parse_deadline
 from tests.test_data import write_imagefolder
@@ -49,7 +49,7 @@ def test_parse_deadline_forms():
 def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, capsys):
     import convnets.train as train
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     only = ["--variant", "base", "--seeds", "1"]
     ref_spec = _write(tmp_path, "timebox-ref")  # the uninterrupted run, in its own experiment
     assert main(["run", ref_spec, "--profile", "smoke", *only, "--deadline", "1h"]) == 0
@@ -128,7 +128,8 @@ def test_a_shift_whose_runs_crash_exports_what_finished_and_fails(tmp_path, monk
 
     def one_crashes(js, **kw):
         rows = real(js, **kw)
-        return rows + [dict(rows[0], variant="wide", status="FAILED (RuntimeError)", error=None)]
+        return rows + [dict(rows[0], variant="wide", outcome=Outcome.CRASHED,
+                            status="FAILED (RuntimeError)", error=None)]
 
     monkeypatch.setattr(shifts, "shift_jobs", lambda *a, **k: jobs)
     monkeypatch.setattr(shifts, "shakedown", lambda js: js)

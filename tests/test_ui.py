@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from convnets import tracking
+from convnets.names import tracking_uri
 from experiments import ui_check
 from experiments.spec import expand, load_spec
 
@@ -66,7 +67,7 @@ def _fill(store):
 
 def test_server_answers_rest_api_with_our_experiment_and_tags(mlflow_store):
     run_id, name = _fill(mlflow_store)
-    store, arts = tracking.tracking_uri(), tracking.artifact_root()
+    store, arts = tracking_uri(), tracking.artifact_root()
     with ui_check.serve(store, arts, timeout=150) as base:
         exp = ui_check.get_json(base, "/api/2.0/mlflow/experiments/get-by-name",
                                 {"experiment_name": SPEC["name"]})["experiment"]
