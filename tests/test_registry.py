@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from convnets import complexity
+from convnets.complexity import layer_macs, registered_complexity, stage_table
 from convnets.models import build_model, get_entry, list_models
 
 
@@ -54,6 +55,34 @@ def test_complexity_counts_macs_like_the_paper():
     c = complexity(build_model("resnet56"), (3, 32, 32))
     assert c["params"] == 853_018
     assert abs(c["macs"] / 1e6 - 125.49) < 0.01
+
+
+def test_registered_complexity_counts_on_meta_what_a_cpu_pass_counts():
+    """The listings' counts (meta device, layer hooks) equal the flop counter's on a real
+    model, and the paper's ResNet-56 numbers (He et al. 2015, Table 6: 0.85M parameters)."""
+    c = registered_complexity("cifar_resnet", {"depth": 56}, (3, 32, 32))
+    cpu = complexity(build_model("cifar_resnet", depth=56), (3, 32, 32))
+    # by hand: the stem (32x32, 3->16), 9 blocks of two 3x3 convolutions per stage (the
+    # first of stages 2 and 3 halves the map and doubles the width, option A shortcuts have
+    # no weights) and the 64->10 classifier
+    stem = 32 * 32 * 16 * 3 * 9
+    stage1 = 18 * 32 * 32 * 16 * 16 * 9
+    stage23 = 2 * (16 * 16 * 32 * 16 * 9 + 17 * 16 * 16 * 32 * 32 * 9)
+    assert (c["params"], c["macs"]) == (cpu["params"], cpu["macs"])
+    assert c["macs"] == stem + stage1 + stage23 + 64 * 10 == 125_485_696
+    assert c["params"] == 853_018
+    assert c["layers"] == 55 + 55 + 1  # 55 convolutions, 55 batch norms, 1 linear
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_layer_macs_equal_the_flop_counter_for_every_registered_model(name):
+    """``layer_macs`` counts Conv2d and Linear layers only; a model whose forward has other
+    multiply-adds (a functional matmul, a transposed convolution) would fail here."""
+    entry = get_entry(name)
+    with torch.device("meta"):
+        model = build_model(name, num_classes=entry.default_classes)
+    flop_counter = sum(r.macs for r in stage_table(model, entry.input_size))
+    assert layer_macs(model, entry.input_size) == flop_counter > 0
 
 
 def test_info_cli_prints_the_stage_table(capsys):

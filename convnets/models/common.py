@@ -33,9 +33,19 @@ def flatten_fc(features: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(flatten=nn.Flatten(1), fc=nn.Linear(features, num_classes)))
 
 
+def on_meta(model: nn.Module) -> bool:
+    """Whether ``model`` was built on the meta device (shapes only: the spec checks and the MAC
+    counts build there). Initialising it would set no value, and on meta every init call
+    still runs PyTorch's Python reference code: skipping it builds a ResNet-110 there about ten
+    times faster."""
+    return any(p.is_meta for p in model.parameters())
+
+
 def xavier_init(model: nn.Module) -> nn.Module:
     """``xavier_uniform_`` on the weights of every Conv2d and Linear, biases left at PyTorch's
     default, as ``d2l.train_ch6`` does (Dive into Deep Learning, classic v0.17)."""
+    if on_meta(model):
+        return model
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(m.weight)
@@ -53,6 +63,8 @@ def he_init(model: nn.Module) -> nn.Module:
     zero; builders that need a special bias (the gates of Identity Mappings Fig. 2) set it
     after calling this.
     """
+    if on_meta(model):
+        return model
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
