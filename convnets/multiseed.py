@@ -12,21 +12,29 @@ Per-seed semantics are those of K separate ``convnets.train.fit`` runs:
 * data order and augmentation draws: seed k keeps its own CPU generator (``data_seed``);
 * BN: vmap gives every seed its own batch statistics, and the stacked running buffers are
   updated in place slice by slice;
-* optimizer: SGD (momentum, weight decay, lr) is elementwise, so one SGD over the stacked
-  tensors is K SGDs; the gradient of the sum of the K losses w.r.t. seed k's slice is the
-  gradient of loss k, since no seed's loss depends on another seed's parameters;
-* checkpoint: one file per seed in fit's own format (unstacked model and optimizer state, the
-  seed's generator), so a seed can resume batched or alone;
+* optimizer: fit's own (``convnets.optim.make_optimizer``, parameter groups included) over
+  the stacked tensors, grouped as one model's parameters are; SGD (momentum, weight decay, the
+  groups' rates) is elementwise, so it is K SGDs; the gradient of the sum of the K losses
+  w.r.t. seed k's slice is the gradient of loss k, since no seed's loss depends on another
+  seed's parameters;
+* the epoch: every seed is a ``convnets.epochs.RunState``, fit's own, which draws its epoch,
+  computes its metrics and divergence check, and ends it with ``end_epoch`` (evaluation,
+  checkpoint in fit's format, log), so a seed can resume batched or alone;
 * divergence: a seed whose epoch loss is non-finite is reported as ``DivergedError`` and
   dropped; the others go on (its NaNs could not reach them anyway, see above).
 
-Dropout would need per-seed random draws matching the single runs, so models with dropout are
-rejected (vmap's default ``randomness="error"`` raises).
+What the shared code cannot do for K seeds at once is refused (``unsupported``): a schedule
+that reacts to one run's own errors (``schedule.warmup_until_error``: the K seeds share one
+learning rate per step), ghost batch norm (``bn_group``) and dropout (per-seed random draws).
+
+Dropout would need per-seed random draws matching the single runs: vmap's default
+``randomness="error"`` raises if a model with dropout reaches the step anyway.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -35,20 +43,17 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from convnets.augment import to_float
-from convnets.checkpoint import load_checkpoint, save_checkpoint
 from convnets.config import resolve_config
-from convnets.device_data import epoch_data, prepare_data
+from convnets.epochs import RunState, end_epoch, evaluate, prepare_run, resumed_precision
 from convnets.models import build_model
-from convnets.optim import plan_iterations
+from convnets.optim import make_optimizer, set_lr
 from convnets.progress import Progress
-from convnets.results import DivergedError, NullLogger, build_result, check_finite
-from convnets.runtime import data_seed as _data_seed
-from convnets.runtime import resolve_runtime, seed_everything
-from convnets.train import evaluate
+from convnets.results import DivergedError, NullLogger, build_result
+from convnets.runtime import World, seed_everything
 
 
 class MixedProgressError(ValueError):
-    """The seeds' checkpoints stand at different epochs, so they cannot step together."""
+    """The seeds' checkpoints stand at different points, so they cannot step together."""
 
 
 class SeedStack:
@@ -60,13 +65,10 @@ class SeedStack:
         self.params, self.buffers = stack_module_state(models)
         # a parameter-free copy of the architecture: functional_call supplies the tensors
         self.base = copy.deepcopy(models[0]).to("meta")
-        o = cfg["optim"]
-        extra = {"fused": True} if rt.fused_sgd else {}
-        # one SGD over the stacked tensors: same ordering as model.parameters(), so the state
-        # of seed k is slice k of every entry
-        self.opt = torch.optim.SGD(list(self.params.values()), lr=o["lr"],
-                                   momentum=o["momentum"], nesterov=o["nesterov"],
-                                   weight_decay=o["weight_decay"], **extra)
+        # fit's optimizer, groups included, over the stacked tensors: the state of seed k is
+        # slice k of every entry, at the indices a single run's optimizer gives them
+        self.opt = make_optimizer(self.base, cfg, rt, tensors=self.params)
+        self._order = [p for g in self.opt.param_groups for p in g["params"]]
         self.rt, self.mean, self.std, self.resize = rt, mean, std, cfg["data"]["resize"]
         self._fwd = torch.vmap(self._one, in_dims=(0, 0, 0, 0))
 
@@ -81,8 +83,7 @@ class SeedStack:
         """One SGD update of every seed; ``xb`` is (K, B, C, H, W) uint8, ``yb`` (K, B).
 
         Returns the K losses (float32) and K error counts, on the device, unsynchronised."""
-        for g in self.opt.param_groups:
-            g["lr"] = lr
+        set_lr(self.opt, lr)
         loss, wrong = self._fwd(self.params, self.buffers, xb, yb)
         self.opt.zero_grad(set_to_none=True)
         loss.sum().backward()
@@ -99,21 +100,26 @@ class SeedStack:
             t.copy_(self.buffers[name][k])
         return m
 
+    @torch.no_grad()
+    def restack(self, k: int) -> None:
+        """Copy seed k's own module (restored from its checkpoint) into slice k."""
+        m = self.models[k]
+        for name, t in m.named_parameters():
+            self.params[name][k].copy_(t)
+        for name, t in m.named_buffers():
+            self.buffers[name][k].copy_(t)
+
     def optimizer_state(self, k: int) -> dict:
-        """Seed k's optimizer state in the format of an SGD over its own model."""
+        """Seed k's optimizer state in the format of its single run's optimizer."""
         sd = self.opt.state_dict()
         state = {i: {key: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v)
                      for key, v in s.items()} for i, s in sd["state"].items()}
         return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
 
     @torch.no_grad()
-    def load(self, k: int, model_state: dict, opt_state: dict) -> None:
-        """Put a single-run checkpoint of seed k into slice k."""
-        for name, t in self.params.items():
-            t[k].copy_(model_state[name])
-        for name, t in self.buffers.items():
-            t[k].copy_(model_state[name])
-        for i, p in enumerate(self.params.values()):
+    def load_optimizer_state(self, k: int, opt_state: dict) -> None:
+        """Put a single run's optimizer state (its momentum buffers) into slice k."""
+        for i, p in enumerate(self._order):
             s = opt_state["state"].get(i, opt_state["state"].get(str(i)))
             if s is None or s.get("momentum_buffer") is None:
                 continue
@@ -123,8 +129,8 @@ class SeedStack:
             st["momentum_buffer"][k].copy_(s["momentum_buffer"])
 
 
-class _OptView:
-    """Duck-typed optimizer for ``save_checkpoint``: seed k's state."""
+class _SeedOptimizer:
+    """Seed k's slice of the stacked optimizer, as ``RunState`` saves and restores it."""
 
     def __init__(self, stack: SeedStack, k: int):
         self.stack, self.k = stack, k
@@ -132,21 +138,8 @@ class _OptView:
     def state_dict(self):
         return self.stack.optimizer_state(self.k)
 
-
-def _restore(stack: SeedStack, paths: list[Path | None], gens: list[torch.Generator]):
-    """Load every existing per-seed checkpoint; returns (epoch, iteration, histories, walls)."""
-    states = [load_checkpoint(p) if p and p.exists() else None for p in paths]
-    epochs = {s["epoch"] if s else 0 for s in states}
-    if len(epochs) > 1:
-        raise MixedProgressError(f"per-seed checkpoints stand at epochs {sorted(epochs)}")
-    if not any(states):
-        return 0, 0, [[] for _ in paths], [0.0] * len(paths)
-    for k, s in enumerate(states):
-        stack.load(k, s["model"], s["optimizer"])
-        gens[k].set_state(s["data_gen"])
-    torch.set_rng_state(states[0]["cpu_rng"])  # unused by training; restored as fit does
-    return (states[0]["epoch"], states[0]["iteration"], [s["history"] for s in states],
-            [s.get("wall_time_s", 0.0) for s in states])
+    def load_state_dict(self, state: dict) -> None:
+        self.stack.load_optimizer_state(self.k, state)
 
 
 def build_stack(cfg: dict, seeds: list[int], rt, data) -> SeedStack:
@@ -160,8 +153,8 @@ def build_stack(cfg: dict, seeds: list[int], rt, data) -> SeedStack:
 
 
 def unsupported(cfg: dict) -> str | None:
-    """Why ``fit_seeds`` would refuse ``cfg`` (a recipe key it does not implement, or dropout),
-    or None: the runner checks it before opening any run."""
+    """Why ``fit_seeds`` would refuse ``cfg``, or None: the runner checks it before opening
+    any run."""
     cfg = resolve_config(cfg)
     try:
         _refuse_unsupported(cfg)
@@ -176,21 +169,18 @@ def unsupported(cfg: dict) -> str | None:
 
 
 def _refuse_unsupported(cfg: dict) -> None:
-    """Recipe keys the batched step does not implement yet: refuse rather than train another
-    recipe than the K single runs would."""
-    o, s = cfg["optim"], cfg["schedule"]
+    """What one batched step cannot train as K single runs would: refuse rather than train
+    another recipe. Everything else (the optimizer and its groups, the schedule, the epoch)
+    is fit's own code."""
     unsupported = {
+        # the rule ends one run's warm-up on its own errors; K seeds share each step's lr
+        "schedule.warmup_until_error": cfg["schedule"]["warmup_until_error"] is not None,
+        # ghost batch norm splits each seed's batch; not implemented under vmap
         "bn_group": cfg["bn_group"] is not None,
-        "schedule.warmup_until_error": s["warmup_until_error"] is not None,
-        "optim.lr_mult": bool(o["lr_mult"]),
-        "optim.bias_lr_mult": o["bias_lr_mult"] != 1.0,
-        "optim.bias_decay": o["bias_decay"] is not True,
-        # fit keeps 1-D parameters at a fixed rate then (optim.param_groups' fixed_lr)
-        "optim.bias_lr_schedule": o["bias_lr_schedule"] is not True,
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise ValueError(f"batched seeds do not support {', '.join(bad)} yet; run the seeds "
+        raise ValueError(f"batched seeds do not support {', '.join(bad)}; run the seeds "
                          "separately")
 
 
@@ -202,9 +192,10 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
     Returns one entry per seed: its ``RunResult`` (as ``fit(dict(cfg, seed=s))`` would return,
     up to floating-point reassociation in the batched kernels), or the ``DivergedError`` that
     ended it. ``checkpoints``/``loggers``/``checkpoint_metas`` are per-seed lists (or None).
+    ``on_epoch_end`` is called per seed with its metrics and ``seed_index``.
     ``progress``: one bar (or plain lines) for the batched step: iterations, images/s of all
     seeds together, ETA; at each epoch end the mean loss and error over the seeds still alive.
-    Raises ``MixedProgressError`` if existing checkpoints stand at different epochs.
+    Raises ``MixedProgressError`` if existing checkpoints stand at different points.
     """
     cfg = resolve_config(cfg)
     _refuse_unsupported(cfg)
@@ -212,62 +203,89 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
     loggers = loggers or [NullLogger() for _ in seeds]
     paths = [Path(p) if p else None for p in (checkpoints or [None] * k_seeds)]
     metas = checkpoint_metas or [{} for _ in seeds]
-    rt = resolve_runtime(cfg["runtime"])
-    # channels_last: vmap's batched convolution runs on (K*B)-stacked NCHW views
-    rt.channels_last = False
-    data = prepare_data(cfg, rt.device, dataset)
+    rt, data = prepare_run(cfg, cfg["runtime"], dataset)
+    # no compiled step; channels_last: vmap's batched convolution runs on NCHW views
+    rt = dataclasses.replace(rt, compile=None, channels_last=False)
+    rt = _one_precision(rt, cfg, paths)
     stack = build_stack(cfg, seeds, rt, data)
-    batch = cfg["batch_size"]
-    steps_per_epoch, sched, n_epochs = plan_iterations(cfg, data.train_x.shape[0], batch)
-    gens = [torch.Generator().manual_seed(_data_seed(int(s))) for s in seeds]
-    start, iteration, histories, walls = _restore(stack, paths, gens)
-    alive = list(range(k_seeds))
-    results: list = [None] * k_seeds
-    pad = cfg["data"]["pad"] if cfg["data"]["augment"] else 0
-    wall0 = time.perf_counter()
-    bar = Progress(sched.total, progress, initial=iteration)
+    runs = [RunState(dict(cfg, seed=int(s)), World(), rt, data, stack.models[k],
+                     _SeedOptimizer(stack, k), paths[k], metas[k]) for k, s in enumerate(seeds)]
+    _same_progress(runs, paths)
+    for k in range(k_seeds):
+        stack.restack(k)
+    results = _train(stack, runs, loggers, on_epoch_end, progress)
+    for k, run in enumerate(runs):
+        if isinstance(results[k], DivergedError):
+            continue
+        err, pred = results[k] or evaluate(stack.unstack(k), data, rt, cfg)
+        results[k] = build_result(run.history, err, pred, data, rt, run.sched,
+                                  run.steps_per_epoch, run.wall_time(), batched_seeds=k_seeds)
+    return results
+
+
+def _one_precision(rt, cfg: dict, paths: list[Path | None]):
+    """The seeds' checkpoints' precision (``resumed_precision``), which must be one."""
+    chosen = {"bf16" if r.bf16 else "fp32": r
+              for r in (resumed_precision(rt, cfg, p) for p in paths if p and p.exists())}
+    if len(chosen) > 1:
+        raise MixedProgressError(f"the seeds' checkpoints were trained in {sorted(chosen)}")
+    return next(iter(chosen.values()), rt)
+
+
+def _same_progress(runs: list[RunState], paths: list[Path | None]) -> None:
+    points = {(r.epoch, r.iteration) for r in runs}
+    if len(points) > 1:
+        raise MixedProgressError(f"per-seed checkpoints stand at epochs "
+                                 f"{sorted(e for e, _ in points)}")
+    stopped = [str(p) for r, p in zip(runs, paths, strict=True) if r.partial]
+    if stopped:  # a deadline stopped that run inside an epoch: it resumes alone
+        raise MixedProgressError(f"checkpoints {', '.join(stopped)} stand inside an epoch")
+
+
+def _train(stack: SeedStack, runs: list[RunState], loggers, on_epoch_end, progress: bool):
+    """Every epoch left, all live seeds in one step; per seed, its evaluation of the last
+    epoch (error, predictions), None, or the ``DivergedError`` that dropped it."""
+    first = runs[0]
+    sched, batch, k_seeds = first.sched, first.batch, len(runs)
+    alive, results = list(range(k_seeds)), [None] * k_seeds
+    bar = Progress(sched.total, progress, initial=first.iteration)
     try:
-        for epoch in range(start, n_epochs):
+        for epoch in range(first.epoch, first.n_epochs):
             if not alive:
                 break
             t0 = time.perf_counter()
-            steps = min(steps_per_epoch, sched.total - iteration)
-            xs, ys = zip(*[epoch_data(data.train_x, data.train_y, steps * batch, pad,
-                                      cfg["data"]["augment"], g, data.pad_fill) for g in gens],
-                             strict=True)
+            steps = first.steps_left()
+            xs, _, ys = zip(*[r.draw_epoch(steps) for r in runs], strict=True)
             x_all, y_all = torch.stack(xs), torch.stack(ys)
-            loss_sum = torch.zeros(k_seeds, device=rt.device)
-            wrong = torch.zeros(k_seeds, device=rt.device, dtype=torch.long)
+            loss_sum = torch.zeros(k_seeds, device=stack.rt.device)
+            wrong = torch.zeros(k_seeds, device=stack.rt.device, dtype=torch.long)
             for s in range(steps):
-                lr = sched.lr(iteration)
+                lr = sched.lr(first.iteration)
                 sl = slice(s * batch, (s + 1) * batch)
                 loss, n_wrong = stack.step(x_all[:, sl], y_all[:, sl], lr)
                 loss_sum += loss
                 wrong += n_wrong
-                iteration += 1
-                bar.tick(iteration, s + 1, batch * k_seeds, t0)  # host clock only: no sync
-            dt = time.perf_counter() - t0
-            losses, wrongs = loss_sum.tolist(), wrong.tolist()  # one sync per epoch
+                for r in runs:
+                    r.iteration += 1
+                bar.tick(first.iteration, s + 1, batch * k_seeds, t0)  # host clock: no sync
+            loss_sum, wrong = loss_sum.cpu(), wrong.cpu()  # one sync per epoch
+            ended = time.perf_counter()
             for k in list(alive):
                 try:
-                    check_finite(losses[k] / steps, epoch, iteration, steps, lr)
+                    # the batched step's throughput, shared by its K seeds
+                    metrics = runs[k].epoch_metrics(epoch, steps, 0, loss_sum[k], wrong[k], lr,
+                                                    t0, ended)
                 except DivergedError as err:
                     results[k] = err
                     alive.remove(k)
                     continue
-                _end_epoch(stack, k, cfg, data, rt, epoch, n_epochs, iteration, steps, lr, dt,
-                           losses[k] / steps, wrongs[k] * 100.0 / (steps * batch), histories[k],
-                           paths[k], metas[k], gens[k], loggers[k],
-                           walls[k] + time.perf_counter() - wall0, on_epoch_end, results)
-            _show_epoch(bar, [histories[k][-1] for k in alive], data.eval_split)
+                stack.unstack(k)
+                results[k] = end_epoch(runs[k], epoch, metrics, loggers[k])
+                if on_epoch_end:
+                    on_epoch_end(dict(metrics, seed_index=k))
+            _show_epoch(bar, [runs[k].history[-1] for k in alive], first.data.eval_split)
     finally:
         bar.close()
-    for k in alive:
-        err, pred = results[k] if isinstance(results[k], tuple) else evaluate(
-            stack.unstack(k), data, rt, cfg)
-        results[k] = build_result(histories[k], err, pred, data, rt, sched, steps_per_epoch,
-                                  walls[k] + time.perf_counter() - wall0,
-                                  batched_seeds=k_seeds)
     return results
 
 
@@ -278,26 +296,3 @@ def _show_epoch(bar: Progress, last: list[dict], split: str) -> None:
     keys = [k for k in ("train_loss", "train_error", f"{split}_error") if k in last[0]]
     m = dict(last[0], **{k: sum(h[k] for h in last) / len(last) for k in keys})
     bar.update(m, split)
-
-
-def _end_epoch(stack, k, cfg, data, rt, epoch, n_epochs, iteration, steps, lr, dt, loss, err,
-               history, path, meta, gen, logger, wall, on_epoch_end, results) -> None:
-    """What fit does at an epoch end, for seed k: metrics, evaluation, checkpoint, log."""
-    metrics = {"epoch": epoch + 1, "iteration": iteration, "train_loss": loss,
-               "train_error": err, "lr": lr,
-               # the batched step's throughput, shared by its K seeds
-               "images_per_sec": steps * cfg["batch_size"] / dt, "epoch_time_s": dt}
-    model = stack.unstack(k)
-    if epoch == n_epochs - 1 or (epoch + 1) % cfg["eval_every"] == 0:
-        ev, pred = evaluate(model, data, rt, cfg)
-        metrics[f"{data.eval_split}_error"] = ev
-        if epoch == n_epochs - 1:
-            results[k] = (ev, pred)
-    history.append(metrics)
-    if path:  # checkpoint first, then log, as fit does
-        save_checkpoint(path, model, _OptView(stack, k), gen, rt.device, epoch=epoch + 1,
-                        iteration=iteration, history=history, config=cfg, meta=meta,
-                        wall_time_s=wall)
-    logger.log_epoch(iteration, metrics)
-    if on_epoch_end:
-        on_epoch_end(dict(metrics, seed_index=k))

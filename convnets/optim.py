@@ -17,7 +17,7 @@ from convnets.config import ConfigError
 from convnets.runtime import Runtime
 
 
-def param_groups(model, o: dict) -> list[dict]:
+def param_groups(model, o: dict, tensors: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Parameter groups with an ``lr_mult`` each (applied by ``make_step``) and their decay.
 
     A parameter's multiplier is that of the first ``optim.lr_mult`` prefix its name starts
@@ -25,7 +25,7 @@ def param_groups(model, o: dict) -> list[dict]:
     shift); 1-D parameters get no weight decay when ``optim.bias_decay`` is false, and a
     constant lr (``fixed_lr``: ``optim.lr`` times their multiplier) when
     ``optim.bias_lr_schedule`` is false. Parameters of equal (multiplier, decay, fixed)
-    share a group, in model order.
+    share a group, in model order. ``tensors``: see ``make_optimizer``.
     """
     groups: dict[tuple[float, float, bool], list] = {}
     for name, p in model.named_parameters():
@@ -35,7 +35,7 @@ def param_groups(model, o: dict) -> list[dict]:
             mult *= float(o["bias_lr_mult"])
             wd = wd if o["bias_decay"] else 0.0
             fixed = not o["bias_lr_schedule"]
-        groups.setdefault((mult, wd, fixed), []).append(p)
+        groups.setdefault((mult, wd, fixed), []).append(p if tensors is None else tensors[name])
     out = []
     for (m, wd, fixed), ps in groups.items():
         g = {"params": ps, "lr_mult": m, "weight_decay": wd}
@@ -45,14 +45,31 @@ def param_groups(model, o: dict) -> list[dict]:
     return out
 
 
-def make_optimizer(model, cfg: dict, rt: Runtime) -> torch.optim.SGD:
+def make_optimizer(model, cfg: dict, rt: Runtime,
+                   tensors: dict[str, torch.Tensor] | None = None) -> torch.optim.SGD:
+    """The run's SGD over ``model``'s parameters, in groups when the recipe asks for them.
+
+    ``tensors``: what SGD updates instead of the parameters, by parameter name (the K seeds'
+    parameters stacked along a new leading dimension, ``convnets.multiseed``); they are
+    grouped as the model's own parameters are, so the optimizer's groups and state indices are
+    those of a single run's."""
     o = cfg["optim"]
     extra = {"fused": True} if rt.fused_sgd else {}
     plain = (not o["lr_mult"] and o["bias_lr_mult"] == 1 and o["bias_decay"]
              and o["bias_lr_schedule"])
-    params = model.parameters() if plain else param_groups(model, o)
+    if plain:
+        params = [p if tensors is None else tensors[n] for n, p in model.named_parameters()]
+    else:
+        params = param_groups(model, o, tensors)
     return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
                            nesterov=o["nesterov"], weight_decay=o["weight_decay"], **extra)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's ``lr`` on every group: times its ``lr_mult`` (``optim.lr_mult``,
+    ``optim.bias_lr_mult``), or the group's ``fixed_lr``, which the schedule leaves alone."""
+    for g in optimizer.param_groups:
+        g["lr"] = g["fixed_lr"] if "fixed_lr" in g else lr * g.get("lr_mult", 1.0)
 
 
 @dataclass(frozen=True)

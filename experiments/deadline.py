@@ -27,6 +27,10 @@ class Deadline:
     def left(self) -> float:
         return self.at - time.time()
 
+    def passed(self) -> bool:
+        """Whether a started run stops now (``fit`` asks before every step)."""
+        return time.time() >= self.at
+
     def refuse(self, client, exp_id: str, config_hash: str, checkpoint: Path) -> str:
         """Why a job must not start now ('' if it may)."""
         left = self.left()

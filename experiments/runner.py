@@ -225,7 +225,7 @@ def _train(o: _Opened, *, progress: bool, ddp: int, deadline: Deadline | None) -
         else:
             result = fit(o.job.config, logger=o.run.logger, checkpoint=o.ckpt,
                          progress=progress, checkpoint_meta={"run_id": o.run.run_id},
-                         deadline=deadline.at if deadline else None)
+                         deadline=deadline.passed if deadline else None)
         return _finished(o, result)
     except BaseException as err:  # diverged, deadline, Ctrl-C/SIGTERM, or a crash: recorded
         return _failed(o, err)

@@ -142,8 +142,8 @@ def test_refused_configs_run_one_seed_at_a_time(mlflow_store, tmp_path, capsys):
     mlflow.set_tracking_uri(tracking_uri())
     spec = _spec(tmp_path, "bs-refused")
     assert main(["run", spec, "--profile", "smoke", "--batch-seeds", "2",
-                 "--set", "optim.bias_lr_mult=2.0", "--set", "schedule.length=1"]) == 0
+                 "--set", "bn_group=16", "--set", "schedule.length=1"]) == 0
     out = capsys.readouterr().out
-    assert "seeds one at a time (batched seeds do not support optim.bias_lr_mult" in out
+    assert "seeds one at a time (batched seeds do not support bn_group" in out
     assert len(_by_seed("bs-refused")) == 2
     assert main(["run", spec, "--profile", "smoke", "--batch-seeds", "2", "--ddp", "2"]) == 2

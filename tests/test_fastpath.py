@@ -32,11 +32,13 @@ def float64_training(monkeypatch):
     across thread counts). The logged losses are float32, so the histories must agree to the
     float32 resolution of a sum of 4 batch losses: a few ulps, rel 1e-6. A fast path that
     trained something else (another batch order, lr, weight decay) differs by far more."""
+    import convnets.epochs as E
     import convnets.train as T
 
     build, to_float = T.build_model, T.to_float
     monkeypatch.setattr(T, "build_model", lambda *a, **k: build(*a, **k).double())
-    monkeypatch.setattr(T, "to_float", lambda *a, **k: to_float(*a, **k).double())
+    for module in (T, E):  # the step and the evaluation
+        monkeypatch.setattr(module, "to_float", lambda *a, **k: to_float(*a, **k).double())
 
 
 # float64 channels_last convolutions are slow with several threads (no oneDNN kernel): the

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import convnets.epochs as E
 import convnets.multiseed as M
 import convnets.train as T
 from convnets.augment import to_float
@@ -41,8 +42,8 @@ def float64(monkeypatch):
     def to_double(*args, **kwargs):
         return to_float(*args, **kwargs).double()
 
-    monkeypatch.setattr(T, "to_float", to_double)
-    monkeypatch.setattr(M, "to_float", to_double)
+    for module in (T, E, M):  # the step, the evaluation, the batched step
+        monkeypatch.setattr(module, "to_float", to_double)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield
@@ -126,18 +127,62 @@ def test_a_diverging_seed_leaves_the_others(monkeypatch):
         assert (out[k].predictions == reference[k].predictions).all()
 
 
-def test_every_parameter_group_key_of_fit_is_refused():
-    """fit's optimizer has parameter groups for these keys (convnets.optim.param_groups); the
-    batched SGD has one group, so it must refuse them rather than train another recipe
-    (optim.bias_lr_schedule: false was let through before: 1-D parameters were scheduled)."""
-    model = MODELS["resnet option A"]
-    for key, value in [("lr_mult", [["fc", 0.1]]), ("bias_lr_mult", 2.0),
-                       ("bias_decay", False), ("bias_lr_schedule", False)]:
-        why = M.unsupported(dict(BASE, model=model, optim={key: value}))
-        assert why and f"optim.{key}" in why
-        with pytest.raises(ValueError, match=f"optim.{key}"):
-            M.fit_seeds(dict(BASE, model=model, optim={key: value}), [0, 1])
-    assert M.unsupported(dict(BASE, model=model)) is None
+#: every parameter-group key of fit's optimizer (convnets.optim.param_groups) at once, with a
+#: schedule drop between the epochs so that fixed_lr groups and scheduled ones part
+GROUPS = {"optim": {"lr_mult": [["head.fc", 0.5]], "bias_lr_mult": 2.0, "bias_decay": False,
+                    "bias_lr_schedule": False},
+          "schedule": {"unit": "epochs", "length": 2, "drops": [0.5]}}
+
+
+def test_parameter_groups_train_as_in_fit_in_float64(float64):
+    """The batched SGD is fit's own (``make_optimizer`` over the stacked tensors), so recipes
+    with parameter groups train as K single runs do, bit for bit in float64."""
+    cfg = dict(BASE, model=MODELS["resnet option A"], **GROUPS)
+    singles = [T.fit(dict(cfg, seed=s), progress=False) for s in SEEDS[:2]]
+    batched = M.fit_seeds(cfg, SEEDS[:2])
+    for one, many in zip(singles, batched, strict=True):
+        assert [h["train_loss"] for h in one.history] == [h["train_loss"] for h in many.history]
+        assert (one.predictions == many.predictions).all()
+    plain = M.fit_seeds(dict(BASE, model=MODELS["resnet option A"], schedule=GROUPS["schedule"]),
+                        SEEDS[:2])
+    assert plain[0].history[-1]["train_loss"] != batched[0].history[-1]["train_loss"]
+
+
+def test_a_batched_checkpoint_holds_the_single_runs_optimizer_groups(tmp_path):
+    cfg = dict(BASE, model=MODELS["resnet option A"], **GROUPS)
+    paths = [tmp_path / f"seed{s}.pt" for s in SEEDS[:2]]
+
+    def stop(metrics):
+        if metrics["seed_index"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        M.fit_seeds(cfg, SEEDS[:2], checkpoints=paths, on_epoch_end=stop)
+    single = tmp_path / "single.pt"
+
+    def stop_single(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.fit(dict(cfg, seed=1), checkpoint=single, progress=False, on_epoch_end=stop_single)
+    batched, alone = (torch.load(p, weights_only=False)["optimizer"] for p in (paths[1], single))
+    assert len(batched["param_groups"]) == 4  # (mult, decay, fixed): weights, fc, 1-D, fc bias
+    assert batched["param_groups"] == alone["param_groups"]
+    assert batched["state"].keys() == alone["state"].keys()
+    for i, s in alone["state"].items():
+        assert batched["state"][i]["momentum_buffer"].shape == s["momentum_buffer"].shape
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("schedule", {"warmup_until_error": 80.0, "warmup_iterations": 8}),
+    ("bn_group", 8)])
+def test_what_one_batched_step_cannot_train_is_refused(key, value):
+    cfg = dict(BASE, model=MODELS["resnet option A"], **{key: value})
+    name = "schedule.warmup_until_error" if key == "schedule" else key
+    assert name in M.unsupported(cfg)
+    with pytest.raises(ValueError, match=name):
+        M.fit_seeds(cfg, [0, 1])
+    assert M.unsupported(dict(BASE, model=MODELS["resnet option A"])) is None
 
 
 def test_dropout_is_refused():

@@ -11,7 +11,7 @@ import pytest
 from convnets.config import config_hash
 from convnets.names import Outcome, tracking_uri
 from experiments.__main__ import main
-from experiments.deadline import parse_deadline
+from experiments.deadline import Deadline, parse_deadline
 from tests.test_data import write_imagefolder
 from tests.test_experiments import _write
 
@@ -47,8 +47,6 @@ def test_parse_deadline_forms():
 
 
 def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, capsys):
-    import convnets.train as train
-
     mlflow.set_tracking_uri(tracking_uri())
     only = ["--variant", "base", "--seeds", "1"]
     ref_spec = _write(tmp_path, "timebox-ref")  # the uninterrupted run, in its own experiment
@@ -58,7 +56,7 @@ def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, c
     # the same config, stopped by the deadline after 3 iterations
     spec = _write(tmp_path, "timebox")
     calls = iter(range(10**6))
-    monkeypatch.setattr(train, "_clock", lambda: 1e18 if next(calls) >= 3 else 0.0)
+    monkeypatch.setattr(Deadline, "passed", lambda self: next(calls) >= 3)
     args = ["run", spec, "--profile", "smoke", *only, "--deadline", "3600"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -68,7 +66,7 @@ def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, c
     assert killed["tags.failure_kind"] == "deadline"
     assert "deadline reached at iteration 3 of 8" in killed["tags.failure_reason"]
     # the next invocation resumes the same MLflow run to the uninterrupted result
-    monkeypatch.setattr(train, "_clock", lambda: 0.0)
+    monkeypatch.setattr(Deadline, "passed", lambda self: False)
     assert main(["run", spec, "--profile", "smoke", *only, "--deadline", "1h"]) == 0
     runs = mlflow.search_runs(experiment_names=["timebox"])
     resumed = runs[runs["run_id"] == killed["run_id"]].iloc[0]

@@ -17,6 +17,7 @@ from convnets.bench.measure import (
     synthetic,
     time_windows,
 )
+from convnets.config import DEFAULTS
 from convnets.device_data import epoch_data
 from convnets.models import build_model
 from convnets.multiseed import SeedStack
@@ -72,8 +73,7 @@ def bench_batched(k: int, spec: Spec, data, device, flags: dict, t: Timing) -> R
         torch.manual_seed(seed)
         models.append(build_model(spec.name, **spec.options).to(device))
     x_train, y_train, mean, std = device_stats(spec, data, device)
-    cfg = {"optim": {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4},
-           "data": {"resize": spec.resize}}
+    cfg = {"optim": DEFAULTS["optim"], "data": {"resize": spec.resize}}  # He et al.'s SGD
     stack = SeedStack(models, cfg, rt, mean, std)
     gens = [torch.Generator().manual_seed(s) for s in range(k)]
     reset_mem(device)
