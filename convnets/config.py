@@ -263,6 +263,12 @@ def _check_recipe_keys(c: dict) -> None:
         raise ConfigError(f"'schedule.warmup_window' must be a positive integer, got {w!r}")
 
 
+def eval_split(cfg: dict) -> str:
+    """The split a run is evaluated on: ``val`` when ``data.val_size`` holds a stratified
+    validation split out of the training set (the test set is then never read), else ``test``."""
+    return "val" if cfg["data"]["val_size"] > 0 else "test"
+
+
 def config_hash(cfg: dict) -> str:
     """Hash of what is trained: the resolved config minus seed, how it runs (``runtime``, the
     precision included) and where the data lie; an image folder enters by its content

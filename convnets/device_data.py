@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from convnets.augment import crop_flip, draw_crop_flip
+from convnets.config import eval_split
 from convnets.data import channel_stats, load_dataset, pixel_mean, stratified_split
 
 
@@ -42,14 +43,13 @@ def prepare_data(cfg: dict, device: torch.device, dataset=None) -> DeviceData:
     d = cfg["data"]
     ds = dataset or load_dataset(d["name"], d["data_dir"], **d["options"])
     tr_x, tr_y = ds.train.images, ds.train.labels
-    if d["val_size"] > 0:
+    split = eval_split(cfg)
+    if split == "val":
         tr_idx, val_idx = stratified_split(tr_y, d["val_size"], d["split_seed"])
         ev_x, ev_y = tr_x[val_idx], tr_y[val_idx]
         tr_x, tr_y = tr_x[tr_idx], tr_y[tr_idx]
-        split = "val"
     else:
         ev_x, ev_y = ds.test.images, ds.test.labels
-        split = "test"
     info = {"dataset": ds.name, "dataset_label": ds.label, "dataset_checksum": ds.checksum}
     tr_x, ev_x, mean, std, fill = _normalisation(d, tr_x, ev_x, info)
     return DeviceData(

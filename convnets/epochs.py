@@ -28,6 +28,7 @@ from convnets.checkpoint import (
 from convnets.config import ConfigError
 from convnets.device_data import DeviceData, epoch_data, prepare_data
 from convnets.models.registry import get_entry
+from convnets.names import eval_error
 from convnets.optim import plan_iterations
 from convnets.progress import Progress
 from convnets.results import DeadlineReached, check_finite
@@ -82,7 +83,7 @@ def end_epoch(run: RunState, epoch: int, metrics: dict, logger) -> tuple | None:
     result = None
     if run.world.main and (epoch == run.n_epochs - 1 or (epoch + 1) % cfg["eval_every"] == 0):
         result = evaluate(run.module, data, run.rt, cfg)
-        metrics[f"{data.eval_split}_error"] = result[0]
+        metrics[eval_error(data.eval_split)] = result[0]
     run.history.append(metrics)
     run.save(epoch=epoch + 1, iteration=run.iteration)
     logger.log_epoch(run.iteration, metrics)

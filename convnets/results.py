@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from convnets.names import final_error
 from convnets.runtime import Runtime, device_name
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def build_result(history: list[dict], err: float, pred: torch.Tensor, data: Devi
     """The run's final metrics and provenance from its last epoch and evaluation."""
     last = history[-1]
     final = {
-        f"final_{data.eval_split}_error": err,
+        final_error(data.eval_split): err,
         "final_train_error": last["train_error"],
         "final_train_loss": last["train_loss"],
         "wall_time_s": wall_time_s,

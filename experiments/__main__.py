@@ -7,6 +7,7 @@ import os
 import sys
 
 from convnets import tracking
+from convnets.config import eval_split
 from convnets.names import tracking_uri
 from experiments.deadline import ENV, parse_deadline
 from experiments.locks import first_use_lock
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                         deadline=deadline, batch_seeds=args.batch_seeds)
     except KeyboardInterrupt as err:
         return 143 if isinstance(err, Terminated) else 130
-    split = "val" if jobs and jobs[0].config["data"]["val_size"] else "test"
+    split = eval_split(jobs[0].config) if jobs else "test"
     print(summary_table(rows, split))
     return report(rows)
 

@@ -28,6 +28,7 @@ from tabulate import tabulate
 
 from convnets import multiseed, tracking
 from convnets.checkpoint import CheckpointError, read_checkpoint_meta, set_aside
+from convnets.config import eval_split
 from convnets.distributed import launch
 from convnets.multiseed import MixedProgressError, fit_seeds
 from convnets.names import (
@@ -176,7 +177,7 @@ def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opene
     ckpt = checkpoint_path(job)
     existing = tracking.find_runs(cl, exp_id, h, job.seed, job.tags.get("profile", ""))
     finished = [r for r in existing if r.info.status == RunStatus.FINISHED]
-    err_key = final_error("val" if job.config["data"]["val_size"] else "test")
+    err_key = final_error(eval_split(job.config))
     if finished and not force:
         run = finished[0]
         return row(job, Outcome.SKIPPED, "FINISHED (skipped)",

@@ -30,11 +30,11 @@ from analysis import ledger
 from analysis import runs as run_store
 from analysis.ledger import local_device
 from convnets.complexity import registered_complexity
-from convnets.models import build_model, get_entry
+from convnets.models import get_entry
 from convnets.names import DIVERGED, RunStatus, tracking_uri
-from convnets.optim import make_optimizer
-from convnets.runtime import resolve_runtime
-from convnets.train import make_step
+from convnets.optim import plan_iterations
+from convnets.runtime import Runtime, resolve_runtime
+from convnets.train import fit
 from experiments.deadline import Deadline, parse_deadline
 from experiments.runner import report, run_jobs, summary_table
 from experiments.spec import expand, load_spec, set_dotted
@@ -148,7 +148,7 @@ def _iterations(cfg: dict) -> int:
     name = str(cfg["data"]["name"]).lower()
     n = _TRAIN_SIZES.get(name, 50000 if name.startswith("imagefolder") else
                          cfg["data"]["options"].get("n_train", 50000))
-    return int(s["length"] * ((n - cfg["data"]["val_size"]) // cfg["batch_size"]))
+    return plan_iterations(cfg, n - cfg["data"]["val_size"], cfg["batch_size"])[1].total
 
 
 def shift_states(shifts, assumed, ledger_dir=None, estimate: bool = True) -> list[dict]:
@@ -261,9 +261,8 @@ def shakedown(jobs):
     for key, job in settings.items():
         t0 = time.time()
         try:
-            _one_step(job.config)
-            print(f"shakedown ok ({time.time() - t0:.1f} s): {resolve_runtime(job.config['runtime'])}",
-                  flush=True)
+            rt = _one_step(job.config)
+            print(f"shakedown ok ({time.time() - t0:.1f} s): {rt}", flush=True)
         except Exception as err:  # any failure of the fast path: keep the lease, run eager
             print(f"shakedown FAILED for runtime {key}: {type(err).__name__}: {err}; "
                   "falling back to eager (compile off, channels_last off)", flush=True)
@@ -278,21 +277,25 @@ def shakedown(jobs):
     return out
 
 
-def _one_step(cfg: dict) -> None:
-    rt = resolve_runtime(cfg["runtime"])
-    entry = get_entry(cfg["model"]["name"])
-    c, h, w = entry.input_size
-    if cfg["data"]["resize"]:
-        h = w = cfg["data"]["resize"]
-    model = build_model(cfg["model"]["name"], **cfg["model"]["options"]).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step = make_step(model, make_optimizer(model, cfg, rt), rt, None, None, None)
-    x = torch.randint(0, 256, (8, c, h, w), dtype=torch.uint8, device=rt.device)
-    y = torch.randint(0, 10, (8,), device=rt.device)
-    loss, _ = step(x, y, 0.01)
-    if not torch.isfinite(loss):
-        raise RuntimeError("non-finite loss in the shakedown step")
+def _one_step(cfg: dict) -> Runtime:
+    """One training step of ``cfg``'s run through ``fit``, on synthetic images of its input
+    shape, with the runtime its real run resolves to here (``compile: auto`` decided by the
+    real run's length, then requested outright, so a failure to compile surfaces instead of
+    falling back). Returns that runtime."""
+    name = cfg["model"]["name"]
+    real = resolve_runtime(cfg["runtime"], model=name, iterations=_iterations(cfg),
+                           family=get_entry(name).family)
+    channels, size, _ = get_entry(name).input_size
+    tiny = copy.deepcopy(cfg)
+    tiny["data"].update(name="synthetic", data_dir=None, val_size=0, resize=None, options={
+        "n_train": cfg["batch_size"], "n_test": 8, "channels": channels,
+        "image_size": cfg["data"]["resize"] or size})
+    tiny["schedule"].update(unit="iterations", length=1, drops=[], warmup_iterations=0,
+                            warmup_until_error=None)
+    tiny["runtime"].update(compile=real.compile or False, channels_last=real.channels_last,
+                           fused_sgd=real.fused_sgd)
+    fit(tiny, progress=False)  # a non-finite loss raises DivergedError
+    return real
 
 
 def _bench(out: Path, seconds: float) -> None:

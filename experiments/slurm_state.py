@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convnets import tracking
+from convnets.config import eval_split
 from convnets.names import (
     DIVERGED,
     FAILURE_KIND,
@@ -157,7 +158,7 @@ def _state(job: Job, rec: dict, queue: dict[str, str], runs: list, claim: Path) 
         jid = latest.data.tags.get("slurm_job", "") if not jid else jid
         out.slurm_job = jid
     if finished:
-        err_key = final_error("val" if job.config["data"]["val_size"] else "test")
+        err_key = final_error(eval_split(job.config))
         out.state, out.error = "finished", latest.data.metrics.get(err_key)
         return out
     holder = _claim_holder(claim, queue) if claim.exists() else None

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from convnets.config import DEFAULTS, ConfigError, config_hash, resolve_config
+from convnets.config import DEFAULTS, ConfigError, hash_of_resolved, resolve_config
 from convnets.models import build_model, check_options, get_entry
 from convnets.names import PROFILES
 from convnets.runtime import check_precision
@@ -74,8 +74,11 @@ PROFILE_KEYS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
+    """One run to do: a config ``expand`` has resolved and validated (read it, do not change
+    it: the shift's eager fallback changes a copy), and its hash, computed once on first read
+    (an image folder's hash reads its content checksum, which a dry listing never needs)."""
     experiment: str
     group: str
     variant: str
@@ -83,9 +86,9 @@ class Job:
     config: dict
     tags: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def config_hash(self) -> str:
-        return config_hash(self.config)
+        return hash_of_resolved(self.config)
 
     @property
     def key(self) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from convnets.config import config_hash
 from convnets.multiseed import fit_seeds
 from convnets.train import fit
 from experiments.spec import expand, list_specs, load_spec
@@ -49,6 +50,8 @@ def test_every_spec_job_keeps_its_config_hash():
         for profile in spec["profiles"]:
             for job in expand(spec, profile, seeds=1):
                 got[f"{name}|{profile}|{job.group}/{job.variant}"] = job.config_hash
+                # the hash expand stores is the one the job's config resolves to afresh
+                assert job.config_hash == config_hash(job.config), (name, profile, job.key)
     changed = {k: (v, got[k]) for k, v in HASHES.items() if k in got and got[k] != v}
     assert not changed, f"config hashes changed (pinned, now): {changed}"
     assert len(set(HASHES) & set(got)) > 100  # the pins still name the jobs

@@ -17,7 +17,9 @@ from mlflow.tracking import MlflowClient
 
 import experiments.__main__ as cli
 import experiments.runner as runner
+from convnets.config import resolve_config
 from experiments.__main__ import main
+from experiments.spec import Job
 from tests.test_experiments import TINY, _write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,11 +121,10 @@ def test_stop_on_sigterm_turns_the_signal_into_a_keyboard_interrupt():
 def test_a_terminated_worker_starts_no_queued_job(monkeypatch):
     """The process pool hands a worker its next job before the current one ends, and the
     worker survives the Terminated it reports back: after SIGTERM that job must not start."""
-    from experiments.spec import Job
-
     monkeypatch.setattr(runner, "_terminated", True)
     monkeypatch.setattr(runner, "_start", lambda *a, **k: pytest.fail("a run was opened"))
-    job = Job(experiment="e", group="g", variant="v", seed=3, config={"model": {"name": "nin"}})
+    job = Job(experiment="e", group="g", variant="v", seed=3,
+              config=resolve_config({"model": {"name": "nin"}, "seed": 3}))
     row = runner.run_job(job)
     assert row["status"] == "not started (terminated)" and (row["variant"], row["seed"]) == (
         "v", 3)
