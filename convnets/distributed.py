@@ -42,8 +42,9 @@ import yaml
 
 from convnets import tracking
 from convnets.config import ConfigError, resolve_config
+from convnets.names import final_error
 from convnets.results import DivergedError, RunResult
-from convnets.runtime import rank, world_size
+from convnets.runtime import rank, thread_share, world_size
 from convnets.train import fit
 
 __all__ = ["init_from_env", "launch", "main"]
@@ -85,7 +86,7 @@ def _spawned(local_rank: int, nprocs: int, port: int, cfg: dict, run_id: str | N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
                       LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nprocs))
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
+        torch.set_num_threads(thread_share(nprocs))
     init_from_env()
     logger = None
     if run_id and local_rank == 0:
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     cfg = resolve_config(yaml.safe_load(Path(args.config).read_text()) or {})
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(
+        torch.set_num_threads(thread_share(int(os.environ.get(
             "LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))))
     init_from_env()
     me, world = rank(), world_size()
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if me == 0 and result is not None:
         split = result.eval_split
         print(f"done: {world} processes, final {split} error "
-              f"{result.final[f'final_{split}_error']:.2f}%, train loss "
+              f"{result.final[final_error(split)]:.2f}%, train loss "
               f"{result.final['final_train_loss']:.4f}", flush=True)
     return code
 

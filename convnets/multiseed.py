@@ -46,6 +46,7 @@ from convnets.augment import to_float
 from convnets.config import resolve_config
 from convnets.epochs import RunState, end_epoch, evaluate, prepare_run, resumed_precision
 from convnets.models import build_model
+from convnets.names import eval_error
 from convnets.optim import make_optimizer, set_lr
 from convnets.progress import Progress
 from convnets.results import DivergedError, NullLogger, build_result
@@ -293,6 +294,6 @@ def _show_epoch(bar: Progress, last: list[dict], split: str) -> None:
     """The epoch's end on the bar: the mean of the live seeds' metrics."""
     if not last:
         return
-    keys = [k for k in ("train_loss", "train_error", f"{split}_error") if k in last[0]]
+    keys = [k for k in ("train_loss", "train_error", eval_error(split)) if k in last[0]]
     m = dict(last[0], **{k: sum(h[k] for h in last) / len(last) for k in keys})
     bar.update(m, split)

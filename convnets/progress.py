@@ -10,6 +10,8 @@ import math
 import sys
 import time
 
+from convnets.names import eval_error
+
 
 class Progress:
     """tqdm bar on a terminal, else plain lines. Inside an epoch it is refreshed from the host
@@ -45,7 +47,7 @@ class Progress:
 
     def update(self, m: dict, split: str) -> None:
         """Show an epoch's end: its metrics ``m`` (``split``: the evaluation set's name)."""
-        ev = m.get(f"{split}_error")
+        ev = m.get(eval_error(split))
         ev_s = f" {split}_err {ev:5.2f}%" if ev is not None else ""
         if self.bar is not None:
             self.bar.update(m["iteration"] - self.bar.n)

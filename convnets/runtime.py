@@ -175,6 +175,11 @@ def resolve_runtime(rt: dict, model: str | None = None, iterations: int | None =
                    compile_auto=rt["compile"] == "auto" and comp is not None)
 
 
+def thread_share(k: int) -> int:
+    """torch threads for each of ``k`` processes sharing this machine's cores (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // k)
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's model name, or ``cpu``."""
     if device.type == "cuda":

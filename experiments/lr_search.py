@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 import traceback
@@ -51,8 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from convnets import tracking
-from convnets.names import ERROR, tracking_uri
+from convnets.names import ERROR, eval_error, final_error, tracking_uri
 from convnets.results import DivergedError
+from convnets.runtime import thread_share
 from convnets.train import fit
 from experiments.locks import first_use_lock
 from experiments.search_settings import (
@@ -112,7 +112,7 @@ def _objective(trial, t: Target, cl, dataset, worker: int = 0):
     trial.set_user_attr("worker", worker)
 
     def on_epoch_end(m: dict) -> None:
-        epoch, err = int(m["epoch"]), float(m["val_error"])
+        epoch, err = int(m["epoch"]), float(m[eval_error("val")])
         run.logger.log_epoch(epoch, m)  # the curve at step = epoch (the pruner's step)
         trial.report(err, epoch)
         # the last epoch's value is the trial's result: never prune a finished trial
@@ -128,7 +128,7 @@ def _objective(trial, t: Target, cl, dataset, worker: int = 0):
         raise
     except DivergedError as err:  # a result of this lr: the trial completes with 100%
         trial.set_user_attr("diverged", True)
-        run.finish(metrics={"final_val_error": DIVERGED_ERROR}, step=budget,
+        run.finish(metrics={final_error("val"): DIVERGED_ERROR}, step=budget,
                    tags={"trial_state": "COMPLETE", "diverged": "true",
                          "failure_reason": str(err)[:5000]})
         return DIVERGED_ERROR
@@ -138,7 +138,7 @@ def _objective(trial, t: Target, cl, dataset, worker: int = 0):
             traceback.print_exc()
         raise
     run.finish(result, cfg, tags={"trial_state": "COMPLETE"})
-    return float(result.final["final_val_error"])
+    return float(result.final[final_error("val")])
 
 
 def _print_trial(study, frozen) -> None:
@@ -159,7 +159,7 @@ def run_trials(t: Target, n_trials: int, worker: int = 0, n_workers: int = 1,
 
     threads = torch.get_num_threads()
     if n_workers > 1:  # K processes share the cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
+        torch.set_num_threads(thread_share(n_workers))
     try:
         _optimize(t, n_trials, worker, dataset)
     finally:

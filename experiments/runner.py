@@ -42,6 +42,7 @@ from convnets.names import (
     outcome_of,
     tracking_uri,
 )
+from convnets.runtime import thread_share
 from convnets.tracking import Terminated
 from convnets.train import fit
 from experiments.deadline import Deadline
@@ -75,7 +76,7 @@ def worker_threads(parallel: int) -> int | None:
     the seed004 MNIST ResNet at 300-500 images/s each, 3 workers x 1 thread at 2,400-3,000."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    return max(1, (os.cpu_count() or 1) // parallel)
+    return thread_share(parallel)
 
 
 def worker_init(threads: int | None) -> None:

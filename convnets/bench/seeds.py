@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from convnets.bench.measure import (
@@ -21,7 +19,7 @@ from convnets.config import DEFAULTS
 from convnets.device_data import epoch_data
 from convnets.models import build_model
 from convnets.multiseed import SeedStack
-from convnets.runtime import Runtime
+from convnets.runtime import Runtime, thread_share
 
 
 def _worker(spec, device, flags, t, threads, barrier, queue):
@@ -48,7 +46,7 @@ def bench_processes(k: int, spec: Spec, device, flags: dict, t: Timing) -> Resul
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["convnets.bench.seeds"])
     barrier, queue = ctx.Barrier(k), ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // k) if device.type == "cpu" else 0
+    threads = thread_share(k) if device.type == "cpu" else 0
     procs = [ctx.Process(target=_worker, daemon=True,
                          args=(spec, str(device), flags, t, threads, barrier, queue))
              for _ in range(k)]
