@@ -21,6 +21,9 @@ import yaml
 from convnets import names
 from convnets.names import RunStatus, tracking_uri
 
+# mlflow is imported inside the functions that use it: it takes over a second to import, and
+# commands that never open a store (list, --dry-run, shifts, tables from the ledger) skip it.
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
 

@@ -31,6 +31,8 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
+# build_model / list_models on first use: `import convnets` (for names, config, the ledger) then
+# does not import every model module.
 def __getattr__(name: str):
     if name in ("build_model", "list_models"):
         from convnets import models

@@ -10,6 +10,8 @@ import math
 import sys
 import time
 
+from tqdm import tqdm
+
 from convnets.names import eval_error
 
 
@@ -26,8 +28,6 @@ class Progress:
         self.every = every if self.tty else 30.0  # plain logs: a line every 30 s
         self.last = time.perf_counter()
         if self.tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, unit="it", leave=False,
                             dynamic_ncols=True)
 

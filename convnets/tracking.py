@@ -43,6 +43,8 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,9 @@ import yaml
 from convnets import names
 from convnets.names import REPO_ROOT, tracking_uri
 from convnets.results import DeadlineReached, DivergedError
+
+# mlflow is imported inside the functions that use it: it takes over a second to import, and
+# commands that never open a store (list, --dry-run, shifts, tables from the ledger) skip it.
 
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -72,9 +77,6 @@ def check_store(uri: str | None = None, timeout: float = 5.0) -> None:
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
             return

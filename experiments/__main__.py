@@ -16,6 +16,7 @@ from experiments.preflight import check_jobs_data, check_stored_results
 from experiments.rekey import write_rekey
 from experiments.runner import Terminated, report, run_jobs, stop_on_sigterm, summary_table
 from experiments.shifts import add_shifts_parser, run_shifts_command
+from experiments.slurm import status, submit
 from experiments.slurm_options import add_slurm_arguments, check_slurm_args
 from experiments.spec import (
     PROFILES,
@@ -176,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{spec['name']}: {len(jobs)} runs, profile {args.profile}", flush=True)
     if args.launcher == "slurm" and args.dry_run:
-        from experiments.slurm import submit
-
         return submit(args, spec, jobs)
     if args.dry_run:
         for job in jobs:
@@ -201,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         tracking.describe_experiment(
             cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
     if args.launcher == "slurm":
-        from experiments.slurm import submit
-
         return submit(args, spec, jobs)
     try:
         rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
@@ -216,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _status(args) -> int:
     """``status SPEC``: one line per run (the launcher's view; local runs show too)."""
-    from experiments.slurm import status
-
     spec, jobs = _jobs(args)
     return status(args, spec, jobs)
 

@@ -43,11 +43,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+import optuna
+import torch
+from tabulate import tabulate
 
 from convnets import tracking
 from convnets.names import ERROR, eval_error, final_error, tracking_uri
@@ -55,6 +60,7 @@ from convnets.results import DivergedError
 from convnets.runtime import thread_share
 from convnets.train import fit
 from experiments.locks import first_use_lock
+from experiments.runner import stop_on_sigterm
 from experiments.search_settings import (
     DEFAULT_TRIALS,
     SearchError,
@@ -93,8 +99,6 @@ def _trial_tags(t: Target, number: int) -> dict[str, str]:
 
 
 def _objective(trial, t: Target, cl, dataset, worker: int = 0):
-    import optuna
-
 
     s = t.settings
     lo, hi = (min(s.grid), max(s.grid)) if s.grid else s.lr_range
@@ -152,11 +156,7 @@ def _print_trial(study, frozen) -> None:
 def run_trials(t: Target, n_trials: int, worker: int = 0, n_workers: int = 1,
                dataset=None) -> None:
     """Run ``n_trials`` trials of ``t``'s study in this process (one worker)."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import torch
-
     threads = torch.get_num_threads()
     if n_workers > 1:  # K processes share the cores
         torch.set_num_threads(thread_share(n_workers))
@@ -167,8 +167,6 @@ def run_trials(t: Target, n_trials: int, worker: int = 0, n_workers: int = 1,
 
 
 def _optimize(t: Target, n_trials: int, worker: int, dataset) -> None:
-    import optuna
-
     storage = make_storage(t.storage)
     s = t.settings
     if s.grid:
@@ -219,10 +217,6 @@ def _split(n: int, k: int) -> list[int]:
 def search_variant(t: Target, *, trials: int | None, workers: int, n_train: int,
                    dataset=None) -> dict:
     """Add trials to one variant's study; returns its summary (best lr among COMPLETE trials)."""
-    import multiprocessing
-
-    import optuna
-
     study = open_study(t)
     cl = tracking.client()
     parent = _parent_run(cl, t, n_train)
@@ -414,8 +408,6 @@ def run_lr_search(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    from tabulate import tabulate
-
     table = [(r["variant"], r["trials"], r["COMPLETE"], r["PRUNED"], r["FAIL"],
               "" if r["best_lr"] is None else f"{r['best_lr']:.4g}",
               "" if r["best_val_error"] is None else f"{r['best_val_error']:.2f}")
@@ -440,8 +432,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from experiments.runner import stop_on_sigterm
-
     stop_on_sigterm()  # SIGTERM ends the search as Ctrl-C does (runs KILLED, not RUNNING)
     sys.exit(main())
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import torch
 from tabulate import tabulate
 
 from convnets import multiseed, tracking
@@ -83,8 +84,6 @@ def worker_init(threads: int | None) -> None:
     """A --parallel worker: SIGTERM as Ctrl-C, and its share of the CPU threads."""
     stop_on_sigterm()
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
 
 

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from convnets.config import config_hash, resolve_config
 from convnets.data import load_dataset
@@ -179,11 +181,7 @@ def public_storage(url: str) -> str:
 
 def make_storage(url: str):
     """An Optuna storage for ``url``: ``journal:PATH`` or any SQLAlchemy database URL."""
-    import optuna
-
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
         path = Path(url[len("journal:"):]).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
@@ -210,8 +208,6 @@ def make_sampler(s: Settings, seed: int):
     same lr). Both are passed explicitly, so an older or newer default changes nothing.
     ``n_startup_trials`` random trials come first; ``seed`` fixes every draw of this sampler.
     """
-    import optuna
-
     if s.grid:
         return optuna.samplers.GridSampler({"lr": s.grid}, seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
@@ -219,8 +215,6 @@ def make_sampler(s: Settings, seed: int):
 
 
 def make_pruner(s: Settings):
-    import optuna
-
     opts = dict(s.pruner_options)
     try:
         if s.pruner == "median":
@@ -317,8 +311,6 @@ def _study_attrs(t: Target) -> dict[str, Any]:
 
 def open_study(t: Target):
     """Create the study, or load it and check it was made for the same search."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(t.storage)
     study = optuna.create_study(storage=storage, study_name=t.study, direction="minimize",

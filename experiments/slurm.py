@@ -31,6 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
 from convnets import tracking
 from convnets.names import DEADLINE, INTERRUPTED, Outcome, tracking_uri
 from convnets.tracking import Terminated
@@ -101,8 +104,6 @@ def sbatch_parameters(args, spec_name: str) -> dict:
 
 def executor(args, spec_name: str, folder: Path):
     """The submitit executor of one submission (nothing is submitted yet)."""
-    import submitit
-
     ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=args.requeues)
     ex.update_parameters(**sbatch_parameters(args, spec_name))
     return ex
@@ -152,8 +153,6 @@ def submit(args, spec: dict, jobs: list[Job]) -> int:
 
 def _print_array(args, spec_name: str, folder: Path, todo: list[Job]) -> int:
     """The batch script ``submit`` would hand to sbatch, and the task of each array index."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     cmd = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}/%j"
     print(_make_sbatch_string(command=cmd, folder=str(folder / "%j"), map_count=len(todo),
                               **sbatch_parameters(args, spec_name)))

@@ -86,11 +86,6 @@ def check_slurm_args(args) -> None:
         raise SpecError(f"--cpus-per-run {args.cpus_per_run}: at least 1")
     time_limit_minutes(args.time_limit)
     if not args.dry_run:
-        try:
-            import submitit  # noqa: F401
-        except ImportError:
-            raise SpecError("--launcher slurm needs submitit: pip install 'submitit>=1.5.4,<1.6'"
-                            ) from None
         if shutil.which("sbatch") is None:
             raise SpecError("--launcher slurm: no `sbatch` on PATH (run this on a Slurm login "
                             "node, or use --launcher local)")

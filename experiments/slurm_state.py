@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tabulate import tabulate
+
 from convnets import tracking
 from convnets.config import eval_split
 from convnets.names import (
@@ -180,8 +182,6 @@ def _state(job: Job, rec: dict, queue: dict[str, str], runs: list, claim: Path) 
 
 
 def status_table(states: list[RunState]) -> str:
-    from tabulate import tabulate
-
     rows = [(s.job.group, s.job.variant, s.job.seed, s.state, s.slurm_job, s.run_id,
              "" if s.error is None else f"{s.error:.2f}", s.note[:70]) for s in states]
     return tabulate(rows, headers=["group", "variant", "seed", "state", "slurm job",

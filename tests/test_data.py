@@ -5,11 +5,9 @@ Nothing here reads the network or a shared data copy: downloads are made to fail
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import stat
-import struct
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,12 +19,18 @@ import torch
 from convnets.data import (
     Dataset,
     DatasetError,
-    channel_stats,
     cifar,
     default_data_dir,
     list_datasets,
     load_dataset,
-    stratified_split,
+)
+from tests.data_formats import (
+    as_nchw,
+    write_cifar10,
+    write_idx,
+    write_imagefolder,
+    write_mnist,
+    write_png,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -43,86 +47,6 @@ def _isolated(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("CONVNETS_DATA", str(tmp_path / "default-data"))
-
-
-def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def write_cifar10(root: Path, per_batch: int = 10, bytes_keys: bool = True) -> dict:
-    """cifar-10-batches-py with 5 train batches and a test batch of ``per_batch`` images."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = _rng(0)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]
-    key = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
-    out = {"train_x": [], "train_y": [], "classes": names}
-    for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        x = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        y = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-        batch = {key("batch_label"): key(f"batch {fname}"), key("data"): x, key("labels"): y,
-                 key("filenames"): [key(f"{i}.png") for i in range(per_batch)]}
-        with open(folder / fname, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-        if fname == "test_batch":
-            out["test_x"], out["test_y"] = x, y
-        else:
-            out["train_x"].append(x)
-            out["train_y"] += y
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({key("label_names"): [key(n) for n in names], key("num_vis"): 3072}, f,
-                    protocol=2)
-    out["train_x"] = np.concatenate(out["train_x"])
-    return out
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = (b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-           + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-
-
-def write_mnist(root: Path, cls_name: str, gz: bool, n_train: int = 12, n_test: int = 7,
-                size: int = 28) -> dict:
-    rng = _rng(1)
-    raw = root / cls_name / "raw"
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
-    }
-    for name, arr in arrays.items():
-        write_idx(raw / (name + (".gz" if gz else "")), arr, gz=gz)
-    return arrays
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-
-
-def write_imagefolder(root: Path, size: int = 8) -> dict:
-    """train/{dog,cat}/{1,2,10}.png and test/{cat,dog}/{3,20}.png, random RGB."""
-    rng = _rng(2)
-    expected: dict = {"train": [], "test": []}
-    for split, numbers in (("train", (10, 2, 1)), ("test", (20, 3))):
-        for cls in ("dog", "cat"):  # written out of order on purpose
-            for num in numbers:
-                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                write_png(root / split / cls / f"{num}.png", arr)
-                expected[split].append((cls, num, arr))
-    for split in expected:  # classes sorted, files by number
-        expected[split].sort(key=lambda t: (t[0], t[1]))
-    return expected
-
-
-def as_nchw(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +76,7 @@ def test_cifar10_reads_pickle_batches_exactly(tmp_path, bytes_keys):
 def test_cifar100_reads_fine_labels(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    rng = _rng(3)
+    rng = np.random.default_rng(3)
     x_tr = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
     x_te = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
     y_tr, y_te = [0, 99, 5, 5, 42, 7], [1, 2, 3, 99]
@@ -403,7 +327,7 @@ def test_imagefolder_cifar_jpeg_label_and_jpeg_decoding(tmp_path):
     from PIL import Image
 
     root = tmp_path / "cifar10-jpeg-q75"
-    rng = _rng(4)
+    rng = np.random.default_rng(4)
     for split in ("train", "test"):
         for cls in ("airplane", "bird"):
             for i in range(3):
@@ -501,83 +425,3 @@ def test_list_and_default_dir(tmp_path, monkeypatch):
     assert default_data_dir() == tmp_path / "default-data"
     monkeypatch.delenv("CONVNETS_DATA")
     assert default_data_dir() == Path.home() / ".cache" / "convnets" / "data"
-
-
-# ---------------------------------------------------------------------------------------------
-# split and statistics
-# ---------------------------------------------------------------------------------------------
-
-
-def test_stratified_split_balanced():
-    labels = torch.arange(50_000) % 10
-    labels = labels[torch.randperm(50_000, generator=torch.Generator().manual_seed(1))]
-    tr, val = stratified_split(labels, 5000, seed=0)
-    assert tr.dtype == torch.int64 and val.dtype == torch.int64
-    assert len(tr) == 45_000 and len(val) == 5000
-    assert torch.equal(torch.sort(torch.cat([tr, val])).values, torch.arange(50_000))
-    assert torch.all(tr[1:] > tr[:-1]) and torch.all(val[1:] > val[:-1])
-    assert torch.bincount(labels[val], minlength=10).tolist() == [500] * 10
-    tr2, val2 = stratified_split(labels, 5000, seed=0)
-    assert torch.equal(tr, tr2) and torch.equal(val, val2)
-    _, val3 = stratified_split(labels, 5000, seed=1)
-    assert not torch.equal(val, val3)
-
-
-def test_stratified_split_proportional_and_edges():
-    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
-    _, val = stratified_split(labels, 100, seed=3)
-    assert torch.bincount(labels[val]).tolist() == [60, 30, 10]
-    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    tr, val = stratified_split(labels, 4)
-    assert len(val) == 4 and len(tr) == 5
-    assert sorted(torch.bincount(labels[val], minlength=3).tolist()) == [1, 1, 2]
-    tr, val = stratified_split(labels, 0)
-    assert len(val) == 0 and len(tr) == 9
-    with pytest.raises(ValueError):
-        stratified_split(labels, 10)
-    with pytest.raises(ValueError):
-        stratified_split(labels.float(), 2)
-
-
-def test_channel_stats_matches_float64_reference():
-    x = torch.randint(0, 256, (37, 3, 9, 7), generator=torch.Generator().manual_seed(5),
-                      dtype=torch.uint8)
-    mean, std = channel_stats(x)
-    ref = x.to(torch.float64).permute(1, 0, 2, 3).reshape(3, -1)
-    assert len(mean) == 3 and all(isinstance(v, float) for v in mean + std)
-    assert mean == pytest.approx(ref.mean(1).tolist(), abs=1e-9)
-    assert std == pytest.approx(ref.std(1, unbiased=False).tolist(), abs=1e-9)
-    fmean, fstd = channel_stats(x.to(torch.float32))
-    assert fmean == pytest.approx(mean, abs=1e-6) and fstd == pytest.approx(std, abs=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# synthetic
-# ---------------------------------------------------------------------------------------------
-
-
-def test_synthetic_deterministic_and_shaped():
-    a = load_dataset("synthetic")
-    b = load_dataset("synthetic", seed=0)
-    assert a.name == "synthetic" and a.label == "synthetic (smoke)"
-    assert a.train.images.shape == (512, 3, 32, 32) and a.test.images.shape == (256, 3, 32, 32)
-    assert a.train.images.dtype == torch.uint8 and a.train.labels.dtype == torch.int64
-    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
-    assert a.checksum == b.checksum
-    assert torch.bincount(a.train.labels).tolist() == [52] * 2 + [51] * 8
-    c = load_dataset("synthetic", seed=1)
-    assert not torch.equal(a.train.images, c.train.images) and a.checksum != c.checksum
-    # the test split does not depend on the training size
-    d = load_dataset("synthetic", n_train=64)
-    assert torch.equal(a.test.images, d.test.images)
-    g = load_dataset("synthetic", n_train=30, n_test=12, num_classes=3, image_size=28, channels=1)
-    assert g.train.images.shape == (30, 1, 28, 28) and g.num_classes == 3 and g.in_channels == 1
-
-
-def test_synthetic_is_class_separable():
-    ds = load_dataset("synthetic")
-    x = ds.train.images.flatten(1).double()
-    means = torch.stack([x[ds.train.labels == c].mean(0) for c in range(ds.num_classes)])
-    pred = torch.cdist(ds.test.images.flatten(1).double(), means).argmin(1)
-    accuracy = (pred == ds.test.labels).double().mean().item()
-    assert accuracy > 0.5, accuracy

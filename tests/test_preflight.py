@@ -12,7 +12,7 @@ import pytest
 import experiments.__main__ as cli
 from convnets.data import DatasetError, load_dataset
 from experiments.__main__ import main
-from tests.test_data import write_imagefolder, write_mnist
+from tests.data_formats import write_imagefolder, write_mnist
 
 SPEC = textwrap.dedent("""
     name: {name}

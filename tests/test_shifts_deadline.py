@@ -12,7 +12,7 @@ from convnets.config import config_hash
 from convnets.names import Outcome, tracking_uri
 from experiments.__main__ import main
 from experiments.deadline import Deadline, parse_deadline
-from tests.test_data import write_imagefolder
+from tests.data_formats import write_imagefolder
 from tests.test_experiments import _write
 
 

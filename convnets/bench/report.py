@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import subprocess
 
 import torch
+from tabulate import tabulate
 
 from convnets.bench.measure import Result, Spec
 from convnets.bench.plan import LADDER
@@ -47,8 +49,6 @@ def environment(device: torch.device, load: str | None) -> dict[str, str]:
         pass
     if device.type == "cuda":
         try:
-            import subprocess
-
             env["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                 capture_output=True, text=True, timeout=20).stdout.strip()
@@ -238,8 +238,6 @@ def _missing(state) -> list[str]:
 
 def render(state, specs: dict[str, Spec]) -> str:
     """The whole markdown table of ``state`` (a ``convnets.bench.plan.State``)."""
-    from tabulate import tabulate
-
     lines = ["# Training throughput", ""] + _status(state)
     if state.size == "tiny":
         lines += ["**Tiny run: exercises the code only; not a speed figure.**", ""]

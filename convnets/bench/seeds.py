@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+
 import torch
 
 from convnets.bench.measure import (
@@ -38,8 +40,6 @@ def _worker(spec, device, flags, t, threads, barrier, queue):
 
 def bench_processes(k: int, spec: Spec, device, flags: dict, t: Timing) -> Result:
     """Aggregate images/s of ``k`` processes training at once on one device."""
-    import multiprocessing as mp
-
     # forkserver: one server process imports torch and this module once (no CUDA, no OpenMP
     # pool in it, so forking it is safe), and every worker of every row forks from it instead
     # of re-importing torch: K=8 spawned interpreters cost ~30 CPU-seconds per row on 2 cores

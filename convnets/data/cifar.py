@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .cache import _cache_path, _cached_load, _file_entry, _source_key
@@ -61,8 +62,6 @@ def _read_pickle(path: Path) -> dict[str, Any]:
 
 
 def _cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    import numpy as np
-
     d = _read_pickle(path)
     for k in ("data", label_key):
         if k not in d:

@@ -16,6 +16,9 @@ import torch
 from .cache import _cache_path, _cached_load, _source_key
 from .dataset import Dataset, DatasetError, _to_dataset
 
+# torchvision.io is imported where images are decoded: torchvision takes seconds to import, and
+# a folder answered from its decoded cache never needs it.
+
 _IMAGEFOLDER_OPTIONS = frozenset({"label", "cache", "mode"})
 _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 _DECODE_CHUNK = 1024

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .dataset import Dataset, DatasetError, _sha256, _to_dataset
 
@@ -47,8 +48,6 @@ def _load_synthetic(root: Path, download: bool, **opts: Any) -> Dataset:
     uint8, where each template has zero mean and unit std. Train and test draw from separate
     generator streams, so the test set does not depend on ``n_train``.
     """
-    import torch.nn.functional as F
-
     label = opts.pop("label", "synthetic (smoke)")
     cfg = _synthetic_config(opts)
     k, size, c, seed = cfg["num_classes"], cfg["image_size"], cfg["channels"], cfg["seed"]
