@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from convnets.models.registry import build_model
+from convnets.models.registry import build_on_meta
 
 
 def count_params(module: nn.Module) -> int:
@@ -53,8 +53,7 @@ def registered_complexity(name: str, options: dict, input_size: tuple[int, ...])
 
 @functools.cache
 def _registered(name: str, options: str, input_size: tuple[int, ...]) -> tuple:
-    with torch.device("meta"):
-        model = build_model(name, **json.loads(options))
+    model = build_on_meta(name, options)
     layers = sum(isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) for m in model.modules())
     return tuple({"params": count_params(model), "macs": layer_macs(model, input_size),
                   "layers": layers}.items())

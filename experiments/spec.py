@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from convnets.config import DEFAULTS, ConfigError, hash_of_resolved, resolve_config
-from convnets.models import build_model, check_options, get_entry
+from convnets.models import build_on_meta, check_options, get_entry
 from convnets.names import PROFILES
 from convnets.runtime import check_precision
 from experiments.spec_check import (
@@ -341,15 +341,6 @@ def _tags(spec: dict, group: dict, vname: str, profile: str, lr_source: str) -> 
     }
 
 
-@functools.cache
-def _build_on_meta(model: str, options: str) -> None:
-    """Build ``model`` with ``options`` (JSON) on the meta device, once per pair in a process:
-    a bad depth or option value raises; a build takes 0.1-0.2 s (the meta device runs every
-    init op through Python), and a listing expands the same models many times."""
-    with torch.device("meta"):
-        build_model(model, **json.loads(options))
-
-
 def expand(
     spec: dict,
     profile: str,
@@ -402,7 +393,7 @@ def expand(
                 set_dotted(cfg, "runtime.device", device)
             try:
                 resolved = resolve_config(cfg)
-                _build_on_meta(model, json.dumps(options, sort_keys=True))
+                build_on_meta(model, json.dumps(options, sort_keys=True))
             except (ConfigError, ValueError, KeyError, TypeError) as err:
                 msg = str(err.args[0] if err.args else err)
                 from_cli = [f"--set {k}={v!r}" for k, v in sets if f"'{k}'" in msg]

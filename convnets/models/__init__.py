@@ -11,6 +11,7 @@ from convnets.models import (  # noqa: F401
 from convnets.models.registry import (
     ModelEntry,
     build_model,
+    build_on_meta,
     check_options,
     get_entry,
     list_models,
@@ -20,6 +21,7 @@ from convnets.models.registry import (
 __all__ = [
     "ModelEntry",
     "build_model",
+    "build_on_meta",
     "check_options",
     "get_entry",
     "list_models",

@@ -8,11 +8,14 @@ new class; a registered name fixes the options that define it (``resnet110`` fix
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -129,3 +132,15 @@ def build_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     entry = get_entry(name)
     check_options(name, options)
     return entry.builder(num_classes=num_classes, **entry.fixed, **options)
+
+
+@functools.cache
+def build_on_meta(name: str, options: str) -> nn.Module:
+    """``build_model(name, **json.loads(options))`` on the meta device (shapes only, no
+    weight initialised), once per (name, options JSON) in a process. Spec expansion builds
+    each variant this way to reject a bad depth or option before anything runs, and MAC
+    counting reads the same models: a build still takes 0.05-0.2 s (every init op goes
+    through Python), and listings ask for the same models many times. The model is shared
+    between callers: read it, never train or change it."""
+    with torch.device("meta"):
+        return build_model(name, **json.loads(options))
