@@ -12,7 +12,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 #> DATA_DIR  folder holding the data sets (else $$CONVNETS_DATA, else ~/.cache/convnets/data)
 #> DEVICE    cuda | cpu | cuda:1 ... (default: the trainer's choice)
 #> EXTRA     more `experiments run` options, e.g. EXTRA="--dataset imagefolder:/data/c10-q75"
-#> SOURCE    make tables: ledger (every part in paper_tables/data) | mlflow (the live store)
+#> SOURCE    make tables: ledger (every part in paper_tables/data -> paper_tables/) | mlflow (the
+#>           live store -> live_tables/, never over the ledger's tables)
 #> OUT       make gpu-shift: folder for the shift's part, store and log
 #> EXP       make lr-search: the spec to tune (default degradation)
 #> PORT      make mlflow-ui: port on 127.0.0.1 (default 5000)

@@ -6,7 +6,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from convnets.names import REPO_ROOT, RunStatus, tracking_uri
+from convnets.names import PROFILES, REPO_ROOT, RunStatus, tracking_uri
 
 from . import ledger, runs, tables
 
@@ -49,11 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
     tb = sub.add_parser("tables", help="write per-claim tables, figures and README.md")
     tb.add_argument("--source", choices=["ledger", "snapshot", "mlflow"], default="ledger")
-    tb.add_argument("--out", type=Path, default=REPO_ROOT / "paper_tables")
+    tb.add_argument("--out", type=Path, default=None,
+                    help="default: paper_tables/ for the ledger; live_tables/ (not tracked) "
+                         "for --source mlflow or snapshot, which never write over the ledger's")
     tb.add_argument("--ledger", type=Path, default=ledger.LEDGER_DIR)
     tb.add_argument("--snapshot", type=Path, default=None,
                     help="with --source snapshot: one snapshot folder")
-    tb.add_argument("--profile", choices=tables.PROFILES, default=None,
+    tb.add_argument("--profile", choices=PROFILES, default=None,
                     help="default: the most faithful profile present per claim")
     tb.add_argument("--no-log", action="store_true",
                     help="with --source mlflow, do not log figures/tables to MLflow")
@@ -94,6 +96,12 @@ def _run(args, uri: str) -> None:
                   f"{m['device_seconds']:.0f} device s")
     else:
         mlflow = args.source == "mlflow"
+        out = args.out or (REPO_ROOT / ("paper_tables" if args.source == "ledger"
+                                        else "live_tables"))
+        if args.source != "ledger" and out.resolve() == (REPO_ROOT / "paper_tables").resolve():
+            raise FileNotFoundError(
+                f"--out {out}: tables from --source {args.source} never go over the ledger's "
+                "(paper_tables/ is written from the ledger only); pick another folder")
         if mlflow:
             data = runs.load_mlflow(uri)
         elif args.source == "snapshot":
@@ -101,7 +109,7 @@ def _run(args, uri: str) -> None:
         else:
             data = ledger.load_ledger(args.ledger)
         log_uri = uri if mlflow and not args.no_log else None
-        for p in tables.write_all(data, args.out, args.profile, log_uri):
+        for p in tables.write_all(data, out, args.profile, log_uri):
             print(p)
 
 

@@ -83,7 +83,7 @@ def errors_figure(runs: pd.DataFrame, table: pd.DataFrame, stem: Path, title: st
 
 
 def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
-                  smoke: bool = False) -> list[Path]:
+                  smoke: bool = False, conditions: str = "") -> list[Path]:
     """Training (dashed) and evaluation (solid) error against iterations, one panel per group
     (the analogue of He et al. 2015, Fig. 1 and 6): mean with a 95% t-band over seeds when every
     variant has ``MIN_BAND_SEEDS`` or more, else every seed's own curve."""
@@ -111,8 +111,8 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
         ax.legend(fontsize=7)
     what = ("mean and 95% t-band over seeds" if bands
             else f"one line per seed (n = {n_min} per variant; too few for a t-band)")
-    fig.suptitle(_title(f"training (dashed) and {split} (solid) error; {what}", smoke),
-                 fontsize=9)
+    text = f"training (dashed) and {split} (solid) error; {what}"
+    fig.suptitle(_title(f"{conditions}\n{text}" if conditions else text, smoke), fontsize=9)
     return _save(fig, stem)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from convnets.names import SMOKE_PROFILES
+from convnets.names import SMOKE_PROFILES, RunStatus
 
 from .runs import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
 
@@ -274,7 +274,7 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
         d = load_snapshot(path)
         parts[path.name] = manifest
         frames.append(d.runs.assign(part=path.name, part_ended=manifest["ended"]))
-        curves.append(d.curves)
+        curves.append(d.curves.assign(part=path.name))
         preds.update(d.preds)
         configs.update(d.configs)
         targets.update(d.targets)
@@ -283,8 +283,11 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
     runs = rekeyed(pd.concat(frames, ignore_index=True), Path(ledger))
     runs, dropped = _dedupe(runs)
     keep = set(runs["run_id"])
+    # a run extended to a later horizon is in two parts under one run id: the winner's curve
+    won = pd.MultiIndex.from_frame(runs[["part", "run_id"]])
     data = RunData(runs.drop(columns=["part_ended"]).reset_index(drop=True),
-                   pd.concat([c[c["run_id"].isin(keep)] for c in curves], ignore_index=True),
+                   pd.concat([c[pd.MultiIndex.from_frame(c[["part", "run_id"]]).isin(won)]
+                              .drop(columns="part") for c in curves], ignore_index=True),
                    {k: v for k, v in preds.items() if k in keep},
                    {k: v for k, v in targets.items() if k in keep})
     data.parts = parts
@@ -321,7 +324,13 @@ def _dedupe(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per run key: a run held by two parts with the same result is counted once (the
     part that ended last); with different results it is a ``PartError`` naming both parts and
     both values, since picking either would silently hide the other."""
-    ordered = runs.sort_values(["part_ended", "part"], kind="stable")
+    # a FINISHED run wins over an unfinished or failed attempt of it (a KILLED run a later
+    # part finished; a crash the rerun finished), then the part that ended last
+    # (a run extended to a later horizon: the further one)
+    rank = (runs["status"] == RunStatus.FINISHED).astype(int)
+    reached = pd.to_numeric(runs["horizon"], errors="coerce").fillna(float("inf"))
+    ordered = runs.assign(z_rank=rank, z_reached=reached).sort_values(
+        ["z_rank", "z_reached", "part_ended", "part"], kind="stable")
     dup = ordered.duplicated(DUP_KEY, keep="last")
     winners = {tuple(getattr(r, k) for k in DUP_KEY): r for r in ordered[~dup].itertuples()}
     dropped = []
@@ -329,7 +338,8 @@ def _dedupe(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         won = winners[tuple(getattr(r, k) for k in DUP_KEY)]
         what = (f"run {r.experiment}/{r.group}/{r.variant}/seed{r.seed} (config {r.config_hash}, "
                 f"{r.profile})")
-        if not _same_result(r, won):
+        extended = r.z_reached < won.z_reached  # the same run, stopped at an earlier horizon
+        if r.status == RunStatus.FINISHED and not extended and not _same_result(r, won):
             raise PartError(
                 f"{what} is in parts {r.part} ({r.status}, error {r.final_error}) and "
                 f"{won.part} ({won.status}, error {won.final_error}) with different results: "
@@ -337,7 +347,7 @@ def _dedupe(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         msg = f"{what} is in parts {r.part} and {won.part}: counted once, from {won.part}"
         dropped.append(msg)
         warnings.warn(msg, stacklevel=3)
-    out = ordered[~dup]
+    out = ordered[~dup].drop(columns=["z_rank", "z_reached"])
     return out.sort_values(["experiment", "start_time", "run_id"], ignore_index=True), dropped
 
 

@@ -34,10 +34,14 @@ TAG_COLS = list(dict.fromkeys([
     *(t for t in names.ENVIRONMENT_TAGS if t != "git_dirty"),  # git_dirty: a bool column
     names.FAILURE_REASON, names.FAILURE_KIND]))
 STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
-                       "predictions_uri"]
-FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s"]
+                       "predictions_uri", "total_iterations"]
+FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s",
+              "final_clean_train_error"]
+# horizon: the iteration the run reached (empty: a run made before horizons, which ran to its
+# schedule's end)
 RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", "final_error",
                 "eval_split", "final_train_error", "final_train_loss", "wall_time_s",
+                "horizon", "total_iterations", "final_clean_train_error",
                 "paper_error", "expected", "claim", "citation", "profile", "dataset",
                 "dataset_label", "config_hash", "git_commit", "git_dirty", "device",
                 "failure_reason", "failure_kind", "run_id", "run_name", "start_time", "curve_uri",
@@ -102,6 +106,7 @@ def _row(client, run, experiment_name: str) -> dict:
         seed=tags.get("seed"), git_dirty=tags.get("git_dirty", ""), status=run.info.status,
         final_error=metrics.get(names.final_error(split)),
         **{m: metrics.get(m) for m in names.FINAL_METRICS},
+        total_iterations=run.data.params.get(f"{names.RESOLVED_PREFIX}total_iterations", ""),
         run_id=run.info.run_id, run_name=run.info.run_name or "",
         start_time=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").isoformat(),
         curve_uri=f"{art}/{names.CURVE_ARTIFACT}" if names.CURVE_ARTIFACT in files else "",
@@ -112,16 +117,20 @@ def _row(client, run, experiment_name: str) -> dict:
 
 
 def collect(uri: str | None = None) -> pd.DataFrame:
-    """One row per FINISHED or FAILED run with the runner's tags; KILLED runs are dropped.
+    """One row per ended run with the runner's tags: FINISHED, FAILED and KILLED (RUNNING ones
+    are still going: not yet anything).
 
     A FAILED run stays a row: one that diverged is a result (failure_kind 'diverged', or no
-    failure_kind); one that crashed (failure_kind 'error') is left out of the tables.
+    failure_kind); one that crashed (failure_kind 'error') is left out of the tables, which
+    count it, as they count a KILLED run (stopped by a deadline or a signal, unfinished), in
+    their account of every planned run.
     """
     client = _client(uri or tracking_uri())
+    ended = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
     rows = [_row(client, run, exp.name)
             for exp in client.search_experiments()
             for run in _all_runs(client, exp.experiment_id)
-            if run.info.status in (RunStatus.FINISHED, RunStatus.FAILED) and "variant" in run.data.tags]
+            if run.info.status in ended and "variant" in run.data.tags]
     return normalise_runs(pd.DataFrame(rows, columns=RUN_COLUMNS))
 
 

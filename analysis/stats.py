@@ -87,6 +87,29 @@ def welch(a, b) -> dict:
                 p=float(res.pvalue))
 
 
+def contrast(plus: list, minus: list) -> dict:
+    """Welch's test of a contrast of independent groups' means, sum(plus) - sum(minus) (each
+    a group's seed errors): the interaction (a1 - a0) - (b1 - b0) is ``contrast([a1, b0],
+    [a0, b1])``. Standard error from the groups' own variances, degrees of freedom by
+    Welch-Satterthwaite; with two groups this is ``welch``. Keys as ``welch``'s (``diff`` is
+    the contrast); NaN unless every group has 2+ seeds and some spread."""
+    groups = [np.asarray(x, dtype=float) for x in (*plus, *minus)]
+    est = float(sum(g.mean() for g in groups[: len(plus)])
+                - sum(g.mean() for g in groups[len(plus):])) if all(len(g) for g in groups) \
+        else NAN
+    out = dict(diff=est, diff_ci_low=NAN, diff_ci_high=NAN, t=NAN, df=NAN, p=NAN)
+    if any(len(g) < 2 for g in groups):
+        return out
+    v = [g.var(ddof=1) / len(g) for g in groups]
+    se = float(np.sqrt(sum(v)))
+    if se == 0:
+        return out
+    df = se**4 / sum(vi**2 / (len(g) - 1) for vi, g in zip(v, groups, strict=True))
+    half = float(stats.t.ppf(1 - (1 - LEVEL) / 2, df)) * se
+    return dict(diff=est, diff_ci_low=est - half, diff_ci_high=est + half, t=est / se, df=df,
+                p=float(2 * stats.t.sf(abs(est / se), df)))
+
+
 def tost(a, b, delta: float) -> dict:
     """Equivalence of mean(a) and mean(b) within +-``delta`` points: two one-sided Welch tests
     (H0: diff <= -delta, H0: diff >= +delta), p = the larger of the two, and the 90% Welch CI
@@ -236,14 +259,19 @@ def verdict(direction: str, n_variant: int, n_baseline: int, diff: float, p_holm
     return "reproduced" if agrees else "contradicted"
 
 
-def compare(runs: pd.DataFrame, deltas: dict[str, float] | None = None) -> pd.DataFrame:
+def compare(runs: pd.DataFrame, deltas: dict[str, float] | None = None, *,
+            power_from: str = "paper", family: list[float] = ()) -> pd.DataFrame:
     """One row per variant of one claim: summary, comparison with its group's baseline, verdict.
 
-    `runs` holds the claim's runs of one profile, one per (group, variant, seed), FINISHED and
+    `runs` holds the claim's runs of one section, one per (group, variant, seed), FINISHED and
     FAILED; groups and variants keep their order of first appearance, baseline first.
     ``deltas``: group -> equivalence margin in points (the spec's ``equivalence_delta``); a
-    group with one gets a TOST per comparison, each at 5% (its 90% CI inside the margin), not
-    adjusted for multiplicity.
+    group with one gets a TOST per comparison. ``family``: the raw p values of the section's
+    other tests (``contrast``s a spec declares); the difference tests' p values are
+    Holm-adjusted together with them (``table.attrs['family_holm']`` gives theirs back), and
+    the TOST p values within the same family. ``power_from``: ``paper`` (seeds to detect the
+    paper's difference: only where our schedule is the paper's) or ``observed`` (the difference
+    seen here).
     """
     rows = []
     deltas = deltas or {}
@@ -269,7 +297,9 @@ def compare(runs: pd.DataFrame, deltas: dict[str, float] | None = None) -> pd.Da
                        **precision_mix(ok.loc[ok["variant"] == variant, "precision"], x))
             if variant != base_name:
                 row["paper_diff"] = paper_difference(paper, base_paper)
-                row["seeds_needed"] = seeds_needed(row["paper_diff"], pooled_sd(x, base))
+                target = (row["paper_diff"] if power_from == "paper" else
+                          float(x.mean() - base.mean()) if len(x) and len(base) else NAN)
+                row["seeds_needed"] = seeds_needed(target, pooled_sd(x, base))
             if variant != base_name and len(x) and len(base):
                 row["diff"] = float(x.mean() - base.mean())
                 if len(x) > 1 and len(base) > 1:
@@ -280,13 +310,18 @@ def compare(runs: pd.DataFrame, deltas: dict[str, float] | None = None) -> pd.Da
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["p_holm"] = holm(table["p"])
+    family = list(family)
+    adjusted = holm([*table["p"], *family])
+    table["p_holm"] = adjusted[: len(table)]
+    table["p_tost_raw"] = table["p_tost"]
+    table["p_tost"] = holm([*table["p_tost"], *[NAN] * len(family)])[: len(table)]
     table["verdict"] = [
         "baseline" if r.variant == r.baseline
         else f"all runs diverged (n_failed={r.n_failed})" if r.n == 0 and r.n_failed
         else verdict(r.expected, r.n, r.n_baseline, r.diff, r.p_holm, r.seeds_needed,
                      r.delta, r.p_tost)
         for r in table.itertuples()]
+    table.attrs["family_holm"] = list(adjusted[len(table):])
     return table
 
 

@@ -73,6 +73,16 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch_size": 1000,  # images per forward pass when evaluating (memory only)
     "eval_every": 1,  # epochs between evaluations (the last epoch is always evaluated)
     "seed": 0,  # initialisation, data order and augmentation of this run
+    # Where a run of the recipe stops, not what it is (excluded from the config hash): an
+    # iteration H of the schedule (a figure's x-axis), at which the run is evaluated (the
+    # evaluation split and the clean training error), checkpointed and ends; a later call with
+    # a larger H extends it from that checkpoint, exactly as if it had never stopped. None:
+    # the whole schedule.
+    "horizon": None,
+    # iterations at which the run is also evaluated on its way (each one a curve row with the
+    # evaluation error, the clean training error and the running one), so a run that went on
+    # answers every earlier horizon with the numbers a run stopped there gives
+    "horizons": [],
     "runtime": {  # how, not what: excluded from the config hash
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "precision": "auto",  # auto (bf16 on CUDA and on CPUs with native bf16) | fp32 | bf16
@@ -92,6 +102,8 @@ DEFAULTS: dict[str, Any] = {
 RUNTIME_KEYS = ("runtime",)
 #: keys that change neither what is trained nor what is reported
 NON_TRAINING_KEYS = ("eval_batch_size", "eval_every")
+#: where a run stops and is measured on its way: not what is trained (excluded from the hash)
+HORIZON_KEYS = ("horizon", "horizons")
 
 
 class ConfigError(ValueError):
@@ -127,6 +139,7 @@ def resolve_config(cfg: dict) -> dict:
     for key in ("batch_size", "eval_batch_size", "eval_every"):
         _require_int(key, c[key], 1)
     _require_int("seed", c["seed"], None)
+    _check_horizons(c)
     _check_runtime(c["runtime"])
     _check_recipe_keys(c)
     return c
@@ -212,6 +225,22 @@ def _check_optim_schedule(c: dict) -> None:
                           f"shorter than 'schedule.length' ({s['length']} iterations)")
 
 
+def _check_horizons(c: dict) -> None:
+    h, marks, s = c["horizon"], c["horizons"], c["schedule"]
+    if h is not None:
+        _require_int("horizon", h, 1)
+    if not isinstance(marks, list):
+        raise ConfigError(f"'horizons' must be a list of iterations, e.g. [1600, 3200], got "
+                          f"{marks!r}")
+    for m in marks:
+        _require_int("horizons[]", m, 1)
+    # in epochs the length needs the data set's size (fit checks); marks past the end of a
+    # shorter profile's schedule are not measured
+    if s["unit"] == "iterations" and h is not None and h > s["length"]:
+        raise ConfigError(f"'horizon' {h} is past the end of the schedule ('schedule.length' "
+                          f"{s['length']} iterations)")
+
+
 def _check_runtime(rt: dict) -> None:
     dev = rt["device"]
     if not (isinstance(dev, str) and (dev in ("auto", "cpu", "cuda", "mps")
@@ -271,7 +300,7 @@ def eval_split(cfg: dict) -> str:
 
 def config_hash(cfg: dict) -> str:
     """Hash of what is trained: the resolved config minus seed, how it runs (``runtime``, the
-    precision included) and where the data lie; an image folder enters by its content
+    precision included), where it stops (``horizon``, ``horizons``) and where the data lie; an image folder enters by its content
     checksum, not its path (``convnets.data.data_identity``).
 
     Precision is a runtime switch: bf16 autocast and fp32 train the same recipe, so their
@@ -286,7 +315,7 @@ def hash_of_resolved(c: dict, *, legacy_precision: str | None = None) -> str:
     recomputes the hash of the earlier rule, which also held the resolved precision: only the
     re-keying of old ledger parts asks for it."""
     c = copy.deepcopy(c)
-    for key in RUNTIME_KEYS + NON_TRAINING_KEYS + ("seed",):
+    for key in RUNTIME_KEYS + NON_TRAINING_KEYS + HORIZON_KEYS + ("seed",):
         c.pop(key, None)
     data_dir = c["data"].pop("data_dir", None)
     c["data"]["name"] = data_identity(c["data"]["name"], data_dir, c["data"]["options"])

@@ -28,7 +28,7 @@ from convnets.checkpoint import (
 from convnets.config import ConfigError
 from convnets.device_data import DeviceData, epoch_data, prepare_data
 from convnets.models.registry import get_entry
-from convnets.names import eval_error
+from convnets.names import CLEAN_TRAIN_ERROR, HORIZON, eval_error
 from convnets.optim import plan_iterations
 from convnets.progress import Progress
 from convnets.results import DeadlineReached, check_finite
@@ -37,16 +37,27 @@ from convnets.runtime import Runtime, World, data_seed, resolve_runtime
 
 def evaluate(model, data: DeviceData, rt: Runtime, cfg: dict) -> tuple[float, torch.Tensor]:
     """Error (%) and predictions on the evaluation set; model left in train mode."""
+    return _error_on(model, data.eval_x, data.eval_y, data, rt, cfg)
+
+
+def clean_train_error(model, data: DeviceData, rt: Runtime, cfg: dict) -> float:
+    """Error (%) on the whole training split in eval mode, without augmentation: what the net
+    has learnt, unlike the running error of the augmented batches while it was learning."""
+    return _error_on(model, data.train_x, data.train_y, data, rt, cfg)[0]
+
+
+def _error_on(model, x_all, y_all, data: DeviceData, rt: Runtime,
+              cfg: dict) -> tuple[float, torch.Tensor]:
     model.eval()
     preds = []
     with torch.no_grad(), rt.autocast:
-        for i in range(0, data.eval_x.shape[0], cfg["eval_batch_size"]):
-            x = to_float(data.eval_x[i : i + cfg["eval_batch_size"]], data.mean, data.std,
+        for i in range(0, x_all.shape[0], cfg["eval_batch_size"]):
+            x = to_float(x_all[i : i + cfg["eval_batch_size"]], data.mean, data.std,
                          cfg["data"]["resize"], rt.channels_last)
             preds.append(model(x).argmax(1))
     model.train()
     pred = torch.cat(preds)
-    err = (pred != data.eval_y).float().mean().item() * 100.0
+    err = (pred != y_all).float().mean().item() * 100.0
     return err, pred
 
 
@@ -60,8 +71,9 @@ def prepare_run(cfg: dict, placed: dict, dataset=None, *,
     family = get_entry(name).family
     rt = resolve_runtime(placed, model=name, family=family)
     data = prepare_data(cfg, rt.device, dataset)
-    if by_length:
+    if by_length:  # the iterations this call trains at most: to its horizon
         total = plan_iterations(cfg, data.train_x.shape[0], cfg["batch_size"])[1].total
+        total = min(total, cfg["horizon"] or total)
         rt = resolve_runtime(placed, model=name, iterations=total, family=family)
     return rt, data
 
@@ -81,9 +93,12 @@ def end_epoch(run: RunState, epoch: int, metrics: dict, logger) -> tuple | None:
     was due."""
     cfg, data = run.cfg, run.data
     result = None
-    if run.world.main and (epoch == run.n_epochs - 1 or (epoch + 1) % cfg["eval_every"] == 0):
+    last = epoch == run.n_epochs - 1
+    if run.world.main and (last or (epoch + 1) % cfg["eval_every"] == 0):
         result = evaluate(run.module, data, run.rt, cfg)
         metrics[eval_error(data.eval_split)] = result[0]
+    if run.world.main and last:  # the schedule's end is a horizon too
+        metrics[CLEAN_TRAIN_ERROR] = clean_train_error(run.module, data, run.rt, cfg)
     run.history.append(metrics)
     run.save(epoch=epoch + 1, iteration=run.iteration)
     logger.log_epoch(run.iteration, metrics)
@@ -98,7 +113,7 @@ def resumed_precision(rt: Runtime, cfg: dict, checkpoint: str | Path | None) -> 
     if not checkpoint or not Path(checkpoint).exists():
         return rt
     was = load_checkpoint(checkpoint).get("precision")
-    now = "bf16" if rt.bf16 else "fp32"
+    now = rt.precision
     if was is None or was == now:
         return rt
     if cfg["runtime"]["precision"] != "auto":
@@ -108,6 +123,19 @@ def resumed_precision(rt: Runtime, cfg: dict, checkpoint: str | Path | None) -> 
     print(f"  resuming in {was}, the precision of checkpoint {checkpoint} (auto would choose "
           f"{now} here)", flush=True)
     return dataclasses.replace(rt, bf16=was == "bf16")
+
+
+def _horizons(cfg: dict, total: int) -> tuple[int, frozenset[int]]:
+    """(the iteration this call stops at, the horizon marks measured on the way): the run's
+    ``horizon`` (the schedule's end when none, or past it) and the ``horizons`` before it."""
+    h = cfg["horizon"]
+    if h is not None and h > total:
+        raise ConfigError(f"'horizon' {h} is past the end of the schedule ({total} iterations)")
+    end = total if h is None else h
+    marks = {m for m in cfg["horizons"] if m < total}
+    if end < total:
+        marks.add(end)
+    return end, frozenset(marks)
 
 
 def _same_data(path: Path, state: dict, checksum: str | None) -> None:
@@ -141,6 +169,7 @@ class RunState:
         self.history: list[dict[str, float]] = []
         self.epoch, self.iteration, self.wall_before, self.partial = 0, 0, 0.0, None
         self.path = Path(checkpoint) if checkpoint else None
+        self.partial_saved = False  # a mid-epoch checkpoint was written by this call
         self.compile_choice, self.trial = None, None  # CompileTrial's choice, kept across resume
         if self.path and self.path.exists():
             state = restore_checkpoint(self.path, module, optimizer, self.data_gen, rt.device)
@@ -148,10 +177,23 @@ class RunState:
             self.epoch, self.iteration = state["epoch"], state["iteration"]
             self.history = state["history"]
             self.wall_before = state.get("wall_time_s", 0.0)
-            self.partial = state.get("partial")  # stopped inside an epoch by a deadline
+            self.partial = state.get("partial")  # stopped inside an epoch (deadline, horizon)
             self.compile_choice = state.get("compile_choice")
             self.sched.load_state_dict(state.get("schedule", {}))
+        self.end, self.marks = _horizons(cfg, self.sched.total)
+        self.mark_result: tuple | None = None  # (error, predictions) at the last mark
         self.wall0 = time.perf_counter()
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether this call stops at a horizon before the schedule's end."""
+        return self.end < self.sched.total
+
+    def pending(self, iteration: int) -> bool:
+        """Whether ``iteration`` is a horizon mark not yet measured (a run resumed from its
+        horizon's checkpoint has measured it)."""
+        return iteration in self.marks and not any(
+            r.get(HORIZON) == iteration for r in self.history)
 
     def wall_time(self) -> float:
         return self.wall_before + time.perf_counter() - self.wall0
@@ -163,7 +205,7 @@ class RunState:
                             self.rt.device, history=self.history, config=self.cfg,
                             meta=self.meta, schedule=self.sched.state_dict(),
                             world_size=self.world.size, wall_time_s=self.wall_time(),
-                            precision="bf16" if self.rt.bf16 else "fp32",
+                            precision=self.rt.precision,
                             compile_choice=self.trial.choice if self.trial else None,
                             dataset_checksum=self.data.info.get("dataset_checksum"), **state)
 
@@ -180,8 +222,11 @@ class RunState:
         return x_all, idx_all, self.data.train_y[idx_all]
 
     def train_epoch(self, epoch: int, step, bar: Progress, stop: Callable[[], bool] | None,
-                    trace: list | None) -> dict:
-        """Train ``epoch`` (its rest, after a mid-epoch checkpoint); returns its metrics."""
+                    trace: list | None, logger=None) -> dict | None:
+        """Train ``epoch`` (its rest, after a mid-epoch checkpoint); returns its metrics, or
+        None once it stopped at the run's horizon (measured and checkpointed there). A horizon
+        mark on the way is measured and logged (``logger``) without touching the run's state:
+        the evaluation reads the weights in eval mode and draws no random numbers."""
         t0 = time.perf_counter()
         batch, per, sched = self.batch, self.per_rank, self.sched
         first = (self.partial or {}).get("step", 0)
@@ -190,8 +235,19 @@ class RunState:
         x_all, idx_all, y_all = self.draw_epoch(steps)
         loss_sum, wrong = self._running_sums()
         for s in range(first, steps):
+            if self.pending(self.iteration):
+                row = self.mark(s, loss_sum, wrong)
+                if self.iteration == self.end:
+                    self._save_inside(epoch, s, gen_before, loss_sum, wrong)
+                if logger is not None:
+                    logger.log_epoch(self.iteration, row)
+            if self.iteration == self.end and self.stops_early:
+                if not self.partial_saved:
+                    self._save_inside(epoch, s, gen_before, loss_sum, wrong)
+                return None
             if stop is not None and stop():
-                self._stop(epoch, s, gen_before, loss_sum, wrong)
+                self._save_inside(epoch, s, gen_before, loss_sum, wrong)
+                raise DeadlineReached(self.iteration, self.sched.total)
             lo = s * batch + self.world.rank * per  # this rank's slice of the global batch
             lr = sched.lr(self.iteration)
             loss, n_wrong = step(x_all[lo : lo + per], y_all[lo : lo + per], lr)
@@ -213,15 +269,44 @@ class RunState:
             return (partial["loss_sum"].to(dev) * self.world.size, partial["wrong"].to(dev))
         return torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long)
 
-    def _stop(self, epoch: int, s: int, gen_before: torch.Tensor, loss_sum: torch.Tensor,
-              wrong: torch.Tensor) -> None:
-        """Write a mid-epoch checkpoint before step ``s`` and raise ``DeadlineReached``."""
+    def _save_inside(self, epoch: int, s: int, gen_before: torch.Tensor, loss_sum: torch.Tensor,
+                     wrong: torch.Tensor) -> None:
+        """Write a mid-epoch checkpoint before step ``s`` (the epoch is redrawn on resume)."""
         gen_now = self.data_gen.get_state()
         self.data_gen.set_state(gen_before)
         self.save(epoch=epoch, iteration=self.iteration,
                   partial={"step": s, "loss_sum": loss_sum.cpu(), "wrong": wrong.cpu()})
         self.data_gen.set_state(gen_now)
-        raise DeadlineReached(self.iteration, self.sched.total)
+        self.partial_saved = True
+
+    def mark(self, s: int, loss_sum: torch.Tensor, wrong: torch.Tensor) -> dict:
+        """Measure the run at a horizon mark, before step ``s`` of the current epoch: a curve
+        row (``names.CURVE_COLUMNS``) appended to the history and returned. The running loss
+        and error cover the last whole epoch and the ``s`` steps of this one (sums over all
+        ranks); the evaluation error and the clean training error are the main rank's."""
+        totals = self.world.sum(torch.stack([loss_sum.double(), wrong.double()]))
+        epochs = [r for r in self.history if HORIZON not in r]
+        prev = epochs[-1] if epochs else None
+        prev_steps = self.steps_per_epoch if prev else 0
+        n = prev_steps + s
+        prev_wrong = round(prev["train_error"] * prev_steps * self.batch / 100) if prev else 0
+        prev_loss = prev["train_loss"] * prev_steps if prev else 0.0
+        row = {
+            "epoch": round(self.iteration / self.steps_per_epoch, 4),
+            "iteration": self.iteration,
+            "train_loss": (prev_loss + totals[0].item() / self.world.size) / n,
+            "train_error": (prev_wrong + totals[1].item()) * 100.0 / (n * self.batch),
+            "lr": self.sched.lr(self.iteration - 1),
+            "train_window": n,
+            HORIZON: self.iteration,
+        }
+        if self.world.main:
+            self.mark_result = evaluate(self.module, self.data, self.rt, self.cfg)
+            row[eval_error(self.data.eval_split)] = self.mark_result[0]
+            row[CLEAN_TRAIN_ERROR] = clean_train_error(self.module, self.data, self.rt,
+                                                       self.cfg)
+        self.history.append(row)
+        return row
 
     def epoch_metrics(self, epoch: int, steps: int, first: int, loss_sum: torch.Tensor,
                       wrong: torch.Tensor, lr: float, t0: float,

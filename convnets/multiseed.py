@@ -178,6 +178,9 @@ def _refuse_unsupported(cfg: dict) -> None:
         "schedule.warmup_until_error": cfg["schedule"]["warmup_until_error"] is not None,
         # ghost batch norm splits each seed's batch; not implemented under vmap
         "bn_group": cfg["bn_group"] is not None,
+        # a horizon stops one run inside an epoch; K seeds share each epoch's steps
+        "horizon": cfg["horizon"] is not None,
+        "horizons": bool(cfg["horizons"]),
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
@@ -226,7 +229,7 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
 
 def _one_precision(rt, cfg: dict, paths: list[Path | None]):
     """The seeds' checkpoints' precision (``resumed_precision``), which must be one."""
-    chosen = {"bf16" if r.bf16 else "fp32": r
+    chosen = {r.precision: r
               for r in (resumed_precision(rt, cfg, p) for p in paths if p and p.exists())}
     if len(chosen) > 1:
         raise MixedProgressError(f"the seeds' checkpoints were trained in {sorted(chosen)}")

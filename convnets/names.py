@@ -33,7 +33,10 @@ def tracking_uri() -> str:
 ENVIRONMENT_TAGS = ("git_commit", "git_dirty", "torch_version", "cuda_version")
 #: what the trainer reports about the finished run (``RunResult.info``), set as tags
 RESULT_TAGS = ("dataset", "dataset_label", "dataset_checksum", "eval_split", "device",
-               "precision")
+               "precision", "horizon")
+#: the tag of the iteration a run reached (its horizon; the schedule's length when it ran to
+#: the end; runs made before horizons existed have none and ran to the end)
+HORIZON = "horizon"
 #: ``RunResult.info`` keys that are tags only; every other info key is a ``resolved.*`` param
 DATASET_TAGS = ("dataset", "dataset_label", "dataset_checksum")
 RESOLVED_PREFIX = "resolved."
@@ -82,12 +85,21 @@ def outcome_of(status: RunStatus, kind: str) -> Outcome:
 
 
 # --- metrics and artifacts ---------------------------------------------------------------------
-#: per-epoch curve, in ``curve.csv`` order; ``eval_error`` is ``test_error`` or ``val_error``
+#: the curve, in ``curve.csv`` order; ``eval_error`` is ``test_error`` or ``val_error``. A row
+#: per epoch (``train_loss`` / ``train_error``: running means over the epoch's augmented
+#: batches, in train mode), and a row per horizon mark (``horizon`` = its iteration; ``epoch``
+#: fractional): the evaluation error, ``clean_train_error`` (eval mode, no augmentation, the
+#: whole training split) and the running loss and error over the last ``train_window``
+#: iterations (the last whole epoch and the part of the current one before the mark)
 CURVE_COLUMNS = ("epoch", "iteration", "train_loss", "train_error", "eval_error", "lr",
-                 "images_per_sec", "epoch_time_s")
+                 "images_per_sec", "epoch_time_s", "clean_train_error", "train_window",
+                 "horizon")
 EVAL_ERROR = "eval_error"
-#: final metrics besides ``final_<split>_error``
-FINAL_METRICS = ("final_train_error", "final_train_loss", "wall_time_s")
+CLEAN_TRAIN_ERROR = "clean_train_error"
+#: final metrics besides ``final_<split>_error`` (``final_clean_train_error``: runs that
+#: stopped at a horizon)
+FINAL_METRICS = ("final_train_error", "final_train_loss", "wall_time_s",
+                 "final_clean_train_error")
 CURVE_ARTIFACT, PREDICTIONS_ARTIFACT, CONFIG_ARTIFACT = "curve.csv", "predictions.npz", "config.yaml"
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from convnets.names import final_error
+from convnets.names import CLEAN_TRAIN_ERROR, HORIZON, final_error
 from convnets.runtime import Runtime, device_name
 
 if TYPE_CHECKING:
@@ -73,9 +73,12 @@ def build_result(history: list[dict], err: float, pred: torch.Tensor, data: Devi
         "final_train_loss": last["train_loss"],
         "wall_time_s": wall_time_s,
     }
+    if last.get(CLEAN_TRAIN_ERROR) is not None:
+        final["final_clean_train_error"] = last[CLEAN_TRAIN_ERROR]
+    info.setdefault(HORIZON, sched.total)  # the iteration it reached
     info = dict(data.info, eval_split=data.eval_split, steps_per_epoch=steps_per_epoch,
                 total_iterations=sched.total, device=device_name(rt.device),
-                precision="bf16" if rt.bf16 else "fp32", channels_last=rt.channels_last,
+                precision=rt.precision, channels_last=rt.channels_last,
                 compile=rt.compile, fused_sgd=rt.fused_sgd, **info)
     return RunResult(history=history, final=final, predictions=pred.cpu().numpy(),
                      targets=data.eval_y.cpu().numpy(), eval_split=data.eval_split, info=info)

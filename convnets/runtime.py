@@ -80,6 +80,11 @@ class Runtime:
     compile_auto: bool = False
 
     @property
+    def precision(self) -> str:
+        """What the run's arithmetic is, as runs record it: ``bf16`` (autocast) or ``fp32``."""
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
     def autocast(self):
         if self.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)

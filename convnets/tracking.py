@@ -379,7 +379,9 @@ class TrackedRun:
         tags = {k: str(v) for k, v in (tags or {}).items()}
         run = cls(cl, cl.create_run(exp_id, run_name=run_name,
                                     tags={**tags, **environment_tags()}).info.run_id)
-        run.logger.log_params({**(flatten(config) if config else {}), **(params or {})})
+        # where the run stops is its ``horizon`` tag (it moves when the run is extended)
+        flat = flatten({k: v for k, v in config.items() if k != names.HORIZON}) if config else {}
+        run.logger.log_params({**flat, **(params or {})})
         diff = git_diff()
         if diff is not None:
             run.logger.log_text(diff, PROVENANCE_DIFF)
@@ -392,8 +394,13 @@ class TrackedRun:
         if result is not None:
             info = result.info
             self.logger.set_tags({k: v for k, v in info.items() if k in names.RESULT_TAGS})
-            self.logger.log_params({f"{names.RESOLVED_PREFIX}{k}": str(v) for k, v in info.items()
-                                    if k not in names.DATASET_TAGS})
+            params = {f"{names.RESOLVED_PREFIX}{k}": str(v) for k, v in info.items()
+                      if k not in names.DATASET_TAGS + (names.HORIZON,)}
+            if self.resumed:  # params are written once: a run extended to a later horizon
+                # keeps those of its first finish (how it began: the compile trial's choice)
+                have = self.client.get_run(self.run_id).data.params
+                params = {k: v for k, v in params.items() if k not in have}
+            self.logger.log_params(params)
             self.logger.log_result(result, cfg)
         if metrics:
             self.logger.log_epoch(step, metrics)

@@ -127,7 +127,9 @@ def fit(
     """Train one run as ``cfg`` says and return its curve, final metrics and predictions.
 
     Args:
-        cfg: config (see ``convnets.config.DEFAULTS``); resolved and validated here.
+        cfg: config (see ``convnets.config.DEFAULTS``); resolved and validated here. Its
+            ``horizon`` stops the run at that iteration of the schedule (evaluated and
+            checkpointed there); a later call with a larger one goes on from that checkpoint.
         logger: receives ``log_epoch(step, metrics)`` once per epoch (batched, one call).
         checkpoint: file written atomically at every epoch end; if it exists, the run resumes
             from it and ends with the same metrics as an uninterrupted run (bitwise on CPU).
@@ -176,7 +178,7 @@ def fit(
         if trial.choice == "eager":
             rt = dataclasses.replace(rt, compile=None)
     return build_result(run.history, err, pred, data, rt, run.sched, run.steps_per_epoch,
-                        run.wall_time(), **world.info(per_rank), **extra)
+                        run.wall_time(), horizon=run.iteration, **world.info(per_rank), **extra)
 
 
 def _step_of(model, optimizer, rt: Runtime, data: DeviceData, cfg: dict, run: RunState):
@@ -193,14 +195,17 @@ def _step_of(model, optimizer, rt: Runtime, data: DeviceData, cfg: dict, run: Ru
 
 def _train_epochs(run: RunState, step, logger, progress: bool, deadline,
                   trace: list | None, on_epoch_end) -> tuple:
-    """Every epoch left: train, evaluate when due (rank 0), checkpoint, then log. Returns the
-    last evaluation's (error, predictions); (None, None) when none ran (nothing was left)."""
-    bar = Progress(run.sched.total, progress and run.world.main, initial=run.iteration)
+    """Every epoch left: train, evaluate when due (rank 0), checkpoint, then log; or up to the
+    run's horizon. Returns the last evaluation's (error, predictions), the horizon's when it
+    stopped there; (None, None) when none ran (nothing was left)."""
+    bar = Progress(run.end, progress and run.world.main, initial=run.iteration)
     err = pred = None
     stop = stop_rule(deadline)
     try:
         for epoch in range(run.epoch, run.n_epochs):
-            metrics = run.train_epoch(epoch, step, bar, stop, trace)
+            metrics = run.train_epoch(epoch, step, bar, stop, trace, logger)
+            if metrics is None:  # stopped at the run's horizon, measured there
+                return run.mark_result or (None, None)
             evaluated = end_epoch(run, epoch, metrics, logger)
             if evaluated:
                 err, pred = evaluated

@@ -41,6 +41,7 @@ def _jobs(args):
         dataset=args.dataset,
         data_dir=args.data_dir,
         device=args.device,
+        horizon=args.horizon,
         tuned_lr=tuned_lrs(args.name) if args.lr == "tuned" else None,
     )
     if not args.seed:
@@ -71,6 +72,11 @@ def _add_plan_arguments(p) -> None:
                    help="e.g. imagefolder:/data/cifar10-jpeg-q75; drops the spec's and "
                         "profile's data options (smoke's synthetic sizes) unless it names "
                         "the same data set")
+    p.add_argument("--horizon", type=int, default=None, metavar="H",
+                   help="train the profile's recipe up to iteration H of its schedule (its "
+                        "config hash unchanged), measure and checkpoint it there; a later call "
+                        "with a larger H extends the same runs, a smaller one is answered by "
+                        "them")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--lr", choices=["spec", "tuned"], default="spec",
@@ -175,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{spec['name']}: {len(jobs)} runs, profile {args.profile}", flush=True)
+    at = f", to horizon {args.horizon}" if args.horizon else ""
+    print(f"{spec['name']}: {len(jobs)} runs, profile {args.profile}{at}", flush=True)
     if args.launcher == "slurm" and args.dry_run:
         return submit(args, spec, jobs)
     if args.dry_run:

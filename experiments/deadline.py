@@ -31,12 +31,14 @@ class Deadline:
         """Whether a started run stops now (``fit`` asks before every step)."""
         return time.time() >= self.at
 
-    def refuse(self, client, exp_id: str, config_hash: str, checkpoint: Path) -> str:
-        """Why a job must not start now ('' if it may)."""
+    def refuse(self, client, exp_id: str, config_hash: str, checkpoint: Path,
+               iterations: int | None = None) -> str:
+        """Why a job must not start now ('' if it may); ``iterations``: how far it trains (its
+        horizon), None: to the end."""
         left = self.left()
         if left <= 0:
             return "deadline passed"
-        est = estimate_seconds(client, exp_id, config_hash)
+        est = estimate_seconds(client, exp_id, config_hash, iterations)
         if est is None:
             return ""
         if checkpoint.exists():  # resuming: only the rest of the run is left, start it
@@ -46,12 +48,19 @@ class Deadline:
         return ""
 
 
-def estimate_seconds(client, exp_id: str, config_hash: str) -> float | None:
-    """Wall time of a finished run of this config (any seed), or None if there is none."""
+def estimate_seconds(client, exp_id: str, config_hash: str,
+                     iterations: int | None = None) -> float | None:
+    """Wall time of a finished run of this config (any seed), scaled from the iteration it
+    reached to ``iterations`` (None: as it ran), or None if there is none."""
     runs = client.search_runs([exp_id], f"tags.config_hash = '{config_hash}' and "
                               "attributes.status = 'FINISHED'", max_results=5)
-    times = [r.data.metrics.get("wall_time_s") for r in runs]
-    times = [t for t in times if t]
+    times = []
+    for r in runs:
+        t, reached = r.data.metrics.get("wall_time_s"), r.data.tags.get("horizon")
+        if t and iterations and reached:
+            t *= iterations / int(reached)
+        if t:
+            times.append(t)
     return max(times) if times else None
 
 

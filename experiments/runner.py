@@ -35,6 +35,7 @@ from convnets.multiseed import MixedProgressError, fit_seeds
 from convnets.names import (
     DIVERGED,
     FAILURE_KIND,
+    HORIZON,
     ORPHANED,
     REPO_ROOT,
     Outcome,
@@ -125,19 +126,36 @@ def _checkpoint_owner(ckpt: Path) -> str | None:
         return None
 
 
+def reaches(run, horizon: int | None) -> bool:
+    """Whether a FINISHED run answers a job that trains to ``horizon`` (None: the schedule's
+    end): the iteration it reached (its ``horizon`` tag) is that far. Runs made before horizons
+    existed carry no tag and ran to the end."""
+    tag = run.data.tags.get(HORIZON)
+    if not tag:
+        return True
+    end = int(run.data.params.get("resolved.total_iterations") or tag)
+    return int(tag) >= (end if horizon is None else min(horizon, end))
+
+
 def _open_run(cl, exp_id: str, job: Job, existing: list, ckpt: Path, force: bool):
-    """(run, action) for a job to train: the unfinished run that wrote ``ckpt`` resumed, else a
-    new run; or (None, run id) when an earlier run of it diverged (it would again)."""
-    # A checkpoint resumes only the run that wrote it, and only if that run is unfinished.
+    """(run, action) for a job to train: the unfinished run that wrote ``ckpt`` resumed (or a
+    run FINISHED at an earlier horizon, extended), else a new run; or (None, run id) when an
+    earlier run of it diverged (it would again)."""
+    # A checkpoint resumes only the run that wrote it, and only if that run is unfinished, or
+    # finished at a horizon short of this job's (``_start`` skips a run that reaches it).
     resumable = {r.info.run_id for r in existing
-                 if r.info.status in (RunStatus.RUNNING, RunStatus.KILLED, RunStatus.FAILED)
+                 if r.info.status in (RunStatus.RUNNING, RunStatus.KILLED, RunStatus.FAILED,
+                                      RunStatus.FINISHED)
                  and r.data.tags.get(FAILURE_KIND) != DIVERGED}
     owner = _checkpoint_owner(ckpt)
     if ckpt.exists() and (force or owner not in resumable):
         ckpt.unlink()  # stale: its run finished, diverged, was deleted, or --force
     _close_orphans(cl, existing, owner if ckpt.exists() else None)
     if owner in resumable and ckpt.exists():
-        return tracking.TrackedRun.start(cl, exp_id, run_id=owner), "resumed"
+        was = next(r for r in existing if r.info.run_id == owner)
+        action = (f"extended from horizon {was.data.tags.get(HORIZON)}"
+                  if was.info.status == RunStatus.FINISHED else "resumed")
+        return tracking.TrackedRun.start(cl, exp_id, run_id=owner), action
     diverged = [r for r in existing if r.data.tags.get(FAILURE_KIND) == DIVERGED]
     if diverged and not force:  # deterministic: it would diverge again; --force retries
         return None, diverged[0].info.run_id
@@ -176,14 +194,18 @@ def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opene
     h = job.config_hash
     ckpt = checkpoint_path(job)
     existing = tracking.find_runs(cl, exp_id, h, job.seed, job.tags.get("profile", ""))
-    finished = [r for r in existing if r.info.status == RunStatus.FINISHED]
+    horizon = job.config["horizon"]
+    finished = [r for r in existing if r.info.status == RunStatus.FINISHED
+                and reaches(r, horizon)]
     err_key = final_error(eval_split(job.config))
     if finished and not force:
         run = finished[0]
-        return row(job, Outcome.SKIPPED, "FINISHED (skipped)",
+        at = run.data.tags.get(HORIZON)
+        short = at and at != run.data.params.get("resolved.total_iterations")
+        return row(job, Outcome.SKIPPED, "FINISHED (skipped" + (f", at {at})" if short else ")"),
                    error=run.data.metrics.get(err_key), run_id=run.info.run_id)
     if deadline is not None:
-        why = deadline.refuse(cl, exp_id, h, ckpt)
+        why = deadline.refuse(cl, exp_id, h, ckpt, horizon)
         if why:
             return row(job, Outcome.LEFT, f"not started ({why})")
     run, action = _open_run(cl, exp_id, job, existing, ckpt, force)
@@ -195,10 +217,15 @@ def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opene
 
 
 def _finished(o: _Opened, result) -> dict:
-    """Record the result, drop the checkpoint; the FINISHED row."""
+    """Record the result; drop the checkpoint of a run that reached its schedule's end (one
+    stopped at a horizon keeps it: a later horizon extends the run from it); the FINISHED
+    row."""
     o.run.finish(result, o.job.config)
-    o.ckpt.unlink(missing_ok=True)
-    return row(o.job, Outcome.FINISHED, RunStatus.FINISHED, error=result.final[o.err_key],
+    reached, end = result.info[HORIZON], result.info["total_iterations"]
+    if reached >= end:
+        o.ckpt.unlink(missing_ok=True)
+    status = RunStatus.FINISHED if reached >= end else f"FINISHED at {reached}"
+    return row(o.job, Outcome.FINISHED, status, error=result.final[o.err_key],
                run_id=o.run.run_id)
 
 

@@ -9,6 +9,7 @@ turns a spec + profile into jobs: one resolved trainer config per variant and se
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import json
 from dataclasses import dataclass, field
@@ -47,6 +48,16 @@ SPEC_KEYS = {
     "recipe": "base convnets.train config for every run",
     "groups": "list of comparison groups",
     "profiles": "paper / quick / smoke: seeds, overrides, model replacements, variant subsets",
+    "tables": "what the claim's tables show beyond the per-group comparisons (TABLE_KEYS)",
+}
+TABLE_KEYS = {
+    "training_error": "true: also compare the training error (clean, and running), for claims "
+                      "about trainability",
+    "curves": "true: draw the runs' training and test curves against iterations",
+    "interactions": "list of {name, plus: [variants], minus: [variants], expect: higher | "
+                    "lower}: a contrast of variant means, e.g. (a1 - a0) - (b1 - b0)",
+    "comparisons": "list of {variant, reference, expect}: a variant against one outside its "
+                   "group",
 }
 GROUP_KEYS = {
     "name": "group label, e.g. ResNet-110",
@@ -57,6 +68,8 @@ GROUP_KEYS = {
     "profile_overrides": "per-profile config overrides for this group only (applied last)",
     "equivalence_delta": "margin in error points for the tables' equivalence test (TOST): the "
                          "paper's own difference or a stated smallest effect of interest",
+    "equivalence_declared": "date (YYYY-MM-DD) the margin was set: runs started before it are "
+                            "judged by a margin declared after them, and the table says so",
 }
 VARIANT_KEYS = {
     "model": "registered model (overrides the group's)",
@@ -197,10 +210,37 @@ def load_spec(name: str) -> dict:
         raise SpecError(f"{path}: profiles: define at least one of {', '.join(PROFILES)}")
     for pname, prof in spec["profiles"].items():
         _check_profile(f"{path}: profiles.{pname}", pname, prof)
+    _check_tables(f"{path}: tables", spec.get("tables"), spec["groups"])
     _check_as_written(spec)
     for pname in spec["profiles"]:
         expand(spec, pname)
     return spec
+
+
+def _check_tables(where: str, tables: Any, groups: list) -> None:
+    """The ``tables`` block: known keys, and every variant it names exists."""
+    if tables is None:
+        return
+    require_mapping(where, tables)
+    check_keys(where, tables, TABLE_KEYS)
+    variants = {v for g in groups for v in g["variants"]}
+    for key in ("training_error", "curves"):
+        if not isinstance(tables.get(key, False), bool):
+            raise SpecError(f"{where}.{key}: must be true or false")
+    entries = [("interactions", e, ("plus", "minus")) for e in tables.get("interactions") or []]
+    entries += [("comparisons", e, ("variant", "reference")) for e in
+                tables.get("comparisons") or []]
+    for key, entry, sides in entries:
+        require_mapping(f"{where}.{key}[]", entry)
+        names = [n for side in sides for n in
+                 (entry.get(side) if isinstance(entry.get(side), list) else [entry.get(side)])]
+        unknown = [n for n in names if n not in variants]
+        if unknown or not names:
+            raise SpecError(f"{where}.{key}: no variant {unknown[0] if unknown else None!r} "
+                            f"(have: {', '.join(sorted(variants))})")
+        if entry.get("expect") not in (None, "higher", "lower"):
+            raise SpecError(f"{where}.{key}: expect must be higher or lower, got "
+                            f"{entry.get('expect')!r}")
 
 
 def _check_group(where: str, group: dict) -> None:
@@ -213,6 +253,10 @@ def _check_group(where: str, group: dict) -> None:
                               or not delta > 0):
         raise SpecError(f"{where}: equivalence_delta must be a number of error points > 0, "
                         f"got {delta!r}")
+    declared = group.get("equivalence_declared")
+    if declared is not None and not isinstance(declared, datetime.date):
+        raise SpecError(f"{where}: equivalence_declared must be a date, YYYY-MM-DD, got "
+                        f"{declared!r}")
     if group["baseline"] not in group["variants"]:
         raise SpecError(f"{where}.baseline: {group['baseline']!r} is not one of its variants")
     for vname, var in group["variants"].items():
@@ -351,6 +395,7 @@ def expand(
     dataset: str | None = None,
     data_dir: str | None = None,
     device: str | None = None,
+    horizon: int | None = None,
     tuned_lr: dict[str, float] | None = None,
 ) -> list[Job]:
     """Grid x seeds for one profile; every config is resolved and its model built on the meta
@@ -391,12 +436,16 @@ def expand(
                 set_dotted(cfg, "data.data_dir", data_dir)
             if device:
                 set_dotted(cfg, "runtime.device", device)
+            if horizon is not None:
+                cfg["horizon"] = horizon
             try:
                 resolved = resolve_config(cfg)
                 build_on_meta(model, json.dumps(options, sort_keys=True))
             except (ConfigError, ValueError, KeyError, TypeError) as err:
                 msg = str(err.args[0] if err.args else err)
                 from_cli = [f"--set {k}={v!r}" for k, v in sets if f"'{k}'" in msg]
+                if horizon is not None and "'horizon'" in msg:
+                    from_cli.append(f"--horizon {horizon}")
                 if from_cli:  # a value given on the command line, not written in the spec
                     raise SpecError(f"{', '.join(from_cli)} (command line), in {where}: "
                                     f"{msg}") from None

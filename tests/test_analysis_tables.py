@@ -10,6 +10,7 @@ import pytest
 
 from analysis import runs as io
 from analysis import stats, tables
+from analysis.sections import read_spec, sections
 
 NOISE = {0: -0.1, 1: 0.0, 2: 0.1}
 CLAIM = "Pre-activation helps: 50% & more_under #1 {ok}"
@@ -76,9 +77,10 @@ def test_one_seed_says_so_and_claim_level():
 def test_select_prefers_paper_profile_and_latest_rerun():
     runs = pd.concat([make_runs(SPEC[:2], profile="smoke"), make_runs(SPEC[:2])])
     rerun = make_runs(SPEC[:2], seeds=(0,)).assign(run_id="rerun", start_time="2026-01-01")
-    sel, profile = tables.select(io.normalise_runs(pd.concat([runs, rerun])), "toy")
-    assert profile == "paper" and len(sel) == 6 and "rerun" in set(sel["run_id"])
-    assert tables.select(runs, "toy", "smoke")[1] == "smoke"
+    first = sections(io.RunData(io.normalise_runs(pd.concat([runs, rerun]))), "toy")[0]
+    sel = first.sel
+    assert first.profile == "paper" and len(sel) == 6 and "rerun" in set(sel["run_id"])
+    assert sections(io.RunData(runs), "toy", "smoke")[0].profile == "smoke"
 
 
 def test_latex_escape():
@@ -169,13 +171,14 @@ def test_the_schedule_line_states_the_fraction_of_the_papers():
     sel = pd.DataFrame({"config_hash": ["a", "a", "b"]})
     cut = {"schedule": {"unit": "iterations", "length": 1600, "drops": [0.5, 0.75],
                         "gamma": 0.1, "warmup_iterations": 0}}
-    assert tables.schedule_line(sel, {"a": cut, "b": cut}, "degradation") == [
+    spec = read_spec("degradation")
+    assert tables.schedule_line(sel, {"a": cut, "b": cut}, spec) == [
         "Schedule: 1,600 iterations (lr /10 at 800, 1,200): 2.5% of the paper's 64,000"]
     full = {"schedule": dict(cut["schedule"], length=64000, warmup_iterations=400)}
-    assert tables.schedule_line(sel, {"a": full}, "degradation") == [
+    assert tables.schedule_line(sel, {"a": full}, spec) == [
         "Schedule: 64,000 iterations (lr /10 at 32,000, 48,000), 400 warm-up iterations: "
         "the paper's"]
-    assert tables.schedule_line(sel, {}, "degradation") == []  # a part without configs.json
+    assert tables.schedule_line(sel, {}, spec) == []  # a part without configs.json
 
 
 def test_degradation_tables_test_the_training_error_too(tmp_path):

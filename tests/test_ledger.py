@@ -11,6 +11,8 @@ import pytest
 
 from analysis import ledger, tables
 from analysis import runs as io
+from analysis.runs import RunData
+from analysis.sections import sections
 
 SMOKE_PART = Path(__file__).resolve().parent.parent / "paper_tables" / "data" / \
     "2026-11-23_smoke_cpu_all-claims"
@@ -80,7 +82,7 @@ def test_an_identical_duplicate_is_counted_once_from_the_later_part(tmp_path, de
     r20 = data.runs[data.runs["variant"] == "resnet20"]
     assert set(r20["part"]) == {"late"}
     assert len(data.duplicates) == 2
-    table = tables.stats.compare(tables.select(data.runs, "degradation")[0])
+    table = tables.stats.compare(sections(data, "degradation")[0].sel)
     assert table.set_index("variant").loc["resnet20", "n"] == 2
 
 
@@ -111,7 +113,8 @@ def test_mixed_profiles_and_precisions_are_never_pooled(tmp_path, degradation):
     bf16["run_id"] = bf16["run_id"] + "b"
     bf16["start_time"] = "2026-11-22T00:00:00+00:00"  # older: the fp32 cell keeps the variant
     runs = pd.concat([degradation.runs, quick.assign(run_id=quick["run_id"] + "q"), bf16])
-    sel, profile = tables.select(runs.reset_index(drop=True), "degradation")
+    first = sections(RunData(runs.reset_index(drop=True)), "degradation")[0]
+    sel, profile = first.sel, first.profile
     assert profile == "quick"
     assert (sel["profile"] == "quick").all()
     assert sel.groupby("variant")["config_hash"].nunique().max() == 1

@@ -9,6 +9,8 @@ import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
 from analysis import figures, stats, tables
+from analysis.runs import RunData
+from analysis.sections import sections
 from tests.test_analysis_tables import make_runs
 
 
@@ -46,7 +48,8 @@ def test_compare_carries_paper_difference_power_and_verdict():
     assert row["verdict"] == "inconclusive (n = 3; about 17 needed)"
     assert np.isnan(table.loc["base", "seeds_needed"])
     assert stats.claim_verdict(stats.compare(runs)).startswith("inconclusive: 1")
-    md = tables.to_markdown("toy", stats.compare(runs), pd.DataFrame(), ["x"], "v", False)
+    built = tables.build_section(sections(RunData(runs), "toy")[0], RunData(runs), "toy", {})
+    md = tables.to_markdown("toy", [built], ["x"])
     assert "Seeds for 80% power" in md and "| 17 " in md
 
 

@@ -249,7 +249,7 @@ def _bench_fast(spec: Spec, data, device, flags: dict, t: Timing, label: str) ->
 
     first, rate = time_windows(one, batch, device, t)
     return Result(spec.label, label, batch, rate, peak_mem(device),
-                  first if rt.compile else None, "bf16" if rt.bf16 else "fp32")
+                  first if rt.compile else None, rt.precision)
 
 
 PEAK_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}

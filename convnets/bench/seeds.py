@@ -90,7 +90,7 @@ def bench_batched(k: int, spec: Spec, data, device, flags: dict, t: Timing) -> R
 
     _, rate = time_windows(one, k * batch, device, t)
     return Result(spec.label, f"{k} seeds batched (vmap)", batch, rate, peak_mem(device),
-                  precision="bf16" if rt.bf16 else "fp32", seeds=k)
+                  precision=rt.precision, seeds=k)
 
 
 def mem_available_gib() -> float | None:
