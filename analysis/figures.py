@@ -112,7 +112,8 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
     what = ("mean and 95% t-band over seeds" if bands
             else f"one line per seed (n = {n_min} per variant; too few for a t-band)")
     text = f"training (dashed) and {split} (solid) error; {what}"
-    fig.suptitle(_title(f"{conditions}\n{text}" if conditions else text, smoke), fontsize=9)
+    fig.suptitle(_title(f"{conditions}\n{text}" if conditions else text, smoke), fontsize=9,
+                 y=1.04 if conditions else 0.98)
     return _save(fig, stem)
 
 
