@@ -193,3 +193,29 @@ def test_a_part_names_no_path_of_the_machine_that_ran(tmp_path, degradation):
         assert "/home/me" not in text and "file://" not in text, f
     assert set(io.load_snapshot(part).runs["dataset"]) == {"imagefolder:eec90e10bd2f5438"}
     ledger.validate_part(part)
+
+
+def test_a_run_extended_to_a_later_horizon_counts_once_from_the_later_part(tmp_path, degradation):
+    """A run stopped at a horizon in one part and extended in another (one run id, another
+    final error) is one run: the further one counts, with its own curve, and no conflict."""
+    early = _subset(degradation, degradation.runs["variant"] == "resnet20")
+    early.runs["horizon"], early.runs["final_error"] = "4", 99.0
+    late = _subset(degradation, degradation.runs["variant"] == "resnet20")
+    late.curves = late.curves.assign(train_loss=-1.0)  # tells the parts' curves apart
+    _part(early, tmp_path, "at4", ended="2026-11-24T12:00:00+00:00")  # ended later, reached less
+    _part(late, tmp_path, "end", ended="2026-11-23T12:00:00+00:00")
+    with pytest.warns(UserWarning, match="counted once, from end"):
+        data = ledger.load_ledger(tmp_path)
+    assert set(data.runs["part"]) == {"end"} and (data.runs["final_error"] != 99.0).all()
+    assert len(data.curves) == len(late.curves) and (data.curves["train_loss"] == -1.0).all()
+
+
+def test_a_finished_rerun_supersedes_its_failed_attempt(tmp_path, degradation):
+    failed = _subset(degradation, degradation.runs["variant"] == "resnet20")
+    failed.runs["status"], failed.runs["final_error"] = "FAILED", float("nan")
+    failed.runs["failure_kind"] = "error"
+    _part(failed, tmp_path, "crash", ended="2026-11-25T12:00:00+00:00")
+    _part(_subset(degradation, degradation.runs["variant"] == "resnet20"), tmp_path, "rerun")
+    with pytest.warns(UserWarning, match="counted once, from rerun"):
+        data = ledger.load_ledger(tmp_path)
+    assert (data.runs["status"] == "FINISHED").all()
