@@ -155,6 +155,9 @@ def write_part(data: RunData, ledger: Path = LEDGER_DIR, **manifest_args) -> Pat
     portable = RunData(_portable_runs(data.runs), data.curves, data.preds, data.targets,
                        configs=data.configs)
     manifest = build_manifest(portable, **manifest_args)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", manifest["part_id"]):
+        raise PartError(f"part id {manifest['part_id']!r}: letters, digits, '.', '_' and '-' "
+                        "only, starting with a letter or digit (it names a folder of the ledger)")
     out = Path(ledger) / manifest["part_id"]
     if out.exists():
         raise PartError(f"{out}: a part with this id exists already; pass another part_id")

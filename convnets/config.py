@@ -182,8 +182,8 @@ def _check_model_data(c: dict) -> None:
         group, sub = key.split(".")
         if not isinstance(c[group][sub], dict):
             raise ConfigError(f"'{key}' must be a mapping, got {c[group][sub]!r}")
-    try:
-        check_dataset_name(d["name"], d["options"])
+    try:  # one spelling per data set: `CIFAR-10` and `cifar10` are one config
+        d["name"] = check_dataset_name(d["name"], d["options"])
     except DatasetError as err:
         raise ConfigError(f"'data.name' / 'data.options': {err}") from None
     if d["data_dir"] is not None and not isinstance(d["data_dir"], str):
@@ -200,6 +200,8 @@ def _check_optim_schedule(c: dict) -> None:
     o, s = c["optim"], c["schedule"]
     _require_number("optim.lr", o["lr"], 0, strict=True)
     _require_number("optim.momentum", o["momentum"], 0, strict=False)
+    if o["momentum"] >= 1:  # the velocity would never decay: SGD's update grows without bound
+        raise ConfigError(f"'optim.momentum' must be in [0, 1), got {o['momentum']!r}")
     _require_number("optim.weight_decay", o["weight_decay"], 0, strict=False)
     _require_bool("optim.nesterov", o["nesterov"])
     if s["unit"] not in ("iterations", "epochs"):

@@ -82,6 +82,13 @@ def check_slurm_args(args) -> None:
     for name in ("gpus_per_run", "array_parallelism", "requeues"):
         if getattr(args, name) < 0 or (name == "array_parallelism" and args.array_parallelism < 1):
             raise SpecError(f"--{name.replace('_', '-')} {getattr(args, name)}: out of range")
+    values = [("partition", args.partition), ("time-limit", args.time_limit),
+              *(("sbatch", f) for f in args.sbatch)]
+    for name, value in values:
+        if value is not None and (not str(value).strip() or any(
+                c.isspace() or ord(c) < 32 for c in str(value))):
+            raise SpecError(f"--{name} {value!r}: no spaces, newlines or control characters "
+                            "(it becomes a line of the batch script)")
     if args.cpus_per_run < 1:
         raise SpecError(f"--cpus-per-run {args.cpus_per_run}: at least 1")
     time_limit_minutes(args.time_limit)

@@ -148,6 +148,9 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
 def check_set_key(item: str, key: str) -> None:
     """A ``--set`` key must name a config key (any key below ``*.options``, which builders and
     data sets check); the error says it came from the command line, not from a spec."""
+    if key == "seed":  # one config is expanded into seeds; a --set would be silently ignored
+        raise SpecError(f"--set {item!r} (command line): a run's seed is chosen with --seed S "
+                        "(repeatable; e.g. --seeds 6 --seed 5), not --set")
     node: Any = DEFAULTS
     walked = []
     for part in key.split("."):

@@ -171,6 +171,9 @@ def _class_names(root: Path) -> list[str]:
     if not classes:
         raise DatasetError(f"{root / 'train'} has no class folders; expected "
                            f"{root}/train/<class>/*.jpg")
+    if len(classes) < 2:  # one class: every prediction is right, a 0% error that means nothing
+        raise DatasetError(f"{root / 'train'} has {len(classes)} class folder ({classes[0]}); a "
+                           "classifier needs at least 2 classes")
     extra = sorted(set(_subfolders(root / "test")) - set(classes))
     if extra:
         raise DatasetError(f"{root / 'test'} has class folders absent from train/: "

@@ -65,20 +65,22 @@ def _check_options(dataset: str, options: dict[str, Any], allowed: frozenset[str
         )
 
 
-def check_dataset_name(name: Any, options: dict[str, Any]) -> None:
-    """Raise ``DatasetError`` for a name or option ``load_dataset`` would refuse, without
-    reading any data (spec validation calls it before a run starts)."""
+def check_dataset_name(name: Any, options: dict[str, Any]) -> str:
+    """The name's one spelling (``CIFAR-10`` -> ``cifar10``); ``DatasetError`` for a name or
+    option ``load_dataset`` would refuse, without reading any data (spec validation calls it
+    before a run starts)."""
     raw = _stripped_name(name)
     options = {k: v for k, v in options.items() if v is not None}
     if _is_imagefolder(raw):
         if not raw.split(":", 1)[1].strip():
             raise DatasetError(f"dataset {name!r} names no folder; use imagefolder:PATH")
         _check_options("imagefolder", options, _IMAGEFOLDER_OPTIONS)
-        return
+        return _canonical(raw)
     key = _loader_key(raw)
     if key not in _LOADERS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
     _check_options(key, options, _LOADERS[key][1])
+    return key
 
 
 def load_dataset(
@@ -129,6 +131,19 @@ def _content_checksum(name: str, data_dir: str | None, options: tuple) -> str:
     return load_dataset(name, data_dir, **dict(options)).checksum
 
 
+def _canonical(name: Any) -> str:
+    """The one spelling of a data set's name (``CIFAR-10``, `` cifar10`` -> ``cifar10``;
+    ``imagefolder:PATH`` keeps its path, stripped), so spellings never make two configs of one
+    data set; ``DatasetError`` for a name no loader takes."""
+    raw = _stripped_name(name)
+    if _is_imagefolder(raw):
+        return "imagefolder:" + raw.split(":", 1)[1].strip()
+    key = _loader_key(raw)
+    if key not in _LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    return key
+
+
 def data_identity(name: str, data_dir: str | Path | None = None,
                   options: dict | None = None) -> str:
     """``name`` for data sets whose name says what they are (``cifar10``, ``mnist``, ...);
@@ -139,4 +154,4 @@ def data_identity(name: str, data_dir: str | Path | None = None,
         opts = tuple(sorted((k, v) for k, v in (options or {}).items() if k != "label"))
         dd = None if data_dir in (None, "") else str(data_dir)
         return "imagefolder:" + _content_checksum(name.strip(), dd, opts)
-    return name
+    return _canonical(name) if isinstance(name, str) and name.strip() else name

@@ -1,0 +1,65 @@
+"""Values a recipe cannot mean and inputs that would be silently wrong are refused before
+anything runs (each test failed on the main of 2026-12-07)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from analysis import ledger
+from analysis import runs as io
+from convnets.config import ConfigError, config_hash, resolve_config
+from convnets.data import DatasetError, load_dataset
+from tests.data_formats import write_imagefolder
+
+BASE = {"model": {"name": "cifar_resnet", "options": {"depth": 8}}}
+
+
+@pytest.mark.parametrize("momentum", [1.0, 1.5])
+def test_momentum_of_one_or_more_is_refused(momentum):
+    with pytest.raises(ConfigError, match=r"'optim.momentum' must be in \[0, 1\)"):
+        resolve_config(dict(BASE, optim={"momentum": momentum}))
+
+
+@pytest.mark.parametrize("spelling", ["CIFAR10", "cifar-10", " cifar10", "Cifar_10"])
+def test_a_data_sets_spellings_are_one_config(spelling):
+    assert config_hash(dict(BASE, data={"name": spelling})) == config_hash(BASE)
+    assert resolve_config(dict(BASE, data={"name": spelling}))["data"]["name"] == "cifar10"
+
+
+def test_synthetic_spelled_otherwise_is_the_same_config():
+    opts = {"n_train": 64, "n_test": 32, "image_size": 8}
+    a = dict(BASE, data={"name": "Synthetic", "options": opts})
+    assert config_hash(a) == config_hash(dict(BASE, data={"name": "synthetic", "options": opts}))
+
+
+def test_a_one_class_image_folder_is_refused(tmp_path):
+    write_imagefolder(tmp_path)
+    shutil.rmtree(tmp_path / "train" / "dog")
+    shutil.rmtree(tmp_path / "test" / "dog")
+    with pytest.raises(DatasetError, match="at least 2 classes"):
+        load_dataset(f"imagefolder:{tmp_path}", cache=False)
+
+
+def test_set_seed_is_refused_pointing_to_seed(capsys):
+    from experiments.__main__ import main
+
+    assert main(["run", "degradation", "--set", "seed=5", "--dry-run"]) == 2
+    assert "--seed S" in capsys.readouterr().err
+
+
+def test_a_part_id_cannot_leave_the_ledger(tmp_path):
+    data = io.load_snapshot(ledger.list_parts()[0])
+    with pytest.raises(ledger.PartError, match="part id '../../x'"):
+        ledger.write_part(data, tmp_path / "ledger", part_id="../../x", device="cpu")
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize("flag", [["--partition", "gpu\n#SBATCH --mem=1T"],
+                                  ["--sbatch=--qos=low\nrm"]])
+def test_a_slurm_value_cannot_add_a_line_to_the_batch_script(flag, capsys):
+    from experiments.__main__ import main
+
+    assert main(["run", "degradation", "--launcher", "slurm", *flag, "--dry-run"]) == 2
+    assert "newlines" in capsys.readouterr().err
