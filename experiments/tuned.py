@@ -11,8 +11,10 @@ set (smoke values come from synthetic data) unless ``--allow-tuned-mismatch``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -75,8 +77,24 @@ def check_tuned(name: str, jobs: list, *, allow_mismatch: bool = False) -> None:
 
 def record_best(experiment: str, rows: list[dict], *, profile: str, budget_epochs: int,
                 storage: str, overwrite: bool = False) -> Path:
-    """Merge the best lr per variant into ``tuned_dir()/<experiment>.yaml``."""
+    """Merge the best lr per variant into ``tuned_dir()/<experiment>.yaml``: read, merge and
+    write under an exclusive lock beside the file (two searches recording at once would
+    otherwise lose one's variants or interleave one temp file), the new file written under a
+    unique name and moved into place."""
     path = tuned_dir() / f"{experiment}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _merge_best(path, experiment, rows, profile=profile,
+                               budget_epochs=budget_epochs, storage=storage,
+                               overwrite=overwrite)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _merge_best(path: Path, experiment: str, rows: list[dict], *, profile: str,
+                budget_epochs: int, storage: str, overwrite: bool) -> Path:
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     best = data.setdefault("best", {}) or {}
     data["best"] = best
@@ -100,10 +118,10 @@ def record_best(experiment: str, rows: list[dict], *, profile: str, budget_epoch
             "budget_epochs": int(budget_epochs),
             "storage": public_storage(storage),
         }
-    path.parent.mkdir(parents=True, exist_ok=True)
     head = (f"# Best learning rates found by `python -m experiments lr-search {experiment}`\n"
             f"# (validation error after a short budget); `run {experiment} --lr tuned` uses them.\n")
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(head + yaml.safe_dump(data, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(head + yaml.safe_dump(data, sort_keys=True))
     os.replace(tmp, path)
     return path

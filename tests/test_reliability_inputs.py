@@ -63,3 +63,32 @@ def test_a_slurm_value_cannot_add_a_line_to_the_batch_script(flag, capsys):
 
     assert main(["run", "degradation", "--launcher", "slurm", *flag, "--dry-run"]) == 2
     assert "newlines" in capsys.readouterr().err
+
+
+def _record_many(variant: str, n: int) -> None:
+    from experiments.tuned import record_best
+
+    for i in range(n):
+        row = {"variant": variant, "best_lr": 0.1 + i * 1e-4, "dataset": "cifar10",
+               "dataset_checksum": "x", "best_val_error": 10.0, "trials": 1, "study": "s"}
+        record_best("race", [row], profile="smoke", budget_epochs=1, storage="sqlite:///x.db")
+
+
+def test_two_searches_recording_at_once_keep_both_and_leave_valid_yaml(tmp_path, monkeypatch):
+    """Failed on the main of 2026-12-07: one shared temp name and no lock, so one writer's
+    variants were lost (or the file was left invalid)."""
+    import multiprocessing
+
+    import yaml
+
+    monkeypatch.setenv("CONVNETS_TUNED_DIR", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_record_many, args=(v, 40)) for v in ("a/x", "b/y", "c/z")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    best = yaml.safe_load((tmp_path / "race.yaml").read_text())["best"]
+    assert set(best) == {"a/x", "b/y", "c/z"}
+    assert best["a/x"]["lr"] == pytest.approx(0.1 + 39e-4)
