@@ -51,7 +51,7 @@ setup: ## create .venv with pip and install the project (editable, with the dev 
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e '.[dev]'
 
-test: ## run the test suite (CPU, skips `slow` and `gpu` markers)
+test: ## run the test suite (CPU, skips the `slow`, `gpu` and `slurm` markers)
 	$(PY) -m pytest -q
 
 # up.sh installs Slurm if missing and starts it (root); if it cannot, the tests skip and say why
@@ -86,7 +86,7 @@ seed-claims: _notice ## the seed documents' own models (d2l DenseNet on Fashion-
 seed004: _notice ## the course notes' MNIST nets, printed vs corrected code (PROFILE=cpu: 3 epochs)
 	$(PY) -m experiments run seed004-mnist $(RUN_ARGS)
 
-reproduce: ablation-resnetv2 degradation densenet nin seed-claims seed004 ## every claim
+reproduce: ablation-resnetv2 degradation densenet nin seed-claims seed004 ## every claim (all the targets above, seed004 included)
 
 lr-search: _notice ## Optuna learning-rate search: make lr-search EXP=degradation
 	$(PY) -m experiments lr-search $(EXP) $(RUN_ARGS)

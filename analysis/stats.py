@@ -80,6 +80,9 @@ def paper_positions(runs: pd.DataFrame) -> pd.DataFrame:
 def welch(a, b) -> dict:
     """Welch's t-test of mean(a) - mean(b) with its Welch-Satterthwaite 95% CI."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no seed-to-seed spread on either side: no t-test
+        diff = float(a.mean() - b.mean())  # (scipy would warn of catastrophic cancellation)
+        return dict(diff=diff, diff_ci_low=diff, diff_ci_high=diff, t=NAN, df=NAN, p=NAN)
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(LEVEL)
     return dict(diff=float(a.mean() - b.mean()), diff_ci_low=float(ci.low),

@@ -47,7 +47,7 @@ def info(name: str, options: dict, num_classes: int | None = None) -> str:
     opts = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "defaults"
     head = (
         f"{name} ({opts}; {classes} classes; input {'x'.join(map(str, entry.input_size))})\n"
-        f"follows: {entry.citation}\n"
+        f"follows: {entry.cite(options)}\n"
     )
     return head + tabulate(table, headers=["stage", "output (CxHxW)", "params", "MMACs"],
                            colalign=("left", "right", "right", "right"))

@@ -59,7 +59,10 @@ def _add_plan_arguments(p) -> None:
     """The options that choose a spec's runs (``run`` and ``status``)."""
     p.add_argument("name", help="spec name (see `list`), e.g. resnetv2-orderings, or the "
                    "path of a spec file whose stem equals its `name:`")
-    p.add_argument("--profile", choices=PROFILES, default="smoke")
+    p.add_argument("--profile", choices=PROFILES, default="smoke",
+                   help="the spec's schedule and seeds: paper (the paper's), quick (shortened, "
+                        "for one GPU), cpu (sized for a 2-core CPU, where a spec has it), "
+                        "smoke (synthetic data, tiny nets, seconds; the default)")
     p.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
     p.add_argument("--seed", type=int, action="append", default=[], metavar="S",
                    help="only seed S of those (0-based; repeatable), e.g. the seeds that no "
@@ -77,8 +80,11 @@ def _add_plan_arguments(p) -> None:
                         "config hash unchanged), measure and checkpoint it there; a later call "
                         "with a larger H extends the same runs, a smaller one is answered by "
                         "them")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the data sets (default $CONVNETS_DATA, else "
+                        "~/.cache/convnets/data)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: the spec's runtime.device, auto)")
     p.add_argument("--lr", choices=["spec", "tuned"], default="spec",
                    help="tuned: use experiments/tuned/NAME.yaml from lr-search")
     p.add_argument("--allow-tuned-mismatch", action="store_true",

@@ -38,6 +38,17 @@ class ModelEntry:
     default_classes: int = 10
     #: heavy models are exercised in tests with a reduced input where the architecture allows
     tags: frozenset[str] = field(default_factory=frozenset)
+    #: option -> the paper a non-default value of it follows (ResNet-110's ``unit`` and
+    #: ``shortcut`` are the Identity Mappings ablations, not He et al. 2015)
+    option_citations: Mapping[str, str] = field(default_factory=dict)
+
+    def cite(self, options: Mapping[str, Any]) -> str:
+        """The papers a model built with ``options`` follows: its own, then those of the
+        options set to other values than the builder's defaults."""
+        params = self.options()
+        extra = [c for k, c in self.option_citations.items()
+                 if k in options and k in params and options[k] != params[k].default]
+        return "; ".join(dict.fromkeys([self.citation, *extra]))
 
     def options(self) -> dict[str, inspect.Parameter]:
         """Keyword options a caller may still set (the builder's, minus fixed ones)."""
@@ -63,6 +74,7 @@ def register_model(
     description: str = "",
     default_classes: int = 10,
     tags: frozenset[str] | set[str] = frozenset(),
+    option_citations: Mapping[str, str] | None = None,
     **fixed: Any,
 ) -> ModelEntry:
     """Register ``name`` as ``builder(**fixed, **options)``."""
@@ -82,6 +94,7 @@ def register_model(
         description=description,
         default_classes=default_classes,
         tags=frozenset(tags),
+        option_citations=dict(option_citations or {}),
     )
     _REGISTRY[name] = entry
     return entry

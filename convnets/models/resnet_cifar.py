@@ -243,6 +243,7 @@ for _depth in (20, 32, 44, 56, 110, 1202):
         citation=_RN + ", Table 6",
         description=f"{_depth}-layer CIFAR ResNet, basic units (option A shortcuts by default)",
         tags={"heavy"} if _depth == 1202 else set(),
+        option_citations={"unit": _IM, "shortcut": _IM},
         depth=_depth,
     )
 for _depth in (20, 32, 44, 56, 110):
