@@ -97,11 +97,28 @@ def restore_checkpoint(path: Path, model, optimizer, data_gen: torch.Generator,
     state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    match_param_layout(optimizer)
     data_gen.set_state(state["data_gen"])
     torch.set_rng_state(state["cpu_rng"])
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     return state
+
+
+def match_param_layout(optimizer) -> None:
+    """Give every per-parameter state tensor of its parameter's shape (SGD's momentum buffer)
+    the parameter's memory layout. ``load_state_dict`` keeps the saved strides: a buffer saved
+    in NCHW (a CPU run, batched seeds) restored beside channels_last parameters differs in
+    strides, which the CPU kernels tolerate and CUDA's fused SGD refuses. (A batched seed's
+    optimizer view has no parameter groups: its stacked state is NCHW, as its parameters.)"""
+    for group in getattr(optimizer, "param_groups", ()):
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in list(state.items()):
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    if value.stride() != p.stride():
+                        state[key] = torch.empty_like(p).copy_(value)
+                    assert state[key].stride() == p.stride(), (key, p.shape)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -171,3 +171,30 @@ def test_a_run_keeps_the_precision_of_its_checkpoint(tmp_path):
     assert resumed.info["precision"] == "bf16"
     whole = fit(bf16, progress=False)
     assert resumed.final["final_test_error"] == whole.final["final_test_error"]
+
+
+def test_momentum_restored_beside_channels_last_parameters_takes_their_layout(tmp_path):
+    """Failed on the main of 2026-12-07: a momentum buffer saved in NCHW kept its strides when
+    restored into a channels_last model (CUDA's fused SGD refuses that)."""
+    from convnets.checkpoint import restore_checkpoint, save_checkpoint
+    from convnets.models import build_model
+
+    def make(channels_last: bool):
+        torch.manual_seed(0)
+        m = build_model("cifar_resnet", depth=8)
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        return m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+
+    m, opt = make(False)
+    m(torch.randn(4, 3, 16, 16)).sum().backward()
+    opt.step()
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, m, opt, torch.Generator(), torch.device("cpu"))
+    m2, opt2 = make(True)
+    restore_checkpoint(path, m2, opt2, torch.Generator(), torch.device("cpu"))
+    convs = [p for p in m2.parameters() if p.ndim == 4]
+    assert convs and all(opt2.state[p]["momentum_buffer"].stride() == p.stride() for p in convs)
+    saved = dict(zip([n for n, _ in m.named_parameters()], opt.state.values(), strict=True))
+    for (name, p) in m2.named_parameters():
+        assert torch.equal(opt2.state[p]["momentum_buffer"], saved[name]["momentum_buffer"])
