@@ -52,7 +52,9 @@ MANIFEST_KEYS = {
     "n_runs": "rows of runs.csv",
     "files": "sha256 of runs.csv, curves.csv, predictions.npz (and configs.json if present)",
 }
-DUP_KEY = ["experiment", "config_hash", "seed", "profile"]
+#: one run: a seed rerun in the other precision (outside the config hash) is another run, kept
+#: beside it in the ledger (the tables count one run per seed: the newer)
+DUP_KEY = ["experiment", "config_hash", "seed", "profile", "precision"]
 
 
 class PartError(ValueError):

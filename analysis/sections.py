@@ -107,10 +107,16 @@ def pick(r: pd.DataFrame) -> pd.DataFrame:
     best = sizes.sort_values(["_n", "_t"]).groupby(["group", "variant"]).tail(1)[cell]
     chosen = pd.MultiIndex.from_frame(r[cell]).isin(pd.MultiIndex.from_frame(best))
     dropped = r[~chosen]
-    sel = r[chosen].drop_duplicates(["group", "variant", "seed"], keep="last")
+    kept = r[chosen]
+    rerun = kept[kept.duplicated(["group", "variant", "seed"], keep="last")]
+    sel = kept.drop_duplicates(["group", "variant", "seed"], keep="last")
     sel.attrs["not_pooled"] = [
         f"{n} run(s) of {g}/{v} with config {h}" for (g, v, h), n in
         dropped.groupby(["group", "variant", "config_hash"], sort=False).size().items()]
+    sel.attrs["not_pooled"] += [
+        f"{len(x)} earlier run(s) of {g}/{v} replaced by a rerun of the same seed (seeds "
+        f"{', '.join(map(str, x['seed']))}: {', '.join(x['precision'])})"
+        for (g, v), x in rerun.groupby(["group", "variant"], sort=False)]
     return sel
 
 

@@ -146,6 +146,8 @@ def precision_mix(precisions, errors) -> dict:
 def hedges_g(a, b) -> float:
     """Bias-corrected standardised mean difference of a - b (pooled sd)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: no standardised difference
+        return NAN
     g, _ = effectsize_smd(a.mean(), a.std(ddof=1), len(a), b.mean(), b.std(ddof=1), len(b))
     return float(g)
 

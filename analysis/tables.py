@@ -252,12 +252,16 @@ def beyond(sel: pd.DataFrame, spec_tables: dict) -> pd.DataFrame:
     def vals(v: str) -> np.ndarray:
         return ok.loc[ok["variant"] == v, "final_error"].dropna().to_numpy(float)
 
-    rows = []
+    rows, present = [], set(sel["variant"])
     for it in spec_tables.get("interactions") or []:
+        if not set(it["plus"]) | set(it["minus"]) <= present:  # a variant with no runs here
+            continue
         plus, minus = [vals(v) for v in it["plus"]], [vals(v) for v in it["minus"]]
         rows.append(dict(name=it["name"], expected=it.get("expect", ""),
                          n=min(len(x) for x in plus + minus), **stats.contrast(plus, minus)))
     for c in spec_tables.get("comparisons") or []:
+        if not {c["variant"], c["reference"]} <= present:
+            continue
         a, b = vals(c["variant"]), vals(c["reference"])
         rows.append(dict(name=f"{c['variant']} vs {c['reference']}",
                          expected=c.get("expect", ""), n=min(len(a), len(b)),

@@ -41,7 +41,16 @@ def resolved_precision(rt: dict) -> str:
         return rt["precision"]
     dev = rt["device"]
     cuda = (dev == "auto" and torch.cuda.is_available()) or str(dev).startswith("cuda")
-    return "bf16" if cuda or cpu_has_bf16() else "fp32"
+    if cuda:
+        return "bf16" if cuda_has_bf16("cuda" if dev == "auto" else dev) else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cuda_has_bf16(device: str | torch.device) -> bool:
+    """Whether a CUDA device has bf16 tensor cores (compute capability 8.0, Ampere, or newer):
+    a V100 (7.0) or a T4 (7.5) emulates bf16, slower than fp32, so ``auto`` picks fp32 there
+    (fp16 would need a gradient scaler, a recipe of its own)."""
+    return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
 
 
 def check_precision(rt: dict, device: torch.device | str) -> None:
@@ -170,14 +179,36 @@ def resolve_runtime(rt: dict, model: str | None = None, iterations: int | None =
         comp = None
     elif comp not in COMPILE_MODES:
         raise ConfigError(f"'runtime.compile' must be auto, true, false or one of {COMPILE_MODES}")
-    if cuda:
-        torch.backends.cudnn.benchmark = bool(rt["cudnn_benchmark"])
+    set_cuda_math(cuda, bf16, rt)
     det = rt["deterministic"]
-    if (not cuda) if det == "auto" else bool(det):
+    if not cuda and ((det == "auto") or bool(det)):
         torch.use_deterministic_algorithms(True, warn_only=True)
     return Runtime(device=device, bf16=bf16, channels_last=flag("channels_last"), compile=comp,
                    fused_sgd=flag("fused_sgd"),
                    compile_auto=rt["compile"] == "auto" and comp is not None)
+
+
+def set_cuda_math(cuda: bool, bf16: bool, rt: dict) -> None:
+    """The CUDA backends' global switches for a run, so that what it records is what ran:
+
+    * fp32 is fp32: TF32 convolutions and matmuls (cuDNN's default on Ampere and newer) are
+      turned off in an fp32 run, on in a bf16 one (its fp32 parts are not the point there);
+    * ``deterministic: true`` is deterministic: cuDNN's benchmark off and its deterministic
+      algorithms on, ``CUBLAS_WORKSPACE_CONFIG`` set (cuBLAS reads it when it starts, so a
+      value set by the user is kept), and torch's deterministic algorithms enforced (an op
+      without one raises instead of warning). ``auto`` on CUDA means not deterministic, with
+      ``cudnn_benchmark`` as set."""
+    if not cuda:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = bf16
+    torch.backends.cudnn.allow_tf32 = bf16
+    if rt["deterministic"] is True:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = bool(rt["cudnn_benchmark"])
 
 
 def thread_share(k: int) -> int:

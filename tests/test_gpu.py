@@ -1,0 +1,102 @@
+"""The first minute of a GPU lease: every CUDA branch of the trainer, run once (marked `gpu`;
+skipped with the reason on a machine without CUDA). A GPU shift runs these first and stops if
+one fails, keeping the rest of the lease for the fix (`pytest -m gpu -x`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convnets.bench.measure import Timer
+from convnets.checkpoint import load_checkpoint, save_checkpoint
+from convnets.models import build_model
+from convnets.multiseed import fit_seeds
+from convnets.train import fit
+from tests.test_train import interrupt_after_epoch_1_and_resume
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+CFG = {
+    "model": {"name": "cifar_resnet", "options": {"depth": 8}},
+    "data": {"name": "synthetic", "options": {"n_train": 512, "n_test": 256, "image_size": 16}},
+    "schedule": {"unit": "epochs", "length": 3},
+    "batch_size": 64,
+    "seed": 1,
+}
+FAST = {"device": "cuda", "precision": "fp32", "channels_last": True, "fused_sgd": True,
+        "compile": False, "deterministic": True}
+
+
+def _curve(result):
+    return [(h["train_loss"], h["test_error"]) for h in result.history]
+
+
+def test_fused_sgd_channels_last_resume_equals_uninterrupted(tmp_path):
+    cfg = dict(CFG, runtime=FAST)
+    full = fit(cfg, progress=False)
+    resumed = interrupt_after_epoch_1_and_resume(cfg, tmp_path / "run.pt")
+    assert _curve(resumed) == pytest.approx(_curve(full), rel=1e-5, abs=1e-5)
+
+
+def test_a_cpu_checkpoint_resumes_on_cuda_with_fused_sgd(tmp_path):
+    """Momentum buffers saved in NCHW on a CPU come back in the parameters' layout."""
+    ckpt = tmp_path / "run.pt"
+    cpu = dict(CFG, runtime={"device": "cpu", "precision": "fp32", "compile": False})
+
+    class Stop(Exception):
+        pass
+
+    def stop(metrics):
+        if metrics["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(cpu, checkpoint=ckpt, progress=False, on_epoch_end=stop)
+    result = fit(dict(CFG, runtime=FAST), checkpoint=ckpt, progress=False)
+    assert len(result.history) == 3
+
+
+def test_compile_reduce_overhead_with_cuda_graphs_trains():
+    cfg = dict(CFG, runtime=dict(FAST, compile="reduce-overhead", deterministic=False))
+    result = fit(cfg, progress=False)
+    assert result.final["final_train_loss"] < result.history[0]["train_loss"] * 1.5
+
+
+def test_the_cuda_rng_state_is_in_the_checkpoint(tmp_path):
+    model = build_model("cifar_resnet", depth=8).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    save_checkpoint(tmp_path / "c.pt", model, opt, torch.Generator(), torch.device("cuda"))
+    assert load_checkpoint(tmp_path / "c.pt")["cuda_rng"] is not None
+
+
+def test_batched_seeds_on_cuda_equal_single_runs_to_float_rounding():
+    cfg = dict(CFG, runtime={"device": "cuda", "precision": "fp32"})
+    batched = fit_seeds(cfg, [0, 1])
+    for seed, got in zip([0, 1], batched, strict=True):
+        alone = fit(dict(cfg, seed=seed, runtime=dict(cfg["runtime"], channels_last=False)),
+                    progress=False)
+        assert got.final["final_test_error"] == pytest.approx(
+            alone.final["final_test_error"], abs=2.0)
+
+
+def test_a_one_rank_nccl_group_reduces():
+    import torch.distributed as dist
+
+    from convnets.distributed import free_port
+
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    try:
+        t = torch.ones(3, device="cuda")
+        dist.all_reduce(t)
+        assert t.tolist() == [1.0, 1.0, 1.0]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bench_timing_uses_cuda_events():
+    t = Timer(torch.device("cuda"))
+    t.start()
+    torch.ones(1 << 20, device="cuda").sum()
+    assert 0 < t.stop() < 10
