@@ -163,9 +163,17 @@ def write_part(data: RunData, ledger: Path = LEDGER_DIR, **manifest_args) -> Pat
     out = Path(ledger) / manifest["part_id"]
     if out.exists():
         raise PartError(f"{out}: a part with this id exists already; pass another part_id")
-    files = export_snapshot(portable, out)
-    manifest["files"] = {p.name: sha256(p) for p in files}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # written aside and moved into place whole: an export killed half-way leaves no folder
+    # that blocks the next one (a hidden temp folder, which list_parts never reads)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        files = export_snapshot(portable, tmp)
+        manifest["files"] = {p.name: sha256(p) for p in files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -263,7 +271,8 @@ def add_part(src: Path, ledger: Path = LEDGER_DIR) -> Path:
 
 
 def list_parts(ledger: Path = LEDGER_DIR) -> list[Path]:
-    return sorted(p.parent for p in Path(ledger).glob(f"*/{MANIFEST}"))
+    return sorted(p.parent for p in Path(ledger).glob(f"*/{MANIFEST}")
+                  if not p.parent.name.startswith("."))  # an export still being written
 
 
 def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:

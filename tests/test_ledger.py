@@ -219,3 +219,21 @@ def test_a_finished_rerun_supersedes_its_failed_attempt(tmp_path, degradation):
     with pytest.warns(UserWarning, match="counted once, from rerun"):
         data = ledger.load_ledger(tmp_path)
     assert (data.runs["status"] == "FINISHED").all()
+
+
+def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path, degradation,
+                                                                       monkeypatch):
+    """Failed on the main of 2026-12-07: the half-written folder made the next export fail
+    with 'exists already'."""
+    real = ledger.sha256
+
+    def killed(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ledger, "sha256", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _part(degradation, tmp_path, "p")
+    assert list(tmp_path.iterdir()) == [] and ledger.list_parts(tmp_path) == []
+    monkeypatch.setattr(ledger, "sha256", real)
+    assert _part(degradation, tmp_path, "p") == tmp_path / "p"
+    assert ledger.list_parts(tmp_path) == [tmp_path / "p"]
