@@ -169,7 +169,6 @@ class RunState:
         self.history: list[dict[str, float]] = []
         self.epoch, self.iteration, self.wall_before, self.partial = 0, 0, 0.0, None
         self.path = Path(checkpoint) if checkpoint else None
-        self.partial_saved = False  # a mid-epoch checkpoint was written by this call
         self.compile_choice, self.trial = None, None  # CompileTrial's choice, kept across resume
         if self.path and self.path.exists():
             state = restore_checkpoint(self.path, module, optimizer, self.data_gen, rt.device)
@@ -235,15 +234,13 @@ class RunState:
         x_all, idx_all, y_all = self.draw_epoch(steps)
         loss_sum, wrong = self._running_sums()
         for s in range(first, steps):
-            if self.pending(self.iteration):
-                row = self.mark(s, loss_sum, wrong)
-                if self.iteration == self.end:
-                    self._save_inside(epoch, s, gen_before, loss_sum, wrong)
-                if logger is not None:
-                    logger.log_epoch(self.iteration, row)
-            if self.iteration == self.end and self.stops_early:
-                if not self.partial_saved:
-                    self._save_inside(epoch, s, gen_before, loss_sum, wrong)
+            row = self.mark(s, loss_sum, wrong) if self.pending(self.iteration) else None
+            at_end = self.iteration == self.end and self.stops_early
+            if at_end:  # checkpoint before the log, as an epoch ends
+                self._save_inside(epoch, s, gen_before, loss_sum, wrong)
+            if row is not None and logger is not None:
+                logger.log_epoch(self.iteration, row)
+            if at_end:
                 return None
             if stop is not None and stop():
                 self._save_inside(epoch, s, gen_before, loss_sum, wrong)
@@ -277,7 +274,6 @@ class RunState:
         self.save(epoch=epoch, iteration=self.iteration,
                   partial={"step": s, "loss_sum": loss_sum.cpu(), "wrong": wrong.cpu()})
         self.data_gen.set_state(gen_now)
-        self.partial_saved = True
 
     def mark(self, s: int, loss_sum: torch.Tensor, wrong: torch.Tensor) -> dict:
         """Measure the run at a horizon mark, before step ``s`` of the current epoch: a curve

@@ -41,19 +41,9 @@ def test_fused_sgd_channels_last_resume_equals_uninterrupted(tmp_path):
 
 def test_a_cpu_checkpoint_resumes_on_cuda_with_fused_sgd(tmp_path):
     """Momentum buffers saved in NCHW on a CPU come back in the parameters' layout."""
-    ckpt = tmp_path / "run.pt"
     cpu = dict(CFG, runtime={"device": "cpu", "precision": "fp32", "compile": False})
-
-    class Stop(Exception):
-        pass
-
-    def stop(metrics):
-        if metrics["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        fit(cpu, checkpoint=ckpt, progress=False, on_epoch_end=stop)
-    result = fit(dict(CFG, runtime=FAST), checkpoint=ckpt, progress=False)
+    result = interrupt_after_epoch_1_and_resume(cpu, tmp_path / "run.pt",
+                                                dict(CFG, runtime=FAST))
     assert len(result.history) == 3
 
 

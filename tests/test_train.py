@@ -62,8 +62,9 @@ def test_densenet_epoch_schedule():
     assert s.lr(225 * 781) == pytest.approx(0.001)
 
 
-def interrupt_after_epoch_1_and_resume(cfg, ckpt):
-    """Train ``cfg``, stop it after its first epoch (checkpoint kept), then resume it."""
+def interrupt_after_epoch_1_and_resume(cfg, ckpt, resume_cfg=None):
+    """Train ``cfg``, stop it after its first epoch (checkpoint kept), then resume it (as
+    ``resume_cfg`` when given: another device or runtime)."""
 
     class Stop(Exception):
         pass
@@ -75,7 +76,7 @@ def interrupt_after_epoch_1_and_resume(cfg, ckpt):
     with pytest.raises(Stop):
         fit(cfg, checkpoint=ckpt, progress=False, on_epoch_end=interrupt)
     assert ckpt.exists()
-    return fit(cfg, checkpoint=ckpt, progress=False)
+    return fit(resume_cfg or cfg, checkpoint=ckpt, progress=False)
 
 
 def test_resumed_run_equals_uninterrupted_bitwise(tmp_path):
