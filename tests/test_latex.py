@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import stats, tables
+from analysis import tables
+from analysis.runs import RunData
+from analysis.sections import sections
 from tests.test_analysis_tables import SPEC, make_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +67,9 @@ def test_shipped_tex_table_compiles(path, tmp_path):
 def test_freshly_generated_table_compiles_and_renders(tmp_path):
     """The current to_latex (with the power column, specials in the claim) compiles; page 1 is
     rendered to PNG when pdftoppm is there (look at it: tests/test_latex.py -s prints where)."""
-    table = stats.compare(make_runs(SPEC))
-    table.insert(0, "profile", "paper")
-    table.insert(0, "experiment", "toy")
-    tex = tables.to_latex("toy", "50% & more_under #1 {ok} ~ ^ é ≥", table,
-                          ["Claim: x", "Profile: paper"], stats.claim_verdict(table), True)
+    data = RunData(make_runs(SPEC))
+    built = tables.build_section(sections(data, "toy")[0], data, "toy", {})
+    tex = tables.to_latex("toy", "50% & more_under #1 {ok} ~ ^ é ≥", built)
     assert r"\begin{tabular}{" + "l" * len(tables.HEADERS) + "}" in tex
     pdf = compile_table(tex, tmp_path)
     if shutil.which("pdftoppm") is None:
