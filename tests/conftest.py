@@ -32,6 +32,21 @@ def _fingerprint() -> dict[str, tuple]:
     return out
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """A ``bf16_cpu`` test trains in bf16 autocast on the CPU. Where the CPU has no native bf16
+    that runs emulated, 6-7x slower than fp32, on a path ``precision: auto`` never takes there:
+    such a test counts as ``slow`` on that CPU (``make test`` skips it, ``pytest -m slow`` runs
+    it). Runs before the ``-m`` selection (tryfirst)."""
+    from convnets.runtime import cpu_has_bf16
+
+    if cpu_has_bf16():
+        return
+    for item in items:
+        if item.get_closest_marker("bf16_cpu"):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionstart(session):
     """Every store a test opens without its own fixture lands in a throwaway folder, never in
     the user's ``mlflow.db`` / ``optuna.db`` (a test once wrote an experiment there)."""

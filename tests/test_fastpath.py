@@ -61,6 +61,7 @@ def test_fast_path_trains_the_same_as_the_plain_path(float64_training, threads):
     assert (plain.predictions == quick.predictions).all()
 
 
+@pytest.mark.bf16_cpu
 def test_bf16_reaches_about_the_same_loss_as_fp32():
     plain = fit(dict(CFG, runtime=PLAIN), progress=False)
     # bf16 is emulated (slow, still bf16) on a CPU without native bf16: the numbers are the point
