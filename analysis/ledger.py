@@ -290,11 +290,15 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
         frames.append(d.runs.assign(part=path.name, part_ended=manifest["ended"]))
         curves.append(d.curves.assign(part=path.name))
         preds.update(d.preds)
-        configs.update(d.configs)
+        configs[path.name] = d.configs
         targets.update(d.targets)
     if not frames:
         raise FileNotFoundError(f"no parts in {ledger} (folders with a {MANIFEST})")
     runs = rekeyed(pd.concat(frames, ignore_index=True), Path(ledger))
+    # each part's resolved configs under the keys its runs now carry
+    keyed = runs[["part", "config_hash_recorded", "config_hash"]].drop_duplicates()
+    configs = {new: configs[part][old] for part, old, new in keyed.itertuples(index=False)
+               if old in configs[part]}
     runs, dropped = _dedupe(runs)
     keep = set(runs["run_id"])
     # a run extended to a later horizon is in two parts under one run id: the winner's curve
@@ -311,9 +315,10 @@ def load_ledger(ledger: Path = LEDGER_DIR, *, validate: bool = True) -> RunData:
 
 
 def rekeyed(runs: pd.DataFrame, ledger: Path) -> pd.DataFrame:
-    """``runs`` with the config keys of old parts mapped to today's hash rule by the ledger's
-    ``rekey.csv`` (``python -m experiments rekey``: precision left the hash on 2026-12-03);
-    the old key stays in ``config_hash_recorded``."""
+    """``runs`` with the config keys of earlier hash rules mapped to today's by the ledger's
+    ``rekey.csv`` (``python -m experiments rekey``: precision left the hash on 2026-12-03, the
+    model entered it by what it is on 2026-12-07); the old key stays in
+    ``config_hash_recorded``."""
     runs = runs.assign(config_hash_recorded=runs["config_hash"])
     path = ledger / REKEY
     if not path.exists():

@@ -10,6 +10,7 @@ it gives, so a number read out of a table carries them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,11 +121,31 @@ def pick(r: pd.DataFrame) -> pd.DataFrame:
     return sel
 
 
+def with_served(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The experiment's runs, and the runs of other experiments that are also one of its
+    variants (the same network and recipe, trained once: their ``serves`` tag), as that
+    variant, with ``served_from`` naming the experiment that trained them."""
+    own = runs[runs["experiment"] == experiment].assign(served_from="")
+    other = runs[(runs["experiment"] != experiment) & (runs["serves"].astype(str) != "")]
+    rows = []
+    for i, text in other["serves"].items():
+        for tags in json.loads(text).values():
+            if tags.get("experiment") == experiment:
+                row = runs.loc[i].copy()
+                row["served_from"] = row["experiment"]
+                for k, v in tags.items():
+                    row[k] = v
+                rows.append(row)
+    if not rows:
+        return own
+    return pd.concat([own, pd.DataFrame(rows).astype(own.dtypes.to_dict())], ignore_index=True)
+
+
 def sections(data: RunData, experiment: str, profile: str | None = None) -> list[Section]:
     """The claim's sections, most faithful first: per profile (``PROFILES`` order; only
     ``profile`` when given), its schedule's end, then its horizons from the latest back.
     Smoke profiles make sections only when nothing else has runs."""
-    runs = data.runs[data.runs["experiment"] == experiment]
+    runs = with_served(data.runs, experiment)
     present = list(dict.fromkeys(runs["profile"]))
     order = [p for p in PROFILES if p in present] + [p for p in present if p not in PROFILES]
     if profile:

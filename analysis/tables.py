@@ -336,6 +336,12 @@ def build_section(sec: Section, data: RunData, experiment: str, spec: dict) -> d
         notes.append("Seeds for 80% power: " + (
             "to detect the paper's difference" if cond.paper_end else
             "to detect the difference observed here (the paper's is of its schedule's end)"))
+    served = sec.sel[sec.sel.get("served_from", pd.Series("", index=sec.sel.index))
+                     .astype(str) != ""]
+    notes += [f"{len(x)} run(s) of {g}/{v} trained by {src}: the same network and recipe, "
+              "trained once and counted in both tables"
+              for (g, v, src), x in served.groupby(["group", "variant", "served_from"],
+                                                   sort=False)]
     dups = [d for d in data.duplicates if d.startswith(f"run {experiment}/")]
     notes += [f"Duplicates across parts: {len(dups)} run(s) counted once "
               "(a finished run over an unfinished one, then the part that ended last)"] \

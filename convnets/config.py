@@ -302,26 +302,55 @@ def eval_split(cfg: dict) -> str:
 
 def config_hash(cfg: dict) -> str:
     """Hash of what is trained: the resolved config minus seed, how it runs (``runtime``, the
-    precision included), where it stops (``horizon``, ``horizons``) and where the data lie; an image folder enters by its content
-    checksum, not its path (``convnets.data.data_identity``).
+    precision included), where it stops (``horizon``, ``horizons``) and where the data lie; an
+    image folder enters by its content checksum, not its path (``convnets.data.data_identity``),
+    and the model by what it is, not how the config spelled it
+    (``convnets.models.model_identity``: ``unit: original`` on ResNet-110 is ResNet-110).
 
     Precision is a runtime switch: bf16 autocast and fp32 train the same recipe, so their
     seeds pool in one cell, and each run records its precision (tag, ledger) so a table can
-    show the mix and flag a cell whose two precisions disagree. Hashes made before this rule
-    (2026-12-03) carried ``precision``: ``analysis.rekey`` maps them to these."""
+    show the mix and flag a cell whose two precisions disagree. Keys made under an earlier
+    rule (``HASH_RULES``) are mapped to these: old ledger parts by ``analysis.rekey`` and
+    their ``configs.json``, a live store's runs by the runner (``Job.legacy_hashes``)."""
     return hash_of_resolved(resolve_config(cfg))
 
 
-def hash_of_resolved(c: dict, *, legacy_precision: str | None = None) -> str:
-    """``config_hash`` of an already resolved config. ``legacy_precision`` (bf16 | fp32)
-    recomputes the hash of the earlier rule, which also held the resolved precision: only the
-    re-keying of old ledger parts asks for it."""
+#: the rules config keys were made by, oldest first. "precision": until 2026-12-03 the hash held
+#: the resolved precision. "spelled": until 2026-12-07 it held the model options as a config
+#: spelled them (an option set to its default made another key) and ``data.split_seed`` with
+#: no validation split (where it selects nothing). "identity": today's rule.
+HASH_RULES = ("precision", "spelled", "identity")
+
+
+def hash_of_resolved(c: dict, *, rule: str = "identity", precision: str | None = None) -> str:
+    """``config_hash`` of an already resolved config, by ``rule`` (``HASH_RULES``; the
+    "precision" rule needs the run's recorded ``precision``: bf16, fp32 or ''). Earlier rules only serve to
+    recognise keys made before: re-keying old ledger parts and finding a live store's runs."""
+    c = copy.deepcopy(c)
+    data_dir = c["data"].pop("data_dir", None)
+    c["data"]["name"] = data_identity(c["data"]["name"], data_dir, c["data"]["options"])
+    return identified_hash(c, rule=rule, precision=precision)
+
+
+def identified_hash(c: dict, *, rule: str = "identity", precision: str | None = None) -> str:
+    """``hash_of_resolved`` of a config whose data are already named by their identity (a
+    ledger part's ``configs.json``, where an image folder is ``imagefolder:<checksum>``)."""
+    if rule not in HASH_RULES:
+        raise ValueError(f"unknown hash rule {rule!r}; one of {', '.join(HASH_RULES)}")
+    if rule == "precision" and not isinstance(precision, str):
+        raise ValueError(f"the 'precision' hash rule needs the run's precision (as the ledger "
+                         f"recorded it, '' where it recorded none), got {precision!r}")
     c = copy.deepcopy(c)
     for key in RUNTIME_KEYS + NON_TRAINING_KEYS + HORIZON_KEYS + ("seed",):
         c.pop(key, None)
-    data_dir = c["data"].pop("data_dir", None)
-    c["data"]["name"] = data_identity(c["data"]["name"], data_dir, c["data"]["options"])
-    if legacy_precision is not None:
-        c["precision"] = legacy_precision
+    c["data"].pop("data_dir", None)
+    if rule == "identity":
+        from convnets.models import model_identity  # the registry imports torch
+
+        c["model"] = model_identity(c["model"]["name"], c["model"].get("options") or {})
+        if not c["data"].get("val_size"):
+            c["data"].pop("split_seed", None)  # selects nothing without a validation split
+    if rule == "precision":
+        c["precision"] = precision
     blob = json.dumps(c, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

@@ -37,6 +37,10 @@ RESULT_TAGS = ("dataset", "dataset_label", "dataset_checksum", "eval_split", "de
 #: the tag of the iteration a run reached (its horizon; the schedule's length when it ran to
 #: the end; runs made before horizons existed have none and ran to the end)
 HORIZON = "horizon"
+#: the tag on a run that other specs' variants are too (the same network and recipe): JSON,
+#: 'experiment/group/variant' -> that variant's spec tags; the tables count the run in each
+#: (one network, one run)
+SERVES = "serves"
 #: ``RunResult.info`` keys that are tags only; every other info key is a ``resolved.*`` param
 DATASET_TAGS = ("dataset", "dataset_label", "dataset_checksum")
 RESOLVED_PREFIX = "resolved."

@@ -224,15 +224,22 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def find_runs(cl, exp_id: str, config_hash: str, seed: int, profile: str) -> list:
-    """Runs of this config, seed and profile, newest first (two profiles can resolve to the
-    same config; their runs are still counted apart)."""
-    return cl.search_runs(
-        [exp_id],
-        filter_string=(f"tags.config_hash = '{config_hash}' and tags.seed = '{seed}' "
-                       f"and tags.profile = '{profile}'"),
-        order_by=["attributes.start_time DESC"],
-    )
+def find_runs(cl, config_hashes, seed: int, profile: str,
+              exp_ids: list[str] | None = None) -> list:
+    """Runs of this config, seed and profile, newest first: under any of ``config_hashes``
+    (today's key, then the keys earlier hash rules gave the same config), in every experiment
+    of the store unless ``exp_ids`` (a network two specs name is one run; two profiles that
+    resolve to one config still count apart)."""
+    if isinstance(config_hashes, str):
+        config_hashes = [config_hashes]
+    ids = exp_ids or [e.experiment_id for e in cl.search_experiments(max_results=50000)]
+    runs = []
+    for h in dict.fromkeys(config_hashes):
+        runs += cl.search_runs(
+            ids, filter_string=(f"tags.config_hash = '{h}' and tags.seed = '{seed}' "
+                                f"and tags.profile = '{profile}'"),
+            order_by=["attributes.start_time DESC"])
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
 
 
 class RunLogger:

@@ -58,10 +58,7 @@ def check_stored_results(cl, jobs: list[Job], checksums: dict[str, str]) -> None
     now. ``--force`` retrains from scratch instead and skips this check."""
     for job in jobs:
         _check_checkpoint(job, checksums[job.key])
-        exp = cl.get_experiment_by_name(job.experiment)
-        if exp is None:
-            continue
-        runs = tracking.find_runs(cl, exp.experiment_id, job.config_hash, job.seed,
+        runs = tracking.find_runs(cl, job.keys, job.seed,
                                   job.tags.get("profile", ""))
         for run in runs:
             if run.info.status != "FINISHED" and run.data.tags.get(FAILURE_KIND) != DIVERGED:

@@ -5,26 +5,32 @@ compile), so bf16 and fp32 seeds of one recipe pool in one cell. Parts exported 
 hold the old keys in ``runs.csv`` and no configs. This module recomputes each old key from the
 spec as it stood at the run's commit (``git show COMMIT:experiments/NAME.yaml``): the variant's
 config is expanded again for the run's profile, its old key recomputed with the run's precision
-(``hash_of_resolved(..., legacy_precision=...)``), and only when that equals the key in
+(``hash_of_resolved(..., rule="precision", precision=...)``), and only when that equals the key in
 ``runs.csv`` is the new key taken from the same config. Keys that cannot be reproduced this way
 (a spec that no longer expands, a run made with command-line overrides) are listed with the
 reason and left as they are, so they never pool by accident.
 
+On 2026-12-07 the model entered the hash by what it is (``convnets.models.model_identity``:
+builder and non-default options), so one network two specs name is one run. Parts exported
+since 2026-12-03 hold ``configs.json`` (each key's resolved config): their keys are recomputed
+from it, after checking that the config gives the recorded key under the rule of its time.
+
 The result is ``paper_tables/data/rekey.csv`` (part, old key -> new key), which
-``analysis.ledger.load_ledger`` applies. Parts exported from now on also hold ``configs.json``
-(each config hash's resolved config), from which the next key change can be recomputed without
-the specs' history.
+``analysis.ledger.load_ledger`` applies; rerun ``python -m experiments rekey`` after adding a
+part made under an earlier rule (a live store's runs are re-keyed by the runner as it meets
+them). A test checks that the committed file equals a fresh one.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from convnets.config import hash_of_resolved
+from convnets.config import hash_of_resolved, identified_hash
 from convnets.names import REPO_ROOT
 from experiments.spec import SpecError, expand, load_spec
 
@@ -56,18 +62,43 @@ def _new_key(spec_path: Path, row) -> str | None:
     except SpecError:
         return None
     for job in jobs:
-        if hash_of_resolved(job.config, legacy_precision=row.precision) == row.config_hash:
+        if hash_of_resolved(job.config, rule="precision", precision=row.precision) \
+                == row.config_hash:
             return hash_of_resolved(job.config)
     return None
 
 
+def _rows_from_configs(part: Path) -> list[dict]:
+    """Rows of a part that holds its configs (``configs.json``): each key recomputed from its
+    resolved config, once the config is shown to give the recorded key under a rule of its
+    time ("spelled" or today's); a key its config does not give is left as it is, saying so."""
+    configs = json.loads((part / "configs.json").read_text())
+    runs = pd.read_csv(part / "runs.csv", dtype=str, keep_default_na=False)
+    keys = runs[["experiment", "group", "variant", "profile", "precision", "config_hash"]]
+    rows = []
+    for row in keys.drop_duplicates().itertuples(index=False):
+        cfg, new, how = configs.get(row.config_hash), row.config_hash, "no config in the part"
+        if cfg is not None:
+            made = {rule: identified_hash(cfg, rule=rule) for rule in ("spelled", "identity")}
+            if row.config_hash in made.values():
+                new, how = made["identity"], "recomputed from the part's configs.json"
+            else:
+                how = "not reproduced from the part's configs.json: kept as it is"
+        rows.append(dict(part=part.name, experiment=row.experiment, group=row.group,
+                         variant=row.variant, profile=row.profile, precision=row.precision,
+                         old_hash=row.config_hash, new_hash=new, how=how))
+    return rows
+
+
 def rekey_rows(ledger: Path = LEDGER) -> pd.DataFrame:
-    """One row per (part, old key) of every part without ``configs.json``."""
+    """One row per (part, old key) of every part: from the specs' history for a part without
+    ``configs.json``, from its configs for one with them."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for manifest in sorted(Path(ledger).glob("*/MANIFEST.json")):
             part = manifest.parent
             if (part / "configs.json").exists():
+                rows += _rows_from_configs(part)
                 continue
             runs = pd.read_csv(part / "runs.csv", dtype=str, keep_default_na=False)
             keys = runs[["experiment", "group", "variant", "profile", "precision",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import threading
 import traceback
@@ -23,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from tabulate import tabulate
@@ -38,6 +40,7 @@ from convnets.names import (
     HORIZON,
     ORPHANED,
     REPO_ROOT,
+    SERVES,
     Outcome,
     RunStatus,
     final_error,
@@ -93,13 +96,80 @@ def checkpoint_dir() -> Path:
 
 
 def checkpoint_path(job: Job) -> Path:
+    """The job's checkpoint, named by what it trains (config key, profile, seed), not by the
+    spec that asked: one network two specs name has one checkpoint."""
     profile = job.tags.get("profile", "")
-    return checkpoint_dir() / job.experiment / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
+    return checkpoint_dir() / f"{job.config_hash}-{profile}-seed{job.seed}.pt"
+
+
+def claims_dir() -> Path:
+    """Where the runners' claims lie: with the store the results go to, so two runners on one
+    store see each other's claims whatever their checkpoint folders: beside a SQLite file
+    (``<db>.claims/``) or a file store (``<folder>.claims/``). A store served over the network
+    (http, a database server) has no folder its runners share; their claims lie in the
+    checkpoint folder, which such runners must then share (the README says so)."""
+    uri = tracking_uri()
+    m = re.match(r"^sqlite:///(.+)$", uri)
+    if m and m.group(1) not in ("", ":memory:"):
+        db = Path(m.group(1))
+        return db.with_name(db.name + ".claims")
+    if uri.startswith("file:") or "://" not in uri:
+        folder = Path(urlparse(uri).path if uri.startswith("file:") else uri).resolve()
+        return folder.with_name(folder.name + ".claims")
+    return checkpoint_dir() / "claims"
 
 
 def claim_path(job: Job) -> Path:
-    """The job's claim file (``experiments.locks.claim``), beside its checkpoint."""
-    return checkpoint_path(job).with_suffix(".claim")
+    """The job's claim file (``experiments.locks.claim``), with the store, by config key."""
+    profile = job.tags.get("profile", "")
+    return claims_dir() / f"{job.config_hash}-{profile}-seed{job.seed}.claim"
+
+
+def _adopt_legacy(cl, job: Job, existing: list) -> None:
+    """Runs and checkpoints of this job made before the hash rule changed take today's key:
+    a run tagged with a ``legacy_hashes`` key is re-tagged (``config_hash_recorded`` keeps
+    the old one), and a checkpoint at the earlier place (``<experiment>/<old key>-...``) moves
+    to ``checkpoint_path``, so nothing finished is trained again and nothing stopped restarts."""
+    for r in existing:
+        old = r.data.tags.get("config_hash")
+        if old != job.config_hash:
+            cl.set_tag(r.info.run_id, "config_hash_recorded", old)
+            cl.set_tag(r.info.run_id, "config_hash", job.config_hash)
+            print(f"  run {r.info.run_id[:8]}: config key {old} -> {job.config_hash} "
+                  "(today's hash rule)", flush=True)
+    ckpt = checkpoint_path(job)
+    if ckpt.exists():
+        return
+    names_ = dict.fromkeys([job.experiment] + [cl.get_experiment(r.info.experiment_id).name
+                                               for r in existing])
+    profile = job.tags.get("profile", "")
+    for exp in names_:
+        for key in job.keys:
+            old = checkpoint_dir() / exp / f"{key}-{profile}-seed{job.seed}.pt"
+            if old.exists():
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(old, ckpt)
+                print(f"  checkpoint {old} moved to {ckpt}", flush=True)
+                return
+
+
+#: the job tags a served run takes in the other spec's table (``_serve``)
+SERVED_TAGS = ("experiment", "claim", "citation", "group", "variant", "baseline", "paper_error",
+               "expected", "differences")
+
+
+def _serve(cl, job: Job, existing: list, home: str) -> None:
+    """Record on the runs of another experiment that they are also this job's variant (tag
+    ``serves``: JSON, 'experiment/group/variant' -> that variant's spec tags); the tables
+    count each such run in this spec's table as this variant."""
+    me = f"{job.experiment}/{job.group}/{job.variant}"
+    mine = {k: str(job.tags.get(k, "")) for k in SERVED_TAGS}
+    for r in existing:
+        if r.info.experiment_id != home:
+            continue
+        have = json.loads(r.data.tags.get(SERVES) or "{}")
+        if have.get(me) != mine:
+            cl.set_tag(r.info.run_id, SERVES, json.dumps({**have, me: mine}, sort_keys=True))
 
 
 def _close_orphans(cl, existing: list, keep: str | None) -> None:
@@ -192,8 +262,18 @@ def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opene
     cl = tracking.client()
     exp_id = tracking.experiment_id(cl, job.experiment, {"claim": job.tags.get("claim", "")})
     h = job.config_hash
+    existing = tracking.find_runs(cl, job.keys, job.seed, job.tags.get("profile", ""))
+    _adopt_legacy(cl, job, existing)
     ckpt = checkpoint_path(job)
-    existing = tracking.find_runs(cl, exp_id, h, job.seed, job.tags.get("profile", ""))
+    # one network, one run: a run of this config in another experiment (another spec naming
+    # the same network) is this job's run; it stays where it is and serves both tables
+    home = existing[0].info.experiment_id if existing else exp_id
+    if home != exp_id:
+        _serve(cl, job, existing, home)
+        owner = cl.get_experiment(home).name
+        print(f"[{job.experiment}] {job.key}: the same network as {owner}'s run "
+              f"{existing[0].info.run_id[:8]} (config {h}): one run serves both", flush=True)
+        exp_id, existing = home, [r for r in existing if r.info.experiment_id == home]
     horizon = job.config["horizon"]
     finished = [r for r in existing if r.info.status == RunStatus.FINISHED
                 and reaches(r, horizon)]

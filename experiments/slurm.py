@@ -186,10 +186,9 @@ def _job_end(task: str, fallback: float) -> float:
 def _tag_runs(job: Job, since_ms: int, task: str) -> None:
     """Tag the run this task trained with its Slurm job id (tag ``slurm_job``)."""
     cl = tracking.client()
-    exp = cl.get_experiment_by_name(job.experiment)
-    if exp is None or not task:
+    if not task:
         return
-    runs = tracking.find_runs(cl, exp.experiment_id, job.config_hash, job.seed,
+    runs = tracking.find_runs(cl, job.keys, job.seed,
                               job.tags.get("profile", ""))
     for r in runs:
         if r.info.end_time is None or r.info.end_time >= since_ms:

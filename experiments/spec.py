@@ -103,6 +103,19 @@ class Job:
     def config_hash(self) -> str:
         return hash_of_resolved(self.config)
 
+    @functools.cached_property
+    def legacy_hashes(self) -> tuple[str, ...]:
+        """Keys the previous hash rule gave this config (``convnets.config.HASH_RULES``): a
+        store's runs and checkpoints made before the rule changed are found under them and
+        re-keyed by the runner."""
+        old = hash_of_resolved(self.config, rule="spelled")
+        return () if old == self.config_hash else (old,)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Today's config key, then its ``legacy_hashes``."""
+        return (self.config_hash, *self.legacy_hashes)
+
     @property
     def key(self) -> str:
         return f"{self.group}/{self.variant}/seed{self.seed}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import textwrap
+import zlib
 
 import mlflow
 import numpy as np
@@ -39,10 +40,20 @@ TINY = textwrap.dedent(
 )
 
 
-def _write(tmp_path, name="tiny", text=None):
+def _write(tmp_path, name="tiny", text=None, own=False):
+    """The spec ``text`` (TINY by default) as ``<name>.yaml``. ``own``: with a learning rate
+    of its own, so that no run of the same network another test left in the module's store
+    serves it (one network, one run)."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(text if text is not None else TINY.format(name=name))
+    text = text if text is not None else TINY.format(name=name)
+    if own:
+        text = text.replace("optim: {lr: 0.05}", f"optim: {{lr: {_own_lr(name)}}}")
+    path.write_text(text)
     return str(path)
+
+
+def _own_lr(name: str) -> float:
+    return round(0.04 + (zlib.crc32(name.encode()) % 1000) * 1e-5, 5)
 
 
 def _runs(name):
@@ -92,7 +103,7 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(mlflow_store, tmp_path
     from convnets.train import fit
 
     mlflow.set_tracking_uri(tracking_uri())
-    spec = _write(tmp_path, "resume")
+    spec = _write(tmp_path, "resume", own=True)
 
     def interrupt(metrics):
         if metrics["epoch"] == 1:
@@ -175,7 +186,7 @@ def test_runner_to_snapshot_to_tables_end_to_end(mlflow_store, tmp_path):
     from analysis.__main__ import main as analysis_main
 
     mlflow.set_tracking_uri(tracking_uri())
-    spec = _write(tmp_path, "e2e")
+    spec = _write(tmp_path, "e2e", own=True)
     assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--variant", "wide"]) == 0
     snap = tmp_path / "snap"
     analysis_main(["export", "--out", str(snap)])
@@ -192,7 +203,7 @@ def test_runner_to_snapshot_to_tables_end_to_end(mlflow_store, tmp_path):
 def test_profiles_with_identical_configs_are_counted_apart(mlflow_store, tmp_path):
     mlflow.set_tracking_uri(tracking_uri())
     text = TINY.format(name="prof").replace("smoke: {seeds: 2}", "smoke: {seeds: 1}\n  quick: {seeds: 1}")
-    spec = _write(tmp_path, "prof", text)
+    spec = _write(tmp_path, "prof", text, own=True)
     assert main(["run", spec, "--profile", "smoke", "--variant", "base"]) == 0
     assert main(["run", spec, "--profile", "quick", "--variant", "base"]) == 0
     runs = _runs("prof")
@@ -206,7 +217,7 @@ def test_crashed_run_fails_the_command_and_keeps_its_checkpoint(mlflow_store, tm
     from convnets.train import fit
 
     mlflow.set_tracking_uri(tracking_uri())
-    spec = _write(tmp_path, "crash")
+    spec = _write(tmp_path, "crash", own=True)
 
     def explode(metrics):
         if metrics["epoch"] == 1:

@@ -24,14 +24,14 @@ def test_the_same_config_in_two_precisions_is_one_cell():
     assert bf16 == fp32 == config_hash(CFG)
     # the earlier rule, kept only for re-keying, told them apart
     resolved = resolve_config(CFG)
-    assert (hash_of_resolved(resolved, legacy_precision="bf16")
-            != hash_of_resolved(resolved, legacy_precision="fp32"))
+    assert (hash_of_resolved(resolved, rule="precision", precision="bf16")
+            != hash_of_resolved(resolved, rule="precision", precision="fp32"))
 
 
 def test_an_old_key_is_mapped_only_when_the_spec_reproduces_it(tmp_path):
     spec = _write(tmp_path, "rk")
     job = expand(load_spec(spec), "smoke", seeds=1, only=["G/base"])[0]
-    old = hash_of_resolved(job.config, legacy_precision="bf16")
+    old = hash_of_resolved(job.config, rule="precision", precision="bf16")
     row = pd.Series(dict(profile="smoke", group="G", variant="base", precision="bf16",
                          config_hash=old))
     assert _new_key(spec, row) == job.config_hash

@@ -89,7 +89,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_its_checkpoint(tmp_path):
          "--variant", "base", "--seeds", "1"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: any(ckpt_dir.glob("term/*.pt")), proc)
+        _wait_for(lambda: any(ckpt_dir.glob("*.pt")), proc)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -101,7 +101,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_its_checkpoint(tmp_path):
     (run,) = cl.search_runs([exp.experiment_id])
     assert run.info.status == "KILLED"
     assert run.data.tags["failure_reason"] == "interrupted (SIGTERM); checkpoint kept"
-    assert len(list(ckpt_dir.glob("term/*.pt"))) == 1
+    assert len(list(ckpt_dir.glob("*.pt"))) == 1
 
 
 def test_stop_on_sigterm_turns_the_signal_into_a_keyboard_interrupt():
@@ -142,7 +142,7 @@ def test_sigterm_to_a_parallel_runner_stops_every_run_and_starts_none(tmp_path):
          "--variant", "base", "--seeds", "4", "--parallel", "2"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: len(list(ckpt_dir.glob("pterm/*.pt"))) >= 2, proc)
+        _wait_for(lambda: len(list(ckpt_dir.glob("*.pt"))) >= 2, proc)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:

@@ -7,6 +7,7 @@ import time
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from convnets.config import config_hash
 from convnets.names import Outcome, tracking_uri
@@ -49,10 +50,17 @@ def test_parse_deadline_forms():
 def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, capsys):
     mlflow.set_tracking_uri(tracking_uri())
     only = ["--variant", "base", "--seeds", "1"]
-    ref_spec = _write(tmp_path, "timebox-ref")  # the uninterrupted run, in its own experiment
-    assert main(["run", ref_spec, "--profile", "smoke", *only, "--deadline", "1h"]) == 0
-    ref = mlflow.search_runs(experiment_names=["timebox-ref"])
-    ref_err = ref["metrics.final_test_error"].iloc[0]
+    # the uninterrupted run, in a store of its own (in this one it would serve the next spec:
+    # the same network and recipe is one run)
+    ref_spec, ref = _write(tmp_path, "timebox-ref"), tmp_path / "ref"
+    with monkeypatch.context() as m:
+        m.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ref / 'mlflow.db'}")
+        m.setenv("CONVNETS_CHECKPOINTS", str(ref / "ckpt"))
+        m.setenv("CONVNETS_ARTIFACTS", (ref / "art").as_uri())
+        assert main(["run", ref_spec, "--profile", "smoke", *only, "--deadline", "1h"]) == 0
+        cl = MlflowClient(tracking_uri())
+        (run,) = cl.search_runs([cl.get_experiment_by_name("timebox-ref").experiment_id])
+    ref_err = run.data.metrics["final_test_error"]
     # the same config, stopped by the deadline after 3 iterations
     spec = _write(tmp_path, "timebox")
     calls = iter(range(10**6))

@@ -15,6 +15,7 @@ from convnets.models.registry import (
     check_options,
     get_entry,
     list_models,
+    model_identity,
     register_model,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "check_options",
     "get_entry",
     "list_models",
+    "model_identity",
     "register_model",
 ]

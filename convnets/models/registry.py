@@ -136,6 +136,27 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
             )
 
 
+def model_identity(name: str, options: Mapping[str, Any]) -> dict:
+    """What the model ``name`` built with ``options`` is, however a config spelled it: its
+    builder and every option that differs from the builder's default, those the name fixes
+    included. ``resnet110`` with ``unit: original`` or ``shortcut: identity`` (both defaults)
+    and ``resnet110`` alone are one network, and so are ``resnet110`` and ``cifar_resnet`` with
+    ``depth: 110``: the config hash holds this, so one network is trained once."""
+    entry = get_entry(name)
+    params = inspect.signature(entry.builder).parameters
+    empty = inspect.Parameter.empty
+
+    def default(key: str, value: Any) -> bool:
+        d = params[key].default if key in params else empty
+        # True == 1 in Python; an option given as 1 where the default is True is not it
+        return d is not empty and value == d and isinstance(value, bool) == isinstance(d, bool)
+
+    given = {**entry.fixed, **options}
+    builder = f"{entry.builder.__module__}.{getattr(entry.builder, '__qualname__', name)}"
+    return {"builder": builder,
+            "options": {k: v for k, v in sorted(given.items()) if not default(k, v)}}
+
+
 def build_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     """Build the registered model ``name`` with ``num_classes`` outputs and ``options``.
 
