@@ -32,7 +32,7 @@ TAG_COLS = list(dict.fromkeys([
     "experiment", "claim", "citation", "group", "variant", "baseline", "profile", "paper_error",
     "expected", "config_hash", "differences", *names.RESULT_TAGS,
     *(t for t in names.ENVIRONMENT_TAGS if t != "git_dirty"),  # git_dirty: a bool column
-    names.FAILURE_REASON, names.FAILURE_KIND, names.SERVES]))
+    names.FAILURE_REASON, names.FAILURE_KIND, names.SERVES, "overrides", "lr_source"]))
 STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
                        "predictions_uri", "total_iterations"]
 FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s",
@@ -46,7 +46,7 @@ RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", 
                 "dataset_label", "config_hash", "git_commit", "git_dirty", "device",
                 "failure_reason", "failure_kind", "run_id", "run_name", "start_time", "curve_uri",
                 "predictions_uri", "dataset_checksum", "precision", "torch_version",
-                "cuda_version", "differences", "serves"])
+                "cuda_version", "differences", "serves", "overrides", "lr_source"])
 CURVE_COLUMNS = ["run_id", *names.CURVE_COLUMNS]
 
 

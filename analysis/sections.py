@@ -95,14 +95,44 @@ def at_horizon(runs: pd.DataFrame, curves: pd.DataFrame, h: int) -> pd.DataFrame
     return pd.concat([hit, diverged.assign(stopped_here=False)], ignore_index=True)
 
 
+#: what every run a group's comparisons hold must share: the recipe as the command line left
+#: it (``overrides``: '' for the spec's own), the data (content checksum), the split evaluated
+RECIPE = ["overrides", "dataset_checksum", "eval_split"]
+
+
+def _recipe(r: pd.DataFrame) -> pd.DataFrame:
+    """The runs of each group's one recipe (``RECIPE``): the spec's own recipe when the group
+    has runs of it, else the recipe with the most runs; among those the data and split with
+    the most runs (ties: the most recent). Column ``_apart`` marks the others' runs."""
+    if r.empty:
+        return r.assign(_apart=False)
+    key = r[RECIPE].astype(str).agg("\x1f".join, axis=1)
+    r = r.assign(_k=key, _own=r["overrides"].astype(str) == "")
+    sizes = r.groupby(["group", "_k"], sort=False).agg(
+        _n=("run_id", "size"), _t=("start_time", "max"), _o=("_own", "all")).reset_index()
+    best = sizes.sort_values(["_o", "_n", "_t"]).groupby("group").tail(1)
+    keep = set(zip(best["group"], best["_k"], strict=True))
+    apart = [(g, k) not in keep for g, k in zip(r["group"], r["_k"], strict=True)]
+    return r.assign(_apart=apart).drop(columns=["_k", "_own"])
+
+
+def _recipe_label(row) -> str:
+    bits = [row.overrides and f"with {row.overrides}",
+            row.dataset_checksum and f"data {str(row.dataset_checksum)[:10]}",
+            f"{row.eval_split} error"]
+    return ", ".join(b for b in bits if b)
+
+
 def pick(r: pd.DataFrame) -> pd.DataFrame:
     """One result per (group, variant, seed) of one section's runs.
 
-    A cell is one (config hash, dataset): runs of a variant under another config hash (another
-    recipe or dataset) are never pooled with it. Per variant the config with the most runs is
-    kept (ties: the most recent); ``attrs['not_pooled']`` lists the others. The latest run of a
+    Every run compared shares one recipe (``RECIPE``: a run made with ``--set optim.lr=...``,
+    with a validation split or on other data is listed apart, never set against the others).
+    Within it a cell is one config hash: per variant the config with the most runs is kept
+    (ties: the most recent); ``attrs['not_pooled']`` lists the others. The latest run of a
     seed replaces earlier ones."""
-    r = r.sort_values(["start_time", "run_id"])
+    r = _recipe(r.sort_values(["start_time", "run_id"]))
+    apart, r = r[r["_apart"]], r[~r["_apart"]].drop(columns="_apart")
     cell = ["group", "variant", "config_hash", "dataset_checksum"]
     sizes = r.groupby(cell).agg(_n=("run_id", "size"), _t=("start_time", "max")).reset_index()
     best = sizes.sort_values(["_n", "_t"]).groupby(["group", "variant"]).tail(1)[cell]
@@ -112,12 +142,18 @@ def pick(r: pd.DataFrame) -> pd.DataFrame:
     rerun = kept[kept.duplicated(["group", "variant", "seed"], keep="last")]
     sel = kept.drop_duplicates(["group", "variant", "seed"], keep="last")
     sel.attrs["not_pooled"] = [
+        f"{len(x)} run(s) of {g}/{v} {_recipe_label(x.iloc[0])}: another recipe than the "
+        "table's, not compared" for (g, v, _), x in
+        apart.assign(_l=[_recipe_label(t) for t in apart.itertuples()])
+        .groupby(["group", "variant", "_l"], sort=False)]
+    sel.attrs["not_pooled"] += [
         f"{n} run(s) of {g}/{v} with config {h}" for (g, v, h), n in
         dropped.groupby(["group", "variant", "config_hash"], sort=False).size().items()]
     sel.attrs["not_pooled"] += [
         f"{len(x)} earlier run(s) of {g}/{v} replaced by a rerun of the same seed (seeds "
         f"{', '.join(map(str, x['seed']))}: {', '.join(x['precision'])})"
         for (g, v), x in rerun.groupby(["group", "variant"], sort=False)]
+    sel.attrs["overrides"] = "; ".join(sorted(set(r["overrides"].astype(str)) - {""}))
     return sel
 
 

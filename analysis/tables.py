@@ -336,6 +336,9 @@ def build_section(sec: Section, data: RunData, experiment: str, spec: dict) -> d
         notes.append("Seeds for 80% power: " + (
             "to detect the paper's difference" if cond.paper_end else
             "to detect the difference observed here (the paper's is of its schedule's end)"))
+    if sec.sel.attrs.get("overrides"):
+        notes.append(f"Recipe changed on the command line for every run compared here: "
+                     f"{sec.sel.attrs['overrides']}")
     served = sec.sel[sec.sel.get("served_from", pd.Series("", index=sec.sel.index))
                      .astype(str) != ""]
     notes += [f"{len(x)} run(s) of {g}/{v} trained by {src}: the same network and recipe, "

@@ -150,11 +150,21 @@ def describe_experiment(cl, exp_id: str, spec: dict) -> None:
 
 
 def model_label(model: dict) -> str:
-    """What the config builds, e.g. ``cifar_resnet-8`` or ``cifar_resnet-8 plain``."""
+    """What the config builds, e.g. ``cifar_resnet-8``, ``cifar_resnet-8 plain`` or
+    ``resnet110 unit=full_preact``: the name, the depth, then each option that is not the
+    builder's default (true flags by name), so a label tells two networks apart."""
+    from convnets.models import get_entry, model_identity
+
     opts = model.get("options") or {}
     label = model["name"] + (f"-{opts['depth']}" if "depth" in opts else "")
-    flags = [k for k, v in opts.items() if v is True]
-    return " ".join([label, *flags])
+    try:
+        fixed = get_entry(model["name"]).fixed
+        opts = model_identity(model["name"], opts)["options"]
+    except KeyError:  # not a registered name: every option as given
+        fixed = {}
+    rest = [k if v is True else f"{k}={v}" for k, v in opts.items()
+            if k != "depth" and k not in fixed]
+    return " ".join([label, *rest])
 
 
 def run_name(variant: str, seed: int, model: dict, profile: str) -> str:

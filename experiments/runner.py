@@ -252,6 +252,8 @@ def row(job: Job, outcome: Outcome, status: str, *, error: float | None = None,
     the ``status`` text the summary table shows, the final error if any, and the failure
     kind (``reason``) when it ended without finishing."""
     return {"group": job.group, "variant": job.variant, "seed": job.seed,
+            "network": tracking.model_label(job.config["model"]),
+            "profile": job.tags.get("profile", ""),
             "config": job.config_hash, "outcome": outcome, "status": str(status),
             "error": error, "run_id": run_id, "reason": reason}
 
@@ -498,12 +500,15 @@ def _create_experiments(jobs: list[Job]) -> None:
 
 
 def summary_table(rows: list[dict], split: str = "test") -> str:
+    """The closing table: each job, the network that trained it (a smoke profile swaps
+    ResNet-110 for a depth-8 net), its profile, status and final error."""
     table = [
-        (r["group"], r["variant"], r["seed"], r["status"],
-         "" if r.get("error") is None else f"{r['error']:.2f}")
+        (r["group"], r["variant"], r["seed"], r.get("network", ""), r.get("profile", ""),
+         r["status"], "" if r.get("error") is None else f"{r['error']:.2f}")
         for r in rows
     ]
-    return tabulate(table, headers=["group", "variant", "seed", "status", f"final {split} err %"])
+    return tabulate(table, headers=["group", "variant", "seed", "network", "profile", "status",
+                                    f"final {split} err %"])
 
 
 def report(rows: list[dict]) -> int:

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 import yaml
 
-from convnets.config import DEFAULTS, ConfigError, hash_of_resolved, resolve_config
+from convnets.config import (
+    DEFAULTS,
+    HORIZON_KEYS,
+    NON_TRAINING_KEYS,
+    ConfigError,
+    hash_of_resolved,
+    resolve_config,
+)
 from convnets.models import build_on_meta, check_options, get_entry
 from convnets.names import PROFILES
 from convnets.runtime import check_precision
@@ -401,6 +408,19 @@ def _tags(spec: dict, group: dict, vname: str, profile: str, lr_source: str) -> 
     }
 
 
+def recipe_overrides(sets, *, tuned: bool = False) -> str:
+    """What the command line changed in the spec's recipe ('' when nothing): the ``--set``
+    keys that change what is trained or reported, and a tuned learning rate. Runs carry it
+    (tag ``overrides``) so a table compares only runs of one recipe: a run at another
+    ``optim.lr`` or with a validation split is listed apart, never set against the rest."""
+    how = ("runtime",) + NON_TRAINING_KEYS + HORIZON_KEYS
+    items = [f"{k}={v}" for k, v in sorted(sets, key=lambda kv: kv[0])
+             if k.split(".")[0] not in how]
+    if tuned:
+        items.append("optim.lr=tuned")
+    return "; ".join(items)
+
+
 def expand(
     spec: dict,
     profile: str,
@@ -456,17 +476,21 @@ def expand(
                 cfg["horizon"] = horizon
             try:
                 resolved = resolve_config(cfg)
+                # the model as resolved: a --set model.name/options is checked, not the spec's
+                model, options = resolved["model"]["name"], resolved["model"]["options"]
                 build_on_meta(model, json.dumps(options, sort_keys=True))
             except (ConfigError, ValueError, KeyError, TypeError) as err:
                 msg = str(err.args[0] if err.args else err)
-                from_cli = [f"--set {k}={v!r}" for k, v in sets if f"'{k}'" in msg]
+                from_cli = [f"--set {k}={v!r}" for k, v in sets if f"'{k}'" in msg
+                            or (k.startswith("model.") and "model" in msg)]
                 if horizon is not None and "'horizon'" in msg:
                     from_cli.append(f"--horizon {horizon}")
                 if from_cli:  # a value given on the command line, not written in the spec
                     raise SpecError(f"{', '.join(from_cli)} (command line), in {where}: "
                                     f"{msg}") from None
                 raise SpecError(f"{where}: {msg}") from None
-            tags = _tags(spec, group, vname, profile, lr_source)
+            tags = dict(_tags(spec, group, vname, profile, lr_source),
+                        overrides=recipe_overrides(sets, tuned=lr_source == "tuned"))
             for seed in range(n_seeds):
                 c = copy.deepcopy(resolved)
                 c["seed"] = seed

@@ -16,19 +16,26 @@ SPEC = load_spec("resnetv2-shortcuts")
 def test_run_names_say_what_ran_and_start_with_the_variant():
     smoke = expand(SPEC, "smoke", only=["shortcut_only_gating_b0"])[0]
     name = tracking.run_name(smoke.variant, smoke.seed, smoke.config["model"], "smoke")
-    assert name == "shortcut_only_gating_b0 | s0 | cifar_resnet-8 | smoke"
+    assert name == ("shortcut_only_gating_b0 | s0 | cifar_resnet-8 gate_bias=0.0 "
+                    "shortcut=shortcut_only_gating | smoke")
     paper = expand(SPEC, "paper", only=["identity"])[0]
     assert tracking.run_name("identity", 3, paper.config["model"], "paper") == \
         "identity | s3 | resnet110"
     plain = {"name": "cifar_resnet", "options": {"depth": 14, "plain": True}}
     assert tracking.model_label(plain) == "cifar_resnet-14 plain"
+    # what trained, not how the spec spelled it: defaults are not shown, the rest is
+    assert tracking.model_label({"name": "resnet110", "options": {"unit": "original"}}) == \
+        "resnet110"
+    assert tracking.model_label({"name": "cifar_resnet", "options": {
+        "depth": 8, "unit": "full_preact", "shortcut": "identity"}}) == \
+        "cifar_resnet-8 unit=full_preact"
 
 
 def test_run_note_says_what_trained_on_what():
     job = expand(SPEC, "smoke", only=["dropout"])[0]
     note = tracking.run_note(job.tags, job.config, {"dataset_label": "synthetic (smoke)"})
-    assert note == ("ResNet-110 / dropout, seed 0, smoke profile: cifar_resnet-8 on synthetic "
-                    "(smoke). Paper: fail (> 20%); baseline: identity.")
+    assert note == ("ResNet-110 / dropout, seed 0, smoke profile: cifar_resnet-8 shortcut=dropout "
+                    "on synthetic (smoke). Paper: fail (> 20%); baseline: identity.")
 
 
 def test_experiment_note_has_claim_citation_and_paper_numbers():
