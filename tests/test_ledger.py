@@ -65,8 +65,9 @@ def test_two_parts_give_the_same_tables_as_one(tmp_path, degradation):
 def _reexport(data, final_error=None):
     again = _subset(data, data.runs["variant"] == "resnet20")
     again.runs["run_id"] = again.runs["run_id"] + "x"  # another export of the same runs
-    if final_error is not None:
-        again.runs["final_error"] = final_error
+    if final_error is not None:  # another number: the part then states it once (no
+        again.runs["final_error"] = final_error  # predictions or curves that disagree)
+        again.preds, again.targets, again.curves = {}, {}, again.curves.iloc[:0]
     again.preds = {k + "x": v for k, v in again.preds.items()}
     again.targets = {k + "x": v for k, v in again.targets.items()}
     again.curves["run_id"] = again.curves["run_id"] + "x"
@@ -200,6 +201,8 @@ def test_a_run_extended_to_a_later_horizon_counts_once_from_the_later_part(tmp_p
     final error) is one run: the further one counts, with its own curve, and no conflict."""
     early = _subset(degradation, degradation.runs["variant"] == "resnet20")
     early.runs["horizon"], early.runs["final_error"] = "4", 99.0
+    # what it held at 4: no predictions or curve of the end that would contradict its 99.0
+    early.preds, early.targets, early.curves = {}, {}, early.curves.iloc[:0]
     late = _subset(degradation, degradation.runs["variant"] == "resnet20")
     late.curves = late.curves.assign(train_loss=-1.0)  # tells the parts' curves apart
     _part(early, tmp_path, "at4", ended="2026-11-24T12:00:00+00:00")  # ended later, reached less
@@ -237,3 +240,34 @@ def test_an_export_killed_half_way_leaves_nothing_that_blocks_the_next(tmp_path,
     monkeypatch.setattr(ledger, "sha256", real)
     assert _part(degradation, tmp_path, "p") == tmp_path / "p"
     assert ledger.list_parts(tmp_path) == [tmp_path / "p"]
+
+
+def _rewrite_consistently(part: Path, name: str, change) -> None:
+    """Edit one file of a part and recompute its sha256 in the manifest, as a careless (or
+    dishonest) hand would: the checksums then agree, the contents must not."""
+    f = part / name
+    change(f)
+    _edit(part, lambda m: m["files"].update({name: ledger.sha256(f)}))
+
+
+def test_a_part_whose_files_disagree_is_refused_even_with_matching_checksums(tmp_path,
+                                                                              degradation):
+    part = _part(degradation, tmp_path / "out", "p")
+    runs = pd.read_csv(part / "runs.csv", dtype=str, keep_default_na=False)
+    done = runs.index[(runs["status"] == "FINISHED") & (runs["eval_split"] == "test")][0]
+    rid, was = runs.loc[done, "run_id"], float(runs.loc[done, "final_error"])
+
+    def edit_error(f):
+        runs.loc[done, "final_error"] = repr(was - 0.01)  # one image of 10,000 better
+        runs.to_csv(f, index=False)
+
+    _rewrite_consistently(part, "runs.csv", edit_error)
+    with pytest.raises(ledger.PartError, match=f"run {rid}: runs.csv says final error "
+                                               f"{was - 0.01}, its predictions"):
+        ledger.validate_part(part)
+    # a curve of a run the part does not hold
+    part = _part(degradation, tmp_path / "out2", "q")
+    _rewrite_consistently(part, "curves.csv", lambda f: f.write_text(
+        f.read_text() + "ghost" + "," * (len(io.CURVE_COLUMNS) - 1) + "\n"))
+    with pytest.raises(ledger.PartError, match=r"curve\(s\) of run\(s\) not in runs.csv"):
+        ledger.validate_part(part)
