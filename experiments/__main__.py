@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from convnets import tracking
 from convnets.config import eval_split
 from convnets.names import tracking_uri
 from experiments.deadline import ENV, parse_deadline
-from experiments.locks import first_use_lock
+from experiments.locks import StoreBroken, first_use_lock, ready_store
 from experiments.lr_search import add_lr_search_parser, run_lr_search
 from experiments.preflight import check_jobs_data, check_stored_results
 from experiments.rekey import write_rekey
@@ -197,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         tracking.check_store()
+        ready_store(tracking_uri())  # whole, or created aside and moved into place
         checksums = check_jobs_data(jobs)  # every data set read and checked before any run
-    except (tracking.StoreUnreachable, SpecError) as err:
+    except (tracking.StoreUnreachable, StoreBroken, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -227,7 +229,17 @@ def main(argv: list[str] | None = None) -> int:
 def _status(args) -> int:
     """``status SPEC``: one line per run (the launcher's view; local runs show too)."""
     spec, jobs = _jobs(args)
+    try:  # an existing store half-created long ago is repaired (status never creates one)
+        if (db := _sqlite_file(tracking_uri())) is not None and db.exists():
+            ready_store(tracking_uri())
+    except StoreBroken as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return status(args, spec, jobs)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
+import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +45,84 @@ def first_use_lock(url: str):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class StoreBroken(RuntimeError):
+    """The SQLite MLflow store does not open and holds runs: nothing repairs it silently."""
+
+
+def _sqlite_path(url: str) -> Path | None:
+    m = re.match(r"^sqlite:///(.+)$", url)
+    return Path(m.group(1)) if m and m.group(1) not in ("", ":memory:") else None
+
+
+def _create_store(db: Path) -> None:
+    """Create MLflow's schema in the SQLite file ``db`` (its migrations run on first open)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+
+
+def _why_broken(db: Path) -> str | None:
+    """None if the store opens; else MLflow's reason, in one line. MLflow keeps one engine
+    (with open connections) per URI for the life of the process, so the probe opens the file
+    under another spelling of its path: a store moved aside and created again is then reached
+    afresh under the real URI, never through a connection to the old file."""
+    from mlflow.tracking import MlflowClient
+
+    log = logging.getLogger("mlflow.store.db.utils")  # it logs the SQL error's traceback
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        MlflowClient(f"sqlite:///{db.parent}/./{db.name}").search_experiments(max_results=1)
+        return None
+    except Exception as err:  # SQLAlchemy and MLflow errors of a damaged schema
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    finally:
+        log.setLevel(level)
+
+
+def _holds_runs(db: Path) -> bool:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def ready_store(url: str) -> None:
+    """Make sure the SQLite MLflow store at ``url`` is whole before anything uses it.
+
+    A new store is created aside (``.<name>.creating-<pid>``) and moved into place complete,
+    so a first open killed half-way (kill -9, SIGTERM, Ctrl-C while MLflow creates its tables)
+    leaves no store at all, and the next start simply creates it. A store left half-created by
+    a version that created it in place (it does not open and holds no run) is moved aside as
+    ``<name>.broken-<time>`` and created again, saying so; one that does not open but holds
+    runs raises ``StoreBroken`` naming the file and what to do. Other stores (a server, a
+    file store) are left to MLflow."""
+    db = _sqlite_path(url)
+    if db is None:
+        return
+    with first_use_lock(url):
+        if db.exists():
+            why = _why_broken(db)
+            if why is None:
+                return
+            if _holds_runs(db):
+                raise StoreBroken(f"{db}: the MLflow store does not open ({why}) and holds "
+                                  "runs; restore it from a copy, or move it away to start a "
+                                  "new store (the committed ledger is not affected)")
+            aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(db, aside)
+            print(f"{db}: an MLflow store left half-created (no runs; {why}) was moved to "
+                  f"{aside.name}; creating it again", file=sys.stderr, flush=True)
+        tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        try:
+            _create_store(tmp)
+            os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _owner_text(path: Path) -> str:

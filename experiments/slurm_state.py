@@ -121,31 +121,39 @@ class RunState:
         return self.state in ("pending", "running")
 
 
+def _store_key(config_hash: str, seed, profile: str) -> str:
+    return f"{config_hash}/seed{seed}/{profile}"
+
+
 def _runs_by_key(jobs: list[Job]) -> dict[str, list]:
-    """MLflow runs of these jobs, newest first, by ``run_id_key`` (one search per experiment
-    and profile)."""
+    """MLflow runs of these jobs' profiles, newest first, by config key, seed and profile, from
+    every experiment (a network two specs name is one run; one search per profile)."""
     out: dict[str, list] = {}
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return out  # no store yet: nothing ran (and looking would create it)
     cl = tracking.client()
-    pairs = dict.fromkeys((j.experiment, j.tags.get("profile", "")) for j in jobs)
-    for name, profile in pairs:
-        exp = cl.get_experiment_by_name(name)
-        if exp is None:
-            continue
-        for r in cl.search_runs([exp.experiment_id], f"tags.profile = '{profile}'",
-                                max_results=50000, order_by=["attributes.start_time DESC"]):
+    ids = [e.experiment_id for e in cl.search_experiments(max_results=50000)]
+    for profile in dict.fromkeys(j.tags.get("profile", "") for j in jobs):
+        for r in cl.search_runs(ids, f"tags.profile = '{profile}'", max_results=50000,
+                                order_by=["attributes.start_time DESC"]):
             tags = r.data.tags
-            key = f"{name}/{tags.get('config_hash')}/seed{tags.get('seed')}/{profile}"
-            out.setdefault(key, []).append(r)
+            out.setdefault(_store_key(tags.get("config_hash"), tags.get("seed"), profile),
+                           []).append(r)
     return out
+
+
+def _job_runs(job: Job, runs: dict[str, list]) -> list:
+    """The job's runs under today's key or the previous rule's (``Job.keys``), newest first."""
+    found = [r for k in job.keys
+             for r in runs.get(_store_key(k, job.seed, job.tags.get("profile", "")), [])]
+    return sorted(found, key=lambda r: r.info.start_time or 0, reverse=True)
 
 
 def run_states(jobs: list[Job], folder: Path, claim_path) -> list[RunState]:
     """Where each job stands (``claim_path``: the runner's claim file of a job)."""
     records, queue, runs = read_records(folder), queue_states(), _runs_by_key(jobs)
-    return [_state(j, records.get(run_id_key(j), {}), queue, runs.get(run_id_key(j), []),
+    return [_state(j, records.get(run_id_key(j), {}), queue, _job_runs(j, runs),
                    claim_path(j)) for j in jobs]
 
 
