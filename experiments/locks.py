@@ -56,11 +56,25 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(m.group(1)) if m and m.group(1) not in ("", ":memory:") else None
 
 
+@contextlib.contextmanager
+def _quiet_mlflow_db():
+    """MLflow's database module logs its table creation (INFO) and the SQL error of a damaged
+    schema with its traceback (ERROR); ``ready_store`` says what matters in one line."""
+    log = logging.getLogger("mlflow.store.db.utils")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _create_store(db: Path) -> None:
     """Create MLflow's schema in the SQLite file ``db`` (its migrations run on first open)."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+    with _quiet_mlflow_db():
+        MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
 
 
 def _why_broken(db: Path) -> str | None:
@@ -70,16 +84,12 @@ def _why_broken(db: Path) -> str | None:
     afresh under the real URI, never through a connection to the old file."""
     from mlflow.tracking import MlflowClient
 
-    log = logging.getLogger("mlflow.store.db.utils")  # it logs the SQL error's traceback
-    level = log.level
-    log.setLevel(logging.CRITICAL)
     try:
-        MlflowClient(f"sqlite:///{db.parent}/./{db.name}").search_experiments(max_results=1)
+        with _quiet_mlflow_db():
+            MlflowClient(f"sqlite:///{db.parent}/./{db.name}").search_experiments(max_results=1)
         return None
     except Exception as err:  # SQLAlchemy and MLflow errors of a damaged schema
         return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    finally:
-        log.setLevel(level)
 
 
 def _holds_runs(db: Path) -> bool:

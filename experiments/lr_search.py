@@ -59,6 +59,7 @@ from convnets.names import ERROR, eval_error, final_error, tracking_uri
 from convnets.results import DivergedError
 from convnets.runtime import thread_share
 from convnets.train import fit
+from experiments.cli_args import add_lr_search_parser
 from experiments.locks import first_use_lock
 from experiments.runner import stop_on_sigterm
 from experiments.search_settings import (
@@ -78,7 +79,7 @@ from experiments.search_settings import (
     train_size,
     trial_config,
 )
-from experiments.spec import PROFILES, SpecError, expand, load_spec, parse_set, require_devices
+from experiments.spec import SpecError, expand, load_spec, parse_set, require_devices
 from experiments.tuned import dataset_id, record_best
 
 DIVERGED_ERROR = 100.0  # objective of a trial whose loss became non-finite
@@ -349,48 +350,6 @@ def lr_search(
     return rows
 
 
-def add_lr_search_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``lr-search`` subcommand to ``python -m experiments``."""
-    p = subparsers.add_parser(
-        "lr-search", help="Optuna search of the learning rate on a validation split",
-        description="Optuna learning-rate search per variant (validation error after a short "
-                    "budget, pruning, resumable studies, several workers). Settings: "
-                    "experiments/search/NAME.yaml (optional).")
-    p.add_argument("name", help="spec name, e.g. degradation")
-    p.add_argument("--profile", choices=PROFILES, default="smoke")
-    p.add_argument("--variant", action="append", default=[],
-                   help="only this variant ('group/variant' or 'variant'); repeatable")
-    p.add_argument("--trials", type=int, default=None,
-                   help="trials to add to each study in this call (default: the search file's, "
-                        "else smoke 4 / quick 20 / paper 20; grid: the points not yet evaluated)")
-    p.add_argument("--budget-epochs", type=int, default=None,
-                   help="epochs per trial (default: smoke 2, quick 10, paper 30)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage: SQLAlchemy URL (postgresql://user@host/db) or "
-                        "journal:PATH (default: $OPTUNA_STORAGE, else sqlite:///<repo>/optuna.db)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="K processes on the same study (the trials are split between them)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="training seed of every trial (and the grid's order); default 0")
-    p.add_argument("--sampler-seed", type=int, default=None,
-                   help="seed of the TPE draws (default: --seed); give every machine that "
-                        "shares a study its own")
-    p.add_argument("--seeds", type=int, default=None,
-                   help="accepted for `make` (RUN_ARGS); a search trains one seed per trial")
-    p.add_argument("--search-file", default=None, help="search settings (default "
-                   "experiments/search/NAME.yaml if it exists)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every trial, e.g. --set optim.momentum=0.9")
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-record", action="store_true",
-                   help="do not write experiments/tuned/NAME.yaml")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace tuned entries recorded by a bigger profile")
-    return p
-
-
 def run_lr_search(args: argparse.Namespace) -> int:
     """``python -m experiments lr-search``: 0 when every variant has a best lr."""
     if getattr(args, "seeds", None):
@@ -426,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m experiments.lr_search NAME ...`` (the same as ``python -m experiments lr-search``)."""
     parser = argparse.ArgumentParser(prog="python -m experiments")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    add_lr_search_parser(sub)
+    add_lr_search_parser(sub)  # experiments.cli_args: the CLI's options, torch-free
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_lr_search(parser.parse_args(["lr-search", *argv]))
 

@@ -167,24 +167,8 @@ def shift_states(shifts, assumed, ledger_dir=None, estimate: bool = True) -> lis
     return out
 
 
-def add_shifts_parser(sub) -> None:
-    p = sub.add_parser("shifts", help="the GPU shift queue with states from the ledger")
-    p.add_argument("--queue", type=Path, default=QUEUE)
-    p.add_argument("--next-data", action="store_true",
-                   help="print only the data archives the next pending shift needs")
-    r = sub.add_parser("shift", help="run the next pending shift and export its ledger part")
-    r.add_argument("--out", type=Path, required=True, help="folder for the part, store and log")
-    r.add_argument("--queue", type=Path, default=QUEUE)
-    r.add_argument("--id", default=None, help="this shift instead of the next pending one")
-    r.add_argument("--profile", default=None, help="replace the shift's profile (smoke: the "
-                   "CPU dry run of the same command)")
-    r.add_argument("--data-dir", default=None)
-    r.add_argument("--deadline", default=os.environ.get("CONVNETS_DEADLINE") or "9m",
-                   help="the whole shift ends by then (default 9m: a 10-minute device call)")
-    r.add_argument("--parallel", type=int, default=1)
-
-
 def run_shifts_command(args) -> int:
+    args.queue = args.queue or QUEUE
     shifts, raw = load_queue(args.queue)
     if args.cmd == "shifts":
         states = shift_states(shifts, raw["assumed"], estimate=not args.next_data)

@@ -11,7 +11,7 @@ import os
 import shlex
 import shutil
 
-from experiments.spec import SpecError
+from experiments.spec_check import SpecError
 
 
 def _env(name: str, default=None):

@@ -13,7 +13,6 @@ import datetime
 import functools
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,9 +39,8 @@ from experiments.spec_check import (
     require_mapping,
     require_str_list,
     require_text,
+    spec_path,
 )
-
-SPEC_DIR = Path(__file__).resolve().parent
 
 # Every key a spec may hold, with what it means (unknown keys are errors).
 SPEC_KEYS = {
@@ -183,25 +181,6 @@ def check_set_key(item: str, key: str) -> None:
                             f"keys at {where}: {valid}")
         node = node[part]
         walked.append(part)
-
-
-def spec_path(name: str) -> Path:
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    path = SPEC_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(list_specs())
-        raise SpecError(f"no experiment spec {name!r} (looked for {path}); known: {known}")
-    return path
-
-
-#: YAML files beside the specs that are not specs (the GPU shift queue)
-NOT_SPECS = ("shifts",)
-
-
-def list_specs() -> list[str]:
-    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml") if p.stem not in NOT_SPECS)
 
 
 def load_spec(name: str) -> dict:

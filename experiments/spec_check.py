@@ -10,6 +10,7 @@ Why a custom loader: PyYAML keeps the last of two equal keys without a word (a s
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -17,6 +18,29 @@ import yaml
 
 class SpecError(ValueError):
     """A spec is malformed; the message names the file and the key."""
+
+
+#: the folder of the claim specs (``<name>.yaml``)
+SPEC_DIR = Path(__file__).resolve().parent
+
+
+def spec_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = SPEC_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(list_specs())
+        raise SpecError(f"no experiment spec {name!r} (looked for {path}); known: {known}")
+    return path
+
+
+#: YAML files beside the specs that are not specs (the GPU shift queue)
+NOT_SPECS = ("shifts",)
+
+
+def list_specs() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml") if p.stem not in NOT_SPECS)
 
 
 # YAML 1.2 core-schema floats: every spelling Python's float() reads, except inf/nan words

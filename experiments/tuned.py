@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from experiments.search_settings import public_storage
-from experiments.spec import SpecError
+from experiments.spec_check import SpecError
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 PROFILE_RANK = {"smoke": 0, "cpu": 1, "quick": 2, "paper": 3}

@@ -17,7 +17,8 @@ import pytest
 from convnets.config import config_hash, hash_of_resolved
 from convnets.multiseed import fit_seeds
 from convnets.train import fit
-from experiments.spec import expand, list_specs, load_spec
+from experiments.spec import expand, load_spec
+from experiments.spec_check import list_specs
 
 #: rule -> spec|profile|group/variant -> config hash of seed 0. "spelled": ``config_hash`` at
 #: fb506e7 (the rule until 2026-12-07, still computed to find a store's older runs);

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from convnets.names import Outcome, tracking_uri
 from experiments.__main__ import main
 from experiments.runner import report, row
-from experiments.spec import SpecError, expand, list_specs, load_spec
+from experiments.spec import SpecError, expand, load_spec
+from experiments.spec_check import list_specs
 
 TINY = textwrap.dedent(
     """

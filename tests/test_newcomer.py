@@ -10,9 +10,9 @@ from analysis import stats
 
 
 def test_every_run_option_says_what_it_does():
-    from experiments.__main__ import _parser
+    from experiments.cli_args import build_parser
 
-    sub = next(a for a in _parser()._actions if a.dest == "cmd")
+    sub = next(a for a in build_parser()._actions if a.dest == "cmd")
     run = sub.choices["run"]
     silent = [a.option_strings[0] for a in run._actions
               if a.option_strings and a.dest != "help" and not (a.help or "").strip()]

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-import experiments.__main__ as cli
+import experiments.commands as commands
 from convnets.data import DatasetError, load_dataset
 from experiments.__main__ import main
 from tests.data_formats import write_imagefolder, write_mnist
@@ -37,7 +37,7 @@ SPEC = textwrap.dedent("""
 def no_runs(tmp_path, monkeypatch):
     db = tmp_path / "store" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    monkeypatch.setattr(cli, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(commands, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
     return db
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import experiments.__main__ as cli
+import experiments.commands as commands
 import experiments.runner as runner
 from convnets.config import resolve_config
 from experiments.__main__ import main
@@ -30,7 +30,7 @@ def fresh_store(tmp_path, monkeypatch):
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(tmp_path / "ckpt"))
-    monkeypatch.setattr(cli, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(commands, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
     return db
 
 
@@ -214,7 +214,7 @@ def test_a_tracking_server_that_is_down_is_named_in_one_line(tmp_path, monkeypat
         port = s.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setattr(cli, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(commands, "run_jobs", lambda *a, **k: pytest.fail("a run started"))
     spec = _write(tmp_path)
     t0 = time.time()
     assert main(["run", spec, "--profile", "smoke"]) == 2

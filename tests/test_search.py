@@ -26,7 +26,8 @@ from convnets.device_data import prepare_data
 from convnets.names import tracking_uri
 from experiments import lr_search as search
 from experiments import search_settings as settings_mod
-from experiments import spec as spec_mod
+from experiments import spec_check
+from experiments.cli_args import add_lr_search_parser
 
 SPEC = textwrap.dedent(
     """
@@ -60,7 +61,7 @@ def env(mlflow_store, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convs: threads only contend on a loaded 2-core runner
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(spec_mod, "SPEC_DIR", root / "specs")
+        mp.setattr(spec_check, "SPEC_DIR", root / "specs")
         mp.setenv("CONVNETS_TUNED_DIR", str(root / "tuned"))
         mp.setenv("OMP_NUM_THREADS", "1")
         yield root
@@ -76,7 +77,7 @@ def _settings(root: Path, name: str, **keys) -> str:
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
-    search.add_lr_search_parser(sub)
+    add_lr_search_parser(sub)
     return search.run_lr_search(parser.parse_args(["lr-search", *argv]))
 
 

@@ -85,10 +85,10 @@ def test_tuned_lr_for_another_profile_or_dataset_is_refused(tuned, capsys, argv,
 
 
 def test_mismatch_is_allowed_explicitly_and_tagged(tuned, monkeypatch):
-    import experiments.__main__ as cli
+    import experiments.commands as commands
 
     seen = []
-    monkeypatch.setattr(cli, "run_jobs", lambda jobs, **kw: seen.extend(jobs) or [])
+    monkeypatch.setattr(commands, "run_jobs", lambda jobs, **kw: seen.extend(jobs) or [])
     assert main(["run", str(tuned), "--profile", "quick", "--lr", "tuned",
                  "--allow-tuned-mismatch"]) == 0
     (job,) = seen

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-import experiments.__main__ as cli
+import experiments.commands as commands
 from experiments.__main__ import main
-from experiments.spec import SPEC_DIR, expand, load_spec
+from experiments.spec import expand, load_spec
+from experiments.spec_check import SPEC_DIR
 
 ORIGINAL = (SPEC_DIR / "degradation.yaml").read_text()
 
@@ -122,7 +123,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(tmp_path / "ckpt"))
     trained = []
-    monkeypatch.setattr(cli, "run_jobs", lambda jobs, **kw: trained.append(jobs) or [])
+    monkeypatch.setattr(commands, "run_jobs", lambda jobs, **kw: trained.append(jobs) or [])
     return db, trained
 
 

@@ -1,0 +1,143 @@
+"""The commands of ``python -m experiments`` that train or read runs: ``run``, ``status`` and
+``validate`` (``experiments.__main__`` parses the command line and imports this module only
+for them: it imports torch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from convnets import tracking
+from convnets.config import eval_split
+from convnets.names import tracking_uri
+from experiments.deadline import parse_deadline
+from experiments.locks import StoreBroken, first_use_lock, ready_store
+from experiments.preflight import check_jobs_data, check_stored_results
+from experiments.runner import Terminated, report, run_jobs, summary_table
+from experiments.slurm import status, submit
+from experiments.slurm_options import check_slurm_args
+from experiments.spec import SpecError, expand, load_spec, parse_set, require_devices
+from experiments.spec_check import list_specs
+from experiments.tuned import check_tuned, tuned_lrs
+
+
+def _jobs(args):
+    spec = load_spec(args.name)
+    jobs = expand(
+        spec,
+        args.profile,
+        seeds=args.seeds,
+        sets=parse_set(args.set),
+        only=args.variant or None,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        device=args.device,
+        horizon=args.horizon,
+        tuned_lr=tuned_lrs(args.name) if args.lr == "tuned" else None,
+    )
+    if not args.seed:
+        return spec, jobs
+    have = sorted({job.seed for job in jobs})
+    wrong = [s for s in args.seed if s not in have]
+    if wrong or len(set(args.seed)) < len(args.seed):
+        what = (f"seed {wrong[0]} is not among the run's seeds {have[0]}-{have[-1]} (raise "
+                "--seeds to reach it)" if wrong else "a seed is given twice")
+        raise SpecError(f"--seed: {what}")
+    return spec, [job for job in jobs if job.seed in args.seed]
+
+
+def _checked_jobs(args):
+    """(spec, jobs, deadline) of ``run``, every option checked; raises ``SpecError``."""
+    if args.launcher == "slurm":
+        check_slurm_args(args)
+    if sum([bool(args.ddp), args.parallel > 1, args.batch_seeds > 1]) > 1:
+        raise SpecError("--ddp, --parallel and --batch-seeds do not combine: pick one way to "
+                        "use devices")
+    if args.parallel < 1:
+        raise SpecError(f"--parallel {args.parallel}: must be a positive number of processes")
+    if args.ddp < 0:
+        raise SpecError(f"--ddp {args.ddp}: must be a number of processes >= 2 (or 0: none)")
+    if args.batch_seeds < 1:
+        raise SpecError(f"--batch-seeds {args.batch_seeds}: must be a positive number")
+    if args.seeds is not None and args.seeds < 1:
+        raise SpecError(f"--seeds {args.seeds}: must be a positive number of seeds "
+                        "(omit it for the profile's count)")
+    try:
+        deadline = parse_deadline(args.deadline)
+    except ValueError as err:
+        raise SpecError(f"--deadline: {err}") from None
+    spec, jobs = _jobs(args)
+    require_devices(jobs)
+    if args.lr == "tuned":
+        check_tuned(args.name, jobs, allow_mismatch=args.allow_tuned_mismatch)
+    return spec, jobs, deadline
+
+
+def status_command(args) -> int:
+    """``status SPEC``: one line per run (the launcher's view; local runs show too)."""
+    spec, jobs = _jobs(args)
+    try:  # an existing store half-created long ago is repaired (status never creates one)
+        if (db := _sqlite_file(tracking_uri())) is not None and db.exists():
+            ready_store(tracking_uri())
+    except StoreBroken as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return status(args, spec, jobs)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def validate_command(args) -> int:
+    """``validate [NAME ...]``: every spec read, checked and expanded for each profile."""
+    for name in args.names or list_specs():
+        spec = load_spec(name)
+        n = {p: len(expand(spec, p)) for p in spec["profiles"]}
+        print(f"{name}: ok ({', '.join(f'{p} {k} runs' for p, k in n.items())})")
+    return 0
+
+
+def run_command(args) -> int:
+    """``run NAME ...``: check everything, then train (or submit) the jobs."""
+    try:
+        spec, jobs, deadline = _checked_jobs(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    at = f", to horizon {args.horizon}" if args.horizon else ""
+    print(f"{spec['name']}: {len(jobs)} runs, profile {args.profile}{at}", flush=True)
+    if args.launcher == "slurm" and args.dry_run:
+        return submit(args, spec, jobs)
+    if args.dry_run:
+        for job in jobs:
+            print(f"  {job.key} config {job.config_hash}")
+        return 0
+    try:
+        tracking.check_store()
+        checksums = check_jobs_data(jobs)  # every data set read and checked before any run
+        ready_store(tracking_uri())  # whole, or created aside and moved into place
+    except (tracking.StoreUnreachable, StoreBroken, SpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    with first_use_lock(tracking_uri()):  # a fresh store: one process creates it
+        cl = tracking.client()  # the experiment, its kind tag and description, before any run
+        try:
+            if not args.force:  # a stored result of data that has changed since is no answer
+                check_stored_results(cl, jobs, checksums)
+        except SpecError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        tracking.describe_experiment(
+            cl, tracking.experiment_id(cl, spec["name"], {"claim": spec["claim"].strip()}), spec)
+    if args.launcher == "slurm":
+        return submit(args, spec, jobs)
+    try:
+        rows = run_jobs(jobs, force=args.force, parallel=args.parallel, ddp=args.ddp,
+                        deadline=deadline, batch_seeds=args.batch_seeds)
+    except KeyboardInterrupt as err:
+        return 143 if isinstance(err, Terminated) else 130
+    split = eval_split(jobs[0].config) if jobs else "test"
+    print(summary_table(rows, split))
+    return report(rows)
