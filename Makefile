@@ -35,7 +35,7 @@ SLURM_DIR ?= /tmp/convnets-slurm
 PROFILE ?= $(shell $(PY) -c "import torch; print('paper' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
 RUN_ARGS = --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(DEVICE),--device $(DEVICE)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(EXTRA)
 
-.PHONY: help setup test test-slurm lint shifts gpu-shift ablation-resnetv2 degradation densenet nin seed-claims seed004 reproduce \
+.PHONY: help setup test test-slurm lint shifts gpu-shift gpu-rehearsal ablation-resnetv2 degradation densenet nin seed-claims seed004 reproduce \
         lr-search tables bench mlflow-ui optuna-dashboard clean-stores _notice
 
 help: ## list the targets and the variables they take
@@ -111,6 +111,9 @@ optuna-dashboard: ## optuna-dashboard on 127.0.0.1:8080 over optuna.db (needs th
 
 shifts: ## the GPU shift queue with each shift's state (from the ledger) and estimate
 	$(PY) -m experiments shifts
+
+gpu-rehearsal: ## a GPU shift rehearsed on this CPU: smoke shift killed mid-run, $$OUT checked against the device's limits, add-part, then a resumed second lease
+	$(PY) -m experiments.rehearsal
 
 gpu-shift: ## the device side of the next pending shift: make gpu-shift OUT=DIR (python3 without a venv)
 	@test -n "$(OUT)" || { echo "usage: make gpu-shift OUT=DIR"; exit 2; }

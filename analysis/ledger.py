@@ -19,6 +19,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -275,8 +277,18 @@ def _check_runs(path: Path, manifest: dict, data: RunData) -> None:
 
 
 def add_part(src: Path, ledger: Path = LEDGER_DIR) -> Path:
-    """Validate the part at ``src`` and copy it into the ledger; returns the new folder."""
+    """Validate the part at ``src`` (a part folder, a folder holding one, or a GPU shift's
+    ``shift.tgz``, whose ``part/`` is the part) and copy it into the ledger; returns the new
+    folder."""
     src = Path(src)
+    if src.is_file() and tarfile.is_tarfile(src):
+        with tempfile.TemporaryDirectory(prefix="part-") as tmp:
+            with tarfile.open(src) as tar:
+                members = [m for m in tar.getmembers() if m.name.startswith("part/")]
+                if not members:
+                    raise PartError(f"{src}: no part/ inside (not a shift archive)")
+                tar.extractall(tmp, members=members, filter="data")
+            return add_part(Path(tmp) / "part", ledger)
     if not (src / MANIFEST).exists():  # a campaign's output folder holding one part
         inner = list(src.glob(f"*/{MANIFEST}"))
         if len(inner) == 1:

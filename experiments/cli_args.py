@@ -146,4 +146,10 @@ def add_shifts_parser(sub) -> None:
     r.add_argument("--data-dir", default=None)
     r.add_argument("--deadline", default=os.environ.get("CONVNETS_DEADLINE") or "9m",
                    help="the whole shift ends by then (default 9m: a 10-minute device call)")
-    r.add_argument("--parallel", type=int, default=1)
+    r.add_argument("--store", default=os.environ.get("CONVNETS_SHIFT_STORE")
+                   or "/tmp/convnets-shift-store",
+                   help="the shift's MLflow store and checkpoints (outside --out: only the "
+                        "archives come back)")
+    r.add_argument("--resume", default=None, metavar="SHIFT_TGZ",
+                   help="an earlier lease's shift.tgz (checkpoint.tgz beside it): its runs "
+                        "are skipped or resumed")

@@ -5,9 +5,10 @@
 # 2. extracts only the data the next pending shift needs from .data/ into $DATA_ROOT
 #    (default /tmp/data), which becomes --data-dir;
 # 3. runs `python -m experiments shift --out OUT_DIR` (shakedown, bench if asked, the shift's
-#    runs with a deadline, the ledger part, store.tgz), with its log teed, unbuffered, into
-#    OUT_DIR/shift.log.
-# Back on your machine: python -m analysis add-part OUT_DIR/part && make tables
+#    runs with a deadline; after each run OUT_DIR/shift.tgz: ledger part and store, and
+#    checkpoint.tgz of a stopped run), with its log teed, unbuffered, into OUT_DIR/shift.log;
+#    with .shift/shift.tgz carried (an earlier lease's), its runs are skipped or resumed.
+# Back on your machine: python -m analysis add-part OUT_DIR/shift.tgz && make tables
 # CPU dry run (a test does this): bash experiments/gpu_shift.sh /tmp/out --profile smoke
 set -uo pipefail
 out=${1:?usage: gpu_shift.sh OUT_DIR [shift options]}; shift
@@ -29,7 +30,10 @@ export MLFLOW_DISABLE_TELEMETRY=true GIT_PYTHON_REFRESH=quiet PYTHONUNBUFFERED=1
     elif [ -d ".data/$item" ]; then cp -r ".data/$item" "$data_root/"
     else echo "note: .data/$item not carried; runs that need it will say so"; fi
   done
-  "$py" -m experiments shift --out "$out" --data-dir "$data_root" "$@"
+  resume=()  # an earlier lease's archives, carried back in .shift/: its stopped run resumes
+  carried=${SHIFT_CARRY:-.shift}
+  if [ -f "$carried/shift.tgz" ]; then resume=(--resume "$carried/shift.tgz"); fi
+  "$py" -m experiments shift --out "$out" --data-dir "$data_root" "${resume[@]}" "$@"
   rc=$?
   echo "=== rc $rc $(date -u +%FT%TZ)"
   exit "$rc"

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +187,22 @@ def run_shifts_command(args) -> int:
     return run_shift(args, shifts, raw)
 
 
+#: what the device tool returns: at most 8 files of 16 MiB each from $OUT (see
+#: experiments/rehearsal.py, which checks a shift's $OUT against these)
+MAX_FILE_BYTES = 16 * 2**20
+#: the files a shift leaves in $OUT: the log (gpu_shift.sh), the archive of everything
+#: finished (part, store), the unfinished run's checkpoint when it fits, the bench table
+OUT_FILES = ("shift.log", "shift.tgz", "checkpoint.tgz", "bench.md")
+
+
 def run_shift(args, shifts, raw) -> int:
+    """Run the next pending shift. The store lives outside ``$OUT`` (``--store``); after every
+    run that ends, ``$OUT/shift.tgz`` (the ledger part and the store) and
+    ``$OUT/checkpoint.tgz`` (the unfinished run's checkpoint, when under the device's file
+    size) are written anew and moved into place whole, so a kill at any second loses at most
+    the run in progress. ``--resume ARCHIVE`` (a carried shift.tgz, its checkpoint.tgz beside
+    it) restores the store and checkpoint of an earlier lease first: its runs are skipped or
+    resumed, not trained again."""
     t_start = time.time()
     deadline = parse_deadline(args.deadline)
     states = shift_states(shifts, raw["assumed"], estimate=False)
@@ -196,39 +212,92 @@ def run_shift(args, shifts, raw) -> int:
         return 0 if not args.id else 2
     shift = pick[0]["shift"]
     out = Path(args.out)
-    store = out / "store"
+    out.mkdir(parents=True, exist_ok=True)
+    store = Path(args.store).resolve()
     store.mkdir(parents=True, exist_ok=True)
-    os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{store.resolve()}/mlflow.db",
-                      CONVNETS_ARTIFACTS=(store.resolve() / "artifacts").as_uri(),
-                      CONVNETS_CHECKPOINTS=str(store.resolve() / "checkpoints"))
+    if args.resume:
+        _unpack(Path(args.resume), store)
+    os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db",
+                      CONVNETS_ARTIFACTS=(store / "artifacts").as_uri(),
+                      CONVNETS_CHECKPOINTS=str(store / "checkpoints"))
+    day = dt.datetime.fromtimestamp(t_start, dt.UTC).date().isoformat()
+    part_id = f"{day}_{shift.id}" + (f"_{args.profile}" if args.profile else "")
     jobs = shift_jobs(shift, args.profile, args.data_dir)
     print(f"shift {shift.id}: {len(jobs)} runs, deadline in {deadline.left():.0f} s", flush=True)
     jobs = shakedown(jobs)
     if shift.bench_minutes and args.profile != "smoke":
         _bench(out, min(60 * shift.bench_minutes, deadline.left() / 2))
     work = Deadline(deadline.at - EXPORT_RESERVE_S)
-    rows = run_jobs(jobs, parallel=args.parallel, progress=True, deadline=work)
+    rows = []
+    for job in jobs:  # one at a time: the archive is rewritten after each run that ends
+        rows += run_jobs([job], progress=True, deadline=work)
+        _pack(out, store, part_id, t_start)
     print(summary_table(rows))
     status = report(rows)  # 1 if a run crashed: the shift exports what finished, then fails
-    ended = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    data = run_store.load_mlflow(tracking_uri())
-    if data.runs.empty:
+    if not (out / "shift.tgz").exists():
         print("no finished runs to export", flush=True)
         return 1
-    part = ledger.write_part(
-        data, out / "part", device=_device(), ended=ended, device_seconds=time.time() - t_start,
-        started=dt.datetime.fromtimestamp(t_start, dt.UTC).replace(microsecond=0).isoformat(),
-        part_id=f"{ended[:10]}_{shift.id}" + (f"_{args.profile}" if args.profile else ""))
-    with tarfile.open(out / "store.tgz", "w:gz") as tar:
-        tar.add(store / "mlflow.db", arcname="mlflow.db")
-        if (store / "artifacts").exists():
-            tar.add(store / "artifacts", arcname="artifacts")
-    print(f"part: {part}\nstore: {out / 'store.tgz'}\nnext, on your machine: "
-          f"python -m analysis add-part {out / 'part'} && make tables", flush=True)
+    print(f"results: {out / 'shift.tgz'} (ledger part {part_id}, store)\nnext, on your "
+          f"machine: python -m analysis add-part <the part extracted from shift.tgz> && make "
+          "tables", flush=True)
     if status:
         print("shift FAILED: some runs crashed (see the table above); the part holds the runs "
               "that finished", flush=True)
     return status
+
+
+def _pack(out: Path, store: Path, part_id: str, t_start: float) -> None:
+    """Write ``out/shift.tgz`` (the part of every ended run, the store) and, when a run was
+    stopped, ``out/checkpoint.tgz``; each built beside its place and moved in whole."""
+    data = run_store.load_mlflow(tracking_uri())
+    if data.runs.empty:
+        return
+    ended = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    with tempfile.TemporaryDirectory(prefix="shift-part-") as tmp:
+        part = ledger.write_part(
+            data, Path(tmp), device=_device(), ended=ended,
+            device_seconds=time.time() - t_start, part_id=part_id,
+            started=dt.datetime.fromtimestamp(t_start, dt.UTC).replace(microsecond=0)
+            .isoformat())
+        _write_tar(out / "shift.tgz", [(part, f"part/{part_id}"),
+                                       (store / "mlflow.db", "store/mlflow.db"),
+                                       (store / "artifacts", "store/artifacts")])
+    ckpts = sorted((store / "checkpoints").glob("*.pt"))
+    target = out / "checkpoint.tgz"
+    if not ckpts:
+        target.unlink(missing_ok=True)
+        return
+    _write_tar(target, [(c, f"store/checkpoints/{c.name}") for c in ckpts])
+    if target.stat().st_size > MAX_FILE_BYTES:
+        target.unlink()
+        print(f"checkpoint of the unfinished run not returned: over {MAX_FILE_BYTES >> 20} MiB "
+              "(the device returns no larger file); the next lease starts that run again",
+              flush=True)
+
+
+def _write_tar(target: Path, members: list[tuple[Path, str]]) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path, name in members:
+            if path.exists():
+                tar.add(path, arcname=name)
+    os.replace(tmp, target)
+
+
+def _unpack(archive: Path, store: Path) -> None:
+    """Restore an earlier lease's store (``shift.tgz``) and checkpoint (``checkpoint.tgz``
+    beside it) into ``store``; the part inside is left out (it is already in the ledger or
+    will be replaced by this shift's)."""
+    for path in (archive, archive.with_name("checkpoint.tgz")):
+        if not path.exists():
+            continue
+        with tarfile.open(path) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith("store/")]
+            for m in members:
+                m.name = m.name[len("store/"):]
+            tar.extractall(store, members=members, filter="data")
+        print(f"resumed from {path}: {len(members)} files of the earlier lease's store",
+              flush=True)
 
 
 def _device() -> str:

@@ -108,13 +108,13 @@ def test_shift_dry_run_on_cpu_end_to_end(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shakedown ok" in (out / "shift.log").read_text()
-    parts = list((out / "part").iterdir())
-    assert len(parts) == 1 and (out / "store.tgz").stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == ["shift.log", "shift.tgz"]
     ledger_dir = tmp_path / "ledger"
-    analysis_main(["add-part", str(out / "part"), "--ledger", str(ledger_dir)])
+    analysis_main(["add-part", str(out / "shift.tgz"), "--ledger", str(ledger_dir)])
+    (part,) = [p for p in ledger_dir.iterdir() if p.is_dir()]
     analysis_main(["tables", "--ledger", str(ledger_dir), "--out", str(tmp_path / "tables")])
     md = (tmp_path / "tables" / "degradation.md").read_text()
-    assert f"Parts: {parts[0].name}" in md and "Runs: 4 (4 finished" in md
+    assert f"Parts: {part.name}" in md and "Runs: 4 (4 finished" in md
     assert shifts.done_keys(ledger_dir) and not any(
         k[4] == "quick" for k in shifts.done_keys(ledger_dir))  # smoke never completes a shift
 
@@ -144,6 +144,10 @@ def test_a_shift_whose_runs_crash_exports_what_finished_and_fails(tmp_path, monk
         monkeypatch.delenv(key, raising=False)  # run_shift sets them under --out
     queue, raw = shifts.load_queue()
     args = argparse.Namespace(out=tmp_path / "OUT", id=queue[0].id, profile="smoke",
-                              data_dir=None, deadline="10m", parallel=1)
+                              data_dir=None, deadline="10m", store=tmp_path / "store",
+                              resume=None)
     assert shifts.run_shift(args, queue, raw) == 1
-    assert len(list((tmp_path / "OUT" / "part").iterdir())) == 1  # the finished run exported
+    from analysis import ledger
+
+    part = ledger.add_part(tmp_path / "OUT" / "shift.tgz", tmp_path / "ledger")
+    assert ledger.validate_part(part)["n_runs"] == 1  # the finished run exported
