@@ -104,10 +104,13 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return convert(model)
 
 
-def data_parallel(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+def data_parallel(model: nn.Module, device: torch.device,
+                  sync_bn: bool = True) -> tuple[nn.Module, nn.Module]:
     """(``model`` with batch norm synchronised over the process group, DDP around it): what
     ``fit`` trains in a K-process run. Checkpoints and evaluation use the first (no
-    ``module.`` prefix in the keys), the training step calls the second."""
-    module = convert_sync_batchnorm(model, device)
+    ``module.`` prefix in the keys), the training step calls the second. ``sync_bn=False``
+    (a run with ``bn_group``): each rank normalises its own images, and DDP's buffer broadcast
+    keeps rank 0's running statistics, as the paper's GPUs without synchronised BN did."""
+    module = convert_sync_batchnorm(model, device) if sync_bn else model
     ids = [device.index] if device.type == "cuda" else None
     return module, nn.parallel.DistributedDataParallel(module, device_ids=ids)

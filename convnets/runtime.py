@@ -276,22 +276,31 @@ class World:
         return self.rank == 0
 
     def per_rank(self, cfg: dict, deadline: float | None = None) -> int:
-        """Images per step on this rank; refuses what K processes cannot train as one does."""
+        """Images per step on this rank; refuses what K processes cannot train as one does.
+        With ``bn_group`` the ranks' batch norm is not synchronised (``convnets.train``): each
+        normalises groups of its own images, rank 0's keep the running statistics (DDP
+        broadcasts its buffers), which is what one process with ghost batch norm does."""
         batch = cfg["batch_size"]
         if self.size == 1:
             return batch
         if batch % self.size:
             raise ConfigError(f"'batch_size' {batch} (the global batch) is not divisible by the "
                               f"{self.size} processes")
-        for key, value in (("bn_group", cfg["bn_group"]),
-                           ("schedule.warmup_until_error",
-                            cfg["schedule"]["warmup_until_error"])):
-            if value is not None:  # not implemented across processes: refuse, don't ignore
-                raise ConfigError(f"'{key}' is not supported by DDP runs (got {value!r}); "
-                                  "run it in one process")
+        per = batch // self.size
+        group = cfg["bn_group"]
+        if group is not None and per % group:
+            # each process normalises its own images (no synchronised BN): the groups must
+            # tile them; bn_group = the per-process batch is the paper's 2-GPU setting
+            raise ConfigError(f"'bn_group' {group} with {self.size} processes of {per} images: "
+                              f"each process normalises its own {per}, so bn_group must divide "
+                              f"{per} (bn_group {per}: each process one group, as the paper's "
+                              "GPUs without synchronised batch norm)")
+        if cfg["schedule"]["warmup_until_error"] is not None:  # not implemented across ranks
+            raise ConfigError("'schedule.warmup_until_error' is not supported by DDP runs (got "
+                              f"{cfg['schedule']['warmup_until_error']!r}); run it in one process")
         if deadline is not None:  # ranks reading their own clocks could stop at different steps
             raise ConfigError("a deadline is not supported by DDP runs")
-        return batch // self.size
+        return per
 
     def place(self, rt: dict) -> dict:
         """``runtime`` config for this rank: its own GPU (``cuda:LOCAL_RANK``) under CUDA."""

@@ -262,7 +262,8 @@ class CompileTrial:
 
 def _build_model(cfg: dict, data: DeviceData, rt: Runtime, world: World):
     """(the model, what the step calls): the same module in one process; in K, the module
-    with synchronised batch norm and DDP (gradients averaged over ranks) around it."""
+    with synchronised batch norm (per-rank groups under ``bn_group``) and DDP (gradients
+    averaged over ranks) around it."""
     model = build_model(cfg["model"]["name"], num_classes=data.num_classes,
                         **cfg["model"]["options"]).to(rt.device)
     use_ghost_batchnorm(model, cfg["bn_group"])
@@ -270,4 +271,4 @@ def _build_model(cfg: dict, data: DeviceData, rt: Runtime, world: World):
         model = model.to(memory_format=torch.channels_last)
     if world.size == 1:
         return model, model
-    return data_parallel(model, rt.device)
+    return data_parallel(model, rt.device, sync_bn=cfg["bn_group"] is None)

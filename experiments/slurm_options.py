@@ -89,6 +89,10 @@ def check_slurm_args(args) -> None:
                 c.isspace() or ord(c) < 32 for c in str(value))):
             raise SpecError(f"--{name} {value!r}: no spaces, newlines or control characters "
                             "(it becomes a line of the batch script)")
+    if args.gpus_per_run > 1:  # one process per task: the other GPUs would sit idle
+        raise SpecError(f"--gpus-per-run {args.gpus_per_run}: a task trains one run in one "
+                        "process on one GPU; ask for 1 and let --array-parallelism run more "
+                        "runs at once (data-parallel tasks are not launched by Slurm here)")
     if args.cpus_per_run < 1:
         raise SpecError(f"--cpus-per-run {args.cpus_per_run}: at least 1")
     time_limit_minutes(args.time_limit)

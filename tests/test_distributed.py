@@ -103,3 +103,44 @@ def test_two_processes_train_what_one_process_trains(mlflow_store, tmp_path):
     assert run.data.metrics["final_train_loss"] == pytest.approx(
         ref.final["final_train_loss"], rel=1e-4)
     assert len(cl.get_metric_history(run.info.run_id, "train_loss")) == 2
+
+
+def test_bn_group_under_ddp_is_each_rank_normalising_its_own_images():
+    """Failed on the main of 2026-12-07: `run resnetv2-orderings --ddp 2` (bn_group 64, batch
+    128) was refused in every rank. Two ranks of 64 without synchronised BN is the paper's 2-GPU
+    setting; only groups that do not tile a rank's images are refused."""
+    from convnets.config import ConfigError, resolve_config
+    from convnets.runtime import World
+
+    cfg = resolve_config(dict(CFG, batch_size=128, bn_group=64))
+    assert World(rank=0, size=2).per_rank(cfg) == 64
+    assert World(rank=1, size=2).per_rank(dict(cfg, bn_group=32)) == 64  # 2 groups per rank
+    with pytest.raises(ConfigError, match="bn_group must divide 64"):
+        World(rank=0, size=2).per_rank(dict(cfg, bn_group=48))
+    with pytest.raises(ConfigError, match="bn_group must divide 32"):
+        World(rank=0, size=4).per_rank(cfg)  # 4 x 32: a group of 64 spans two processes
+
+
+@pytest.mark.slow  # two processes of torchrun: > 10 s
+def test_two_ranks_without_synchronised_bn_train_what_ghost_bn_trains(mlflow_store, tmp_path):
+    """bn_group 16 at a global batch of 32 on 2 ranks: each rank one group of its own 16,
+    rank 0's running statistics kept; one process with ghost batch norm over 16 trains the
+    same (to float rounding of the averaged gradients)."""
+    cfg = dict(CFG, bn_group=16)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    trace = tmp_path / "trace"
+    proc = subprocess.run(
+        [*_torchrun(), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={_free_port()}", "-m", "convnets.distributed", "--config",
+         str(cfg_path), "--experiment", "ddp-ghost", "--trace", str(trace), "--no-progress"],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ref = fit(cfg, progress=False)
+    synced = fit(CFG, progress=False)  # one process, one group of 32: another training
+    r0 = torch.load(trace / "rank0.pt", weights_only=False)
+    for h2, h1 in zip(r0["history"], ref.history, strict=True):
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
+    assert r0["final"]["final_test_error"] == pytest.approx(ref.final["final_test_error"])
+    assert ref.history[-1]["train_loss"] != pytest.approx(synced.history[-1]["train_loss"],
+                                                          rel=1e-4)

@@ -36,6 +36,14 @@ def test_slurm_refuses_local_ways_to_share_devices(no_sbatch, tmp_path, capsys, 
     assert "--launcher slurm runs one run per task" in capsys.readouterr().err
 
 
+def test_more_than_one_gpu_per_task_is_refused(no_sbatch, tmp_path, capsys):
+    """Failed on the main of 2026-12-07: --gpus-per-run 4 asked Slurm for 4 GPUs and trained
+    one process on one of them."""
+    spec = _write(tmp_path)
+    assert main(["run", spec, "--launcher", "slurm", "--gpus-per-run", "4", "--dry-run"]) == 2
+    assert "--gpus-per-run 4: a task trains one run in one process" in capsys.readouterr().err
+
+
 def test_a_bad_time_limit_is_refused(no_sbatch, tmp_path, capsys):
     spec = _write(tmp_path)
     assert main(["run", spec, "--launcher", "slurm", "--time-limit", "soon"]) == 2
