@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 import stat
 import urllib.error
 import urllib.request
@@ -425,3 +426,42 @@ def test_list_and_default_dir(tmp_path, monkeypatch):
     assert default_data_dir() == tmp_path / "default-data"
     monkeypatch.delenv("CONVNETS_DATA")
     assert default_data_dir() == Path.home() / ".cache" / "convnets" / "data"
+
+
+def _restore_times(path, st):
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p, rsync -t, touch -r do
+
+
+def test_a_label_byte_changed_with_its_mtime_restored_is_read_again(tmp_path):
+    """Failed on the main of 2026-12-07: the decoded cache was keyed on (name, size, mtime),
+    so an edit with the old mtime put back trained on the old labels."""
+    write_mnist(tmp_path, "MNIST", gz=False)
+    before = load_dataset("mnist", tmp_path)
+    labels = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    st = labels.stat()
+    raw = bytearray(labels.read_bytes())
+    raw[8] = (raw[8] + 1) % 10  # the first label (after the 8-byte IDX header)
+    time.sleep(0.01)
+    labels.write_bytes(bytes(raw))
+    _restore_times(labels, st)
+    assert labels.stat().st_mtime_ns == st.st_mtime_ns and labels.stat().st_size == st.st_size
+    after = load_dataset("mnist", tmp_path)
+    assert after.train.labels[0] == (before.train.labels[0] + 1) % 10
+    assert after.checksum != before.checksum
+
+
+def test_two_same_size_images_swapped_between_classes_are_read_again(tmp_path):
+    write_imagefolder(tmp_path / "imgs")
+    before = load_dataset("imagefolder:" + str(tmp_path / "imgs"))
+    a = tmp_path / "imgs" / "train" / "cat" / "1.png"
+    b = tmp_path / "imgs" / "train" / "dog" / "1.png"
+    sa, sb = a.stat(), b.stat()
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    assert len(data_a) == len(data_b)  # 8x8 random RGB: incompressible, one PNG size
+    time.sleep(0.01)
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    _restore_times(a, sa)
+    _restore_times(b, sb)
+    after = load_dataset("imagefolder:" + str(tmp_path / "imgs"))
+    assert after.checksum != before.checksum

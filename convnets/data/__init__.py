@@ -20,7 +20,7 @@ Supported names (see :func:`list_datasets`):
 
 Decoded file-based data sets are cached (``torch.save``) in ``<data_dir>/.convnets-cache/``
 (``PATH/.convnets-cache/`` for an image folder), or under :func:`default_data_dir` when that
-place is read-only. A cache is keyed on the source files (names, sizes, mtimes) and rebuilt
+place is read-only. A cache is keyed on the source files (names, sizes, inode change times) and rebuilt
 when they change; its tensors are verified against the stored shapes and sha256 on every load.
 
 Modules: :mod:`.dataset` (containers, errors, checksum), :mod:`.paths` (default data folder),

@@ -34,7 +34,8 @@ def _natural_key(name: str) -> tuple:
 
 def _list_images(folder: Path, prefix: str,
                  skipped: list[str]) -> list[tuple[str, tuple[str, int, int]]]:
-    """Image files of ``folder`` in numeric-aware name order, with (relative name, size, mtime);
+    """Image files of ``folder`` in numeric-aware name order, with (relative name, size, ctime:
+    the cache key, ``convnets.data.cache._source_key``);
     the other files (hidden ones aside) are appended to ``skipped``."""
     found = []
     with os.scandir(folder) as it:
@@ -46,7 +47,7 @@ def _list_images(folder: Path, prefix: str,
                 continue
             st = e.stat()
             found.append((_natural_key(e.name), e.path,
-                          (f"{prefix}/{e.name}", st.st_size, st.st_mtime_ns)))
+                          (f"{prefix}/{e.name}", st.st_size, st.st_ctime_ns)))
     found.sort(key=lambda t: t[0])
     return [(p, entry) for _, p, entry in found]
 
@@ -185,7 +186,7 @@ def _split_listing(
     root: Path, classes: list[str]
 ) -> tuple[dict[str, list[tuple[str, int]]], list[tuple[str, int, int]]]:
     """Per split, (file, class index) in class then file order; and every file's cache entry
-    (relative name, size, mtime). Every class needs images in both splits: a test split
+    (relative name, size, ctime). Every class needs images in both splits: a test split
     without one would evaluate on the other classes only, and its error would not be the
     error on the data set. Files that are not images are skipped and counted on stderr."""
     listing: dict[str, list[tuple[str, int]]] = {}
