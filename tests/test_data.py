@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 import stat
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
