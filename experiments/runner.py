@@ -14,6 +14,7 @@ checkpoint, resume and failure, as if it ran alone.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -85,10 +86,25 @@ def worker_threads(parallel: int) -> int | None:
 
 
 def worker_init(threads: int | None) -> None:
-    """A --parallel worker: SIGTERM as Ctrl-C, and its share of the CPU threads."""
+    """A --parallel worker: SIGTERM as Ctrl-C, SIGTERM when its runner dies, and its share of
+    the CPU threads."""
     stop_on_sigterm()
+    _die_with_parent()
     if threads:
         torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the runner that spawned this worker dies (kill -9 gives it no
+    chance to stop its workers, which then trained on for nobody, 1.1 GB each): the worker's
+    run ends KILLED with its checkpoint kept, as on Ctrl-C. Elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the runner died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def checkpoint_dir() -> Path:
@@ -275,12 +291,17 @@ def _start(job: Job, *, force: bool, deadline: Deadline | None) -> dict | _Opene
         owner = cl.get_experiment(home).name
         print(f"[{job.experiment}] {job.key}: the same network as {owner}'s run "
               f"{existing[0].info.run_id[:8]} (config {h}): one run serves both", flush=True)
+        # a RUNNING run of it elsewhere is no process's (the claim is ours): closed
+        _close_orphans(cl, [r for r in existing if r.info.experiment_id != home], None)
         exp_id, existing = home, [r for r in existing if r.info.experiment_id == home]
     horizon = job.config["horizon"]
     finished = [r for r in existing if r.info.status == RunStatus.FINISHED
                 and reaches(r, horizon)]
     err_key = final_error(eval_split(job.config))
     if finished and not force:
+        # a RUNNING run of this job is no process's (we hold its claim): a --force rerun
+        # killed with -9, say; closed here, since no resume will ever reach it
+        _close_orphans(cl, existing, None)
         run = finished[0]
         at = run.data.tags.get(HORIZON)
         short = at and at != run.data.params.get("resolved.total_iterations")

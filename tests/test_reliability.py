@@ -154,6 +154,59 @@ def test_sigterm_to_a_parallel_runner_stops_every_run_and_starts_none(tmp_path):
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], out  # seeds 2, 3: none
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # ppid
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow  # two spawned workers importing torch: about 30 s
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_workers_of_a_parallel_runner_killed_with_9_end_and_mark_their_runs(tmp_path):
+    """Failed on the main of 2026-12-07: kill -9 of a --parallel runner left its workers
+    training on, unowned, indefinitely."""
+    spec = _write(tmp_path, "orphanpool", LONG.format(name="orphanpool"))
+    ckpt_dir = tmp_path / "ckpt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CONVNETS_CHECKPOINTS=str(ckpt_dir),
+               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke",
+         "--variant", "base", "--seeds", "2", "--parallel", "2"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: len(list(ckpt_dir.glob("*.pt"))) >= 2, proc)
+        workers = [c for c in _children(proc.pid)
+                   if "spawn" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+        assert len(workers) >= 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        t0 = time.monotonic()
+        while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() - t0 < 60:
+            time.sleep(0.5)
+        assert not any(Path(f"/proc/{w}").exists() for w in workers), "workers outlived it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    cl = MlflowClient(uri)
+    exp = cl.get_experiment_by_name("orphanpool").experiment_id
+    # each worker marks its run KILLED on the signal; one that could not (the store busy with
+    # the other's write as both end at once) is closed by the next start, which resumes it
+    assert "KILLED" in {r.info.status for r in cl.search_runs([exp])}
+    again = subprocess.run(
+        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke", "--variant",
+         "base", "--seeds", "2", "--deadline", "15s"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert not [r for r in cl.search_runs([exp]) if r.info.status == "RUNNING"]
+
+
 def test_scaling_guide_binds_the_tracking_server_safely():
     text = (REPO / "docs" / "scaling.md").read_text()
     commands = re.findall(r"^mlflow server .*$", text, re.MULTILINE)

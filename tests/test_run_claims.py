@@ -103,6 +103,24 @@ def test_an_orphaned_running_run_is_closed_by_the_next_start(mlflow_store, tmp_p
     assert not any(r.info.status == "RUNNING" for r in runs)
 
 
+def test_a_running_rerun_killed_beside_a_finished_run_is_closed_by_the_next_start(
+        mlflow_store, tmp_path):
+    """Failed on the main of 2026-12-07: kill -9 during a --force rerun left its run RUNNING;
+    the next start skipped the job (its earlier run FINISHED) and never closed it."""
+    spec = _write(tmp_path, "forced", own=True)
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
+    job = next(j for j in expand(load_spec(spec), "smoke") if j.variant == "base")
+    cl = MlflowClient(tracking_uri())
+    exp_id = tracking.experiment_id(cl, "forced")
+    forced = tracking.TrackedRun.start(cl, exp_id, run_name="--force rerun, killed -9",
+                                       tags=dict(job.tags, config_hash=job.config_hash),
+                                       config=job.config)
+    assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
+    closed = cl.get_run(forced.run_id)
+    assert closed.info.status == "KILLED" and closed.data.tags["failure_kind"] == "orphaned"
+    assert sorted(r.info.status for r in cl.search_runs([exp_id])) == ["FINISHED", "KILLED"]
+
+
 class _RacingClient:
     """A client whose first ``log_inputs`` calls fail the way the SQL store's do when another
     runner inserted the same data set between its lookup and its insert."""
