@@ -235,5 +235,6 @@ def status(args, spec: dict, jobs: list[Job]) -> int:
     counts: dict[str, int] = {}
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
-    print(f"{spec['name']}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True)
+    print(f"{spec['name']} (profile {args.profile}; --profile picks another): "
+          + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True)
     return 0

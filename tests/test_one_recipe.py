@@ -85,3 +85,12 @@ def test_the_closing_summary_names_the_network_and_the_profile():
                     only=["ResNet-110/full_preact"])
     text = summary_table([row(job, Outcome.FINISHED, "FINISHED", error=12.5)])
     assert "cifar_resnet-8 unit=full_preact" in text and "smoke" in text and "12.5" in text
+
+
+def test_status_says_the_profile_it_shows(mlflow_store, tmp_path, capsys):
+    from experiments.__main__ import main
+    from tests.test_experiments import _write
+
+    spec = _write(tmp_path, "st", own=True)
+    assert main(["status", spec]) == 0
+    assert "st (profile smoke; --profile picks another): 6 not submitted" in capsys.readouterr().out

@@ -137,7 +137,8 @@ def test_a_job_array_trains_the_runs_a_local_run_trains(smoke_array):
     assert tasks == {f"{smoke_array['array']}_{i}" for i in range(3)}
     status = _cli(smoke_array["slurm"], "status", smoke_array["spec"], "--seeds", "1", *FP32)
     assert re.search(r"base\s+0\s+finished\s+" + smoke_array["array"] + "_", status), status
-    assert "slurmsmoke: 2 finished, 1 failed" in status, status
+    assert "slurmsmoke (profile smoke; --profile picks another): 2 finished, 1 failed" in status, \
+        status
 
 
 def test_submitting_a_finished_spec_again_submits_nothing(smoke_array):
