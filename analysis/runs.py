@@ -19,12 +19,11 @@ import pandas as pd
 import yaml
 
 from convnets import names
-from convnets.names import RunStatus, tracking_uri
+from convnets.names import REPO_ROOT, RunStatus, tracking_uri
 
 # mlflow is imported inside the functions that use it: it takes over a second to import, and
 # commands that never open a store (list, --dry-run, shifts, tables from the ledger) skip it.
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
 
 # job tags (the spec's), then the names tracking writes

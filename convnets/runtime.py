@@ -35,6 +35,12 @@ DATA_SEED_PRIME = 7919
 DATA_SEED_OFFSET = 17
 
 
+def precision_name(bf16: bool) -> str:
+    """The precision as runs record it: ``bf16`` (autocast) or ``fp32``; the one place the
+    string is formed."""
+    return "bf16" if bf16 else "fp32"
+
+
 def resolved_precision(rt: dict) -> str:
     """``fp32`` or ``bf16``: what ``runtime.precision`` means on the device it resolves to."""
     if rt["precision"] != "auto":
@@ -42,8 +48,8 @@ def resolved_precision(rt: dict) -> str:
     dev = rt["device"]
     cuda = (dev == "auto" and torch.cuda.is_available()) or str(dev).startswith("cuda")
     if cuda:
-        return "bf16" if cuda_has_bf16("cuda" if dev == "auto" else dev) else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+        return precision_name(cuda_has_bf16("cuda" if dev == "auto" else dev))
+    return precision_name(cpu_has_bf16())
 
 
 def cuda_has_bf16(device: str | torch.device) -> bool:
@@ -91,7 +97,7 @@ class Runtime:
     @property
     def precision(self) -> str:
         """What the run's arithmetic is, as runs record it: ``bf16`` (autocast) or ``fp32``."""
-        return "bf16" if self.bf16 else "fp32"
+        return precision_name(self.bf16)
 
     @property
     def autocast(self):

@@ -35,7 +35,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from convnets import tracking
-from convnets.names import DEADLINE, INTERRUPTED, Outcome, tracking_uri
+from convnets.names import DEADLINE, INTERRUPTED, REPO_ROOT, Outcome, tracking_uri
 from convnets.tracking import Terminated
 from experiments import slurm_state
 from experiments.deadline import Deadline, parse_deadline
@@ -44,7 +44,6 @@ from experiments.runner import row as runner_row
 from experiments.slurm_options import margin_s, time_limit_minutes
 from experiments.spec import Job, SpecError
 
-REPO = Path(__file__).resolve().parents[1]
 #: environment read by the tasks, exported in the batch script as resolved at submission
 TASK_ENV = ("CONVNETS_ARTIFACTS", "CONVNETS_DATA", "CONVNETS_GIT_DIFF", "OMP_NUM_THREADS",
             "MLFLOW_DISABLE_TELEMETRY")
@@ -81,7 +80,7 @@ def _setup_lines() -> list[str]:
     env = {"MLFLOW_TRACKING_URI": tracking_uri(),
            "CONVNETS_CHECKPOINTS": str(checkpoint_dir().resolve())}
     env.update({k: os.environ[k] for k in TASK_ENV if os.environ.get(k)})
-    path = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    path = os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     env["PYTHONPATH"] = path
     return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 

@@ -48,9 +48,9 @@ from convnets.bench.plan import (
 )
 from convnets.bench.report import environment, render
 from convnets.bench.seeds import bench_batched, bench_processes, if_it_fits
+from convnets.names import REPO_ROOT
 from convnets.tracking import _git, git_info
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_ITERS = 10 * (60000 // 64)
 
 MODELS = [

@@ -21,7 +21,7 @@ from convnets.config import DEFAULTS
 from convnets.device_data import epoch_data
 from convnets.models import build_model
 from convnets.multiseed import SeedStack
-from convnets.runtime import Runtime, thread_share
+from convnets.runtime import Runtime, precision_name, thread_share
 
 
 def _worker(spec, device, flags, t, threads, barrier, queue):
@@ -60,7 +60,7 @@ def bench_processes(k: int, spec: Spec, device, flags: dict, t: Timing) -> Resul
             if p.is_alive():
                 p.terminate()
     return Result(spec.label, f"{k} processes", spec.batch, sum(rates), None,
-                  precision="bf16" if flags["bf16"] else "fp32", seeds=k)
+                  precision=precision_name(flags["bf16"]), seeds=k)
 
 
 def bench_batched(k: int, spec: Spec, data, device, flags: dict, t: Timing) -> Result:
