@@ -32,3 +32,52 @@ def test_identical_seeds_give_no_library_warning_and_no_test():
         warnings.simplefilter("error")
         out = stats.welch([81.25, 81.25], [81.25, 81.25])
     assert np.isnan(out["p"]) and out["diff"] == 0.0
+
+
+def _readme_commands(prog: str) -> list[list[str]]:
+    """Each ``python -m <prog> ...`` command line of the README's code blocks, as words
+    (continued lines joined, comments and shell operators cut)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    inline = re.findall(r"`(python -m [^`]+)`", text)
+    lines = [ln for b in blocks for ln in b.replace("\\\n", " ").splitlines()] + inline
+    out = []
+    for line in lines:
+        m = re.search(rf"python -m {re.escape(prog)}(\s.*)?$", line.split("#")[0].strip())
+        if not m:
+            continue
+        words = shlex.split((m.group(1) or "").split("&&")[0].split("|")[0])
+        out.append(words)
+    return out
+
+
+def test_every_readme_command_names_a_subcommand_and_options_the_cli_has():
+    """A newcomer copies the README's commands: each subcommand and flag must exist."""
+    import argparse
+
+    from analysis.__main__ import _parser as analysis_parser
+    from experiments.cli_args import build_parser
+
+    def subparsers(parser: argparse.ArgumentParser) -> dict:
+        return next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+
+    checked = 0
+    for prog, parser in (("experiments", build_parser()), ("analysis", analysis_parser())):
+        subs = subparsers(parser)
+        for words in _readme_commands(prog):
+            if not words or words[0] == "...":
+                continue
+            assert words[0] in subs or "|" in words[0], (prog, words)
+            if words[0] not in subs:
+                continue
+            flags = {o for a in subs[words[0]]._actions for o in a.option_strings}
+            unknown = [w for w in words[1:] if w.startswith("--") and w.split("=")[0]
+                       not in flags and w != "..."]
+            assert not unknown, (prog, words, unknown)
+            checked += 1
+    assert checked >= 20  # the README's commands were found
