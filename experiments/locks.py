@@ -2,9 +2,10 @@
 
 Both are ``flock`` locks on small files. The kernel drops a lock when its process dies (kill -9,
 a crashed node's NFSv4 lease running out), so a dead runner's claim needs no cleaning up and
-can never block a run for good. On a cluster the claim files lie beside the checkpoints, on
-the shared file system (NFS, and Lustre or GPFS mounted with ``flock``), so N runners on one
-machine and N Slurm tasks on several train distinct runs.
+can never block a run for good. The claim files lie with the store the results go to
+(``experiments.runner.claims_dir``), on the shared file system on a cluster (NFS, and Lustre
+or GPFS mounted with ``flock``), so N runners on one machine and N Slurm tasks on several train
+distinct runs, whatever their checkpoint folders.
 """
 
 from __future__ import annotations
