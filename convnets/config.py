@@ -247,7 +247,8 @@ def _check_runtime(rt: dict) -> None:
     dev = rt["device"]
     if not (isinstance(dev, str) and (dev in ("auto", "cpu", "cuda", "mps")
                                       or (dev.startswith("cuda:") and dev[5:].isdigit()))):
-        raise ConfigError(f"'runtime.device' must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        raise ConfigError(f"'runtime.device' must be auto, cpu, cuda, cuda:N or mps, got "
+                          f"{dev!r}")
     if rt["precision"] not in ("auto", "fp32", "bf16"):
         raise ConfigError("'runtime.precision' must be auto, fp32 or bf16")
     for key in ("channels_last", "fused_sgd", "deterministic"):

@@ -12,6 +12,7 @@ import copy
 import datetime
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +154,12 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
             raise SpecError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
         key, value = item.split("=", 1)
         check_set_key(item, key.strip())
-        parsed = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            why = str(getattr(err, "problem", "") or err).splitlines()[0]
+            raise SpecError(f"--set {item!r}: the value is not valid YAML ({why}); quote a "
+                            "string, e.g. --set 'data.name=\"x\"'") from None
         if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
             try:
                 parsed = float(parsed)
@@ -323,6 +329,10 @@ def require_devices(jobs: list[Job]) -> None:
     if cuda and not torch.cuda.is_available():
         raise SpecError(f"runtime.device {cuda[0]!r} (--device or the spec): no CUDA device is "
                         "visible on this machine; use --device cpu or auto")
+    if "mps" in wanted and not torch.backends.mps.is_available():
+        raise SpecError("runtime.device 'mps' (--device or the spec): no Apple GPU (MPS) is "
+                        "available on this machine; use --device cpu or auto")
+    _check_input_size(jobs)
     for d in cuda:
         if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
             raise SpecError(f"runtime.device {d!r}: only {torch.cuda.device_count()} CUDA "
@@ -334,6 +344,23 @@ def require_devices(jobs: list[Job]) -> None:
             check_precision(rt, "cpu" if dev == "auto" else dev)
         except ConfigError as err:
             raise SpecError(f"{j.experiment} {j.key}: {err}") from None
+
+
+def _check_input_size(jobs: list[Job]) -> None:
+    """``data.resize`` so large that one batch of float32 input images (3 channels at most)
+    takes more than a quarter of this machine's memory cannot train: refused before any run
+    opens (it ended as a crashed run with an allocation traceback)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    for j in jobs:
+        r = j.config["data"].get("resize")
+        if r and j.config["batch_size"] * 3 * r * r * 4 > memory / 4:
+            raise SpecError(f"{j.experiment} {j.key}: data.resize {r}: one batch of "
+                            f"{j.config['batch_size']} images of {r}x{r} takes "
+                            f"{j.config['batch_size'] * 3 * r * r * 4 / 2**30:.0f} GiB as input "
+                            f"alone, over a quarter of this machine's {memory / 2**30:.0f} GiB")
 
 
 def expected_direction(var: dict, base: dict, is_baseline: bool) -> str:

@@ -92,3 +92,26 @@ def test_two_searches_recording_at_once_keep_both_and_leave_valid_yaml(tmp_path,
     best = yaml.safe_load((tmp_path / "race.yaml").read_text())["best"]
     assert set(best) == {"a/x", "b/y", "c/z"}
     assert best["a/x"]["lr"] == pytest.approx(0.1 + 39e-4)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("runtime.device=mps", "no Apple GPU (MPS) is available"),
+    ("data.resize=100000", "data.resize 100000: one batch of 64 images"),
+    ("optim.lr=[1,", "the value is not valid YAML"),
+])
+def test_bad_set_values_get_one_line_before_any_run(tmp_path, monkeypatch, capsys, value,
+                                                    message):
+    """Failed on the main of 2026-12-07: each opened an MLflow run and ended FAILED with a
+    traceback (or printed a YAML traceback)."""
+    import torch
+
+    from experiments.__main__ import main
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = ["run", "degradation", "--profile", "smoke", "--seeds", "1", "--variant",
+            "resnet20", "--set", value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "mlflow.db").exists()  # no store, so no run, was opened
