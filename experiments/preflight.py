@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from convnets import tracking
 from convnets.checkpoint import CheckpointError, load_checkpoint
 from convnets.config import ConfigError
 from convnets.data import DatasetError, load_dataset
+from convnets.models import build_on_meta
 from convnets.names import DIVERGED, FAILURE_KIND
 from convnets.optim import plan_iterations
 from experiments.runner import checkpoint_path
@@ -31,7 +34,7 @@ def check_jobs_data(jobs: list[Job]) -> dict[str, str]:
     """Load each distinct data set of ``jobs`` once (the loaders verify files and caches) and
     check every job's schedule against its training split; ``SpecError`` on the first fault.
     Returns each job's data checksum, by job key."""
-    loaded: dict[str, tuple[int, str]] = {}  # data key -> (training images, checksum)
+    loaded: dict[str, tuple[int, str, int]] = {}  # data key -> (images, checksum, channels)
     checksums: dict[str, str] = {}
     for job in jobs:
         d = job.config["data"]
@@ -45,10 +48,24 @@ def check_jobs_data(jobs: list[Job]) -> dict[str, str]:
                 ds = load_dataset(d["name"], d["data_dir"], **d["options"])
             except DatasetError as err:
                 raise SpecError(f"{where}: data set {d['name']!r}: {err}") from None
-            loaded[key] = len(ds.train), ds.checksum
+            loaded[key] = len(ds.train), ds.checksum, ds.in_channels
         check_length(job, loaded[key][0])
+        _check_channels(job, loaded[key][2], where)
         checksums[job.key] = loaded[key][1]
     return checksums
+
+
+def _check_channels(job: Job, channels: int, where: str) -> None:
+    """The data's image channels against the model's first convolution (a greyscale folder into
+    a 3-channel net ended as a crashed run with a shape traceback)."""
+    m = job.config["model"]
+    net = build_on_meta(m["name"], json.dumps(m["options"], sort_keys=True))
+    conv = next((x for x in net.modules() if isinstance(x, torch.nn.Conv2d)), None)
+    if conv is not None and conv.in_channels != channels:
+        raise SpecError(f"{where}: the data set {job.config['data']['name']!r} has "
+                        f"{channels}-channel images, the model {m['name']!r} takes "
+                        f"{conv.in_channels} channels; convert the images or pick a model for "
+                        f"{channels}")
 
 
 def check_stored_results(cl, jobs: list[Job], checksums: dict[str, str]) -> None:

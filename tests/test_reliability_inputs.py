@@ -115,3 +115,27 @@ def test_bad_set_values_get_one_line_before_any_run(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "mlflow.db").exists()  # no store, so no run, was opened
+
+
+def test_a_greyscale_folder_into_a_three_channel_net_is_refused_before_any_run(tmp_path,
+                                                                               monkeypatch,
+                                                                               capsys):
+    """Failed on the main of 2026-12-07: the run opened and crashed with a shape traceback."""
+    import numpy as np
+    from PIL import Image
+
+    from experiments.__main__ import main
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "grey" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((8, 8), 40 * i, np.uint8), mode="L").save(
+                    tmp_path / "grey" / split / cls / f"{i}.png")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["run", "degradation", "--profile", "smoke", "--seeds", "1", "--variant",
+                 "resnet20", "--dataset", f"imagefolder:{tmp_path / 'grey'}",
+                 "--set", "batch_size=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 1-channel images, the model 'cifar_resnet' takes 3" in err[0]
+    assert not (tmp_path / "mlflow.db").exists()
