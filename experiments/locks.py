@@ -93,12 +93,18 @@ def _why_broken(db: Path) -> str | None:
         return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
-def _holds_runs(db: Path) -> bool:
+def _holds_runs(db: Path) -> bool | None:
+    """Whether the SQLite file ``db`` holds MLflow runs; None when it cannot be read as a
+    database at all (locked by another process, or not a SQLite file)."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=5)) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            if "runs" not in tables:
+                return False
             return con.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
     except sqlite3.Error:
-        return False
+        return None
 
 
 def ready_store(url: str) -> None:
@@ -119,7 +125,14 @@ def ready_store(url: str) -> None:
             why = _why_broken(db)
             if why is None:
                 return
-            if _holds_runs(db):
+            holds = _holds_runs(db)
+            if "locked" in why.lower():
+                raise StoreBroken(f"{db}: the MLflow store is locked by another process "
+                                  f"({why}); run again when it has finished")
+            if holds is None:
+                raise StoreBroken(f"{db}: not a readable SQLite database ({why}); move it away "
+                                  "or point MLFLOW_TRACKING_URI at another store")
+            if holds:
                 raise StoreBroken(f"{db}: the MLflow store does not open ({why}) and holds "
                                   "runs; restore it from a copy, or move it away to start a "
                                   "new store (the committed ledger is not affected)")

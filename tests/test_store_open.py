@@ -61,3 +61,26 @@ def test_a_broken_store_with_runs_is_refused_in_one_line_before_any_run(tmp_path
     assert "does not open" in err and "holds runs" in err and "Traceback" not in err
     assert main(["status", "degradation", "--profile", "smoke", "--seeds", "1"]) == 2
     assert db.exists() and not list(tmp_path.glob("mlflow.db.broken-*"))  # nothing moved
+
+
+def test_a_file_that_is_no_database_is_refused_not_moved(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "mlflow.db"
+    db.write_text("not a database, a user's notes\n" * 100)
+    with pytest.raises(locks.StoreBroken, match="not a readable SQLite database"):
+        locks.ready_store(f"sqlite:///{db}")
+    assert db.read_text().startswith("not a database") and not list(tmp_path.glob("*.broken-*"))
+
+
+@pytest.mark.slow  # MLflow waits out SQLite's busy timeout (about 20 s) before it fails
+def test_a_locked_store_is_refused_not_moved(tmp_path):
+    db = tmp_path / "mlflow.db"
+    locks.ready_store(f"sqlite:///{db}")
+    holder = sqlite3.connect(db, timeout=0)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # another process writing, as far as this one sees
+        with pytest.raises(locks.StoreBroken, match="locked by another process"):
+            locks.ready_store(f"sqlite:///{db}")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert not list(tmp_path.glob("*.broken-*"))
