@@ -66,6 +66,7 @@ from experiments.search_settings import (
     DEFAULT_TRIALS,
     SearchError,
     Target,
+    check_storage,
     default_storage,
     load_settings,
     make_pruner,
@@ -321,6 +322,7 @@ def lr_search(
     if workers < 1:
         raise SearchError(f"--workers must be >= 1, got {workers}")
     storage = storage or default_storage()
+    check_storage(storage)
     jobs = expand(spec, profile, seeds=1, sets=list(sets), only=variants or s.variants or None,
                   dataset=dataset, data_dir=data_dir, device=device)
     require_devices(jobs)  # before any study or MLflow run exists

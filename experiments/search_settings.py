@@ -179,6 +179,25 @@ def public_storage(url: str) -> str:
     return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1@", url)
 
 
+def check_storage(url: str) -> None:
+    """``SearchError`` in one line for a storage URL that names no database Optuna can open
+    (``foo://bar``: SQLAlchemy's "Can't load plugin" traceback), before any study or run."""
+    if url.startswith("journal:"):
+        if not url[len("journal:"):].strip():
+            raise SearchError("--storage journal:PATH needs a path")
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(_rdb_url(url)).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise SearchError(f"--storage {public_storage(url)!r}: not a storage Optuna can open "
+                          f"({str(err).splitlines()[0]}); use a database URL such as "
+                          "sqlite:///optuna.db or postgresql://user@host/db, or journal:PATH") \
+            from None
+
+
 def make_storage(url: str):
     """An Optuna storage for ``url``: ``journal:PATH`` or any SQLAlchemy database URL."""
     if url.startswith("journal:"):

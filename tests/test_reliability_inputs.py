@@ -139,3 +139,15 @@ def test_a_greyscale_folder_into_a_three_channel_net_is_refused_before_any_run(t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has 1-channel images, the model 'cifar_resnet' takes 3" in err[0]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_lr_search_storage_no_database_takes_is_one_line(tmp_path, monkeypatch, capsys):
+    """Failed on the main of 2026-12-07: SQLAlchemy's NoSuchModuleError traceback."""
+    from experiments.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["lr-search", "degradation", "--profile", "smoke", "--storage",
+                 "foo://bar"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage 'foo://bar': not a storage Optuna can open" in err[0]
+    assert not (tmp_path / "mlflow.db").exists()
