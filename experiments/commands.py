@@ -99,7 +99,18 @@ def validate_command(args) -> int:
 
 
 def run_command(args) -> int:
-    """``run NAME ...``: check everything, then train (or submit) the jobs."""
+    """``run NAME ...``: check everything, then train (or submit) the jobs. Ctrl-C (or
+    SIGTERM) before the first run opens ends in one line: nothing was changed."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt as err:  # training catches its own: this is before any run
+        what = ("; a submission under way may have been made (see `status`)"
+                if args.launcher == "slurm" else "; nothing was changed")
+        print(f"interrupted before any run started{what}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+
+
+def _run(args) -> int:
     try:
         spec, jobs, deadline = _checked_jobs(args)
     except SpecError as err:

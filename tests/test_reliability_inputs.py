@@ -151,3 +151,19 @@ def test_an_lr_search_storage_no_database_takes_is_one_line(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--storage 'foo://bar': not a storage Optuna can open" in err[0]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ctrl_c_during_the_preflight_is_one_line(tmp_path, monkeypatch, capsys):
+    """Failed on the main of 2026-12-07: Ctrl-C while the data were checked printed a
+    traceback."""
+    import experiments.commands as commands
+    from experiments.__main__ import main
+
+    def interrupted(jobs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "check_jobs_data", interrupted)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["run", "degradation", "--profile", "smoke", "--seeds", "1"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["interrupted before any run started; nothing was changed"]
