@@ -9,6 +9,14 @@ from convnets import complexity
 from convnets.complexity import layer_macs, registered_complexity, stage_table
 from convnets.models import build_model, get_entry, list_models
 
+#: the deepest nets (1,202 and 1,001 layers): a forward pass and a FLOP count take 10-30 s each
+#: on 2 cores; `pytest -m slow` checks them, `make test` the other architectures of their family
+DEEPEST = ("resnet1202", "resnet1001")
+
+
+def _models():
+    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEPEST else n for n in list_models()]
+
 
 def _input(name):
     entry = get_entry(name)
@@ -18,7 +26,7 @@ def _input(name):
     return torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", _models())
 def test_forward_backward_every_registered_model(name):
     torch.manual_seed(0)
     classes = 7  # not the default, so a hard-coded class count would show
@@ -74,7 +82,7 @@ def test_registered_complexity_counts_on_meta_what_a_cpu_pass_counts():
     assert c["layers"] == 55 + 55 + 1  # 55 convolutions, 55 batch norms, 1 linear
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", _models())
 def test_layer_macs_equal_the_flop_counter_for_every_registered_model(name):
     """``layer_macs`` counts Conv2d and Linear layers only; a model whose forward has other
     multiply-adds (a functional matmul, a transposed convolution) would fail here."""

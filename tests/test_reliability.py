@@ -78,6 +78,7 @@ def _wait_for(predicate, proc, timeout=240.0):
     pytest.fail("timed out waiting for the run's first checkpoint")
 
 
+@pytest.mark.slow  # a runner process signalled mid-run: about 25-50 s
 def test_sigterm_marks_the_run_killed_and_keeps_its_checkpoint(tmp_path):
     spec = _write(tmp_path, "term", LONG.format(name="term"))
     ckpt_dir = tmp_path / "ckpt"

@@ -60,6 +60,7 @@ def test_the_claim_of_a_killed_process_is_free_at_once(tmp_path):
         proc.kill()
 
 
+@pytest.mark.slow  # two runner processes on one store: about 30-60 s
 def test_two_runners_on_one_fresh_store_train_each_run_once(tmp_path):
     """Failed on the main of 2026-12-02: two identical `experiments run` commands trained every
     run twice on an initialised store (or one crashed in MLflow's schema creation on a fresh

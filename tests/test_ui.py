@@ -72,6 +72,7 @@ def _fill(store):
     return run_id, name
 
 
+@pytest.mark.slow  # starts an MLflow server process: about 30 s
 def test_server_answers_rest_api_with_our_experiment_and_tags(mlflow_store):
     run_id, name = _fill(mlflow_store)
     store, arts = tracking_uri(), tracking.artifact_root()
