@@ -108,6 +108,7 @@ def test_collect_casts_and_counts(store):
     assert failed["failure_kind"] == "diverged" and np.isnan(failed["final_error"])
 
 
+@pytest.mark.slow  # tables built twice with figures: about 15-30 s; make test keeps the runner-to-tables end-to-end test
 def test_snapshot_tables_equal_mlflow_tables(store, tmp_path, capsys):
     uri, _ = store
     data = io.load_mlflow(uri)

@@ -63,6 +63,7 @@ def check_fractions(t: dict) -> None:
             number(r["achieved GFLOP/s"]) / number(value), rel=0.02)
 
 
+@pytest.mark.slow  # every bench row measured once: about 15-25 s
 def test_dry_run_measures_every_row_and_the_table_agrees(tmp_path):
     out = tmp_path / "bench.md"
     assert bench.main(TINY + ["--out", str(out)]) == 0
