@@ -29,7 +29,8 @@ from pathlib import Path
 
 from convnets.names import REPO_ROOT
 
-#: what the device tool returns from $OUT (its README): files, size, depth, names
+#: what the device tool returns from $OUT (its README): files, size, depth, names; the shift
+#: (experiments/shifts.py) keeps its archives under MAX_FILE_BYTES
 MAX_FILES, MAX_FILE_BYTES, MAX_DEPTH = 8, 16 * 2**20, 2
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 

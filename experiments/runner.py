@@ -156,10 +156,10 @@ def _adopt_legacy(cl, job: Job, existing: list) -> None:
     ckpt = checkpoint_path(job)
     if ckpt.exists():
         return
-    names_ = dict.fromkeys([job.experiment] + [cl.get_experiment(r.info.experiment_id).name
+    homes = dict.fromkeys([job.experiment] + [cl.get_experiment(r.info.experiment_id).name
                                                for r in existing])
     profile = job.tags.get("profile", "")
-    for exp in names_:
+    for exp in homes:
         for key in job.keys:
             old = checkpoint_dir() / exp / f"{key}-{profile}-seed{job.seed}.pt"
             if old.exists():

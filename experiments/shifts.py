@@ -37,6 +37,7 @@ from convnets.optim import plan_iterations
 from convnets.runtime import Runtime, resolve_runtime
 from convnets.train import fit
 from experiments.deadline import Deadline, parse_deadline
+from experiments.rehearsal import MAX_FILE_BYTES
 from experiments.runner import report, run_jobs, summary_table
 from experiments.spec import expand, load_spec, set_dotted
 
@@ -185,14 +186,6 @@ def run_shifts_command(args) -> int:
         print(f"estimates: {raw['assumed']} (assumed; no GPU bench has measured images/s yet)")
         return 0
     return run_shift(args, shifts, raw)
-
-
-#: what the device tool returns: at most 8 files of 16 MiB each from $OUT (see
-#: experiments/rehearsal.py, which checks a shift's $OUT against these)
-MAX_FILE_BYTES = 16 * 2**20
-#: the files a shift leaves in $OUT: the log (gpu_shift.sh), the archive of everything
-#: finished (part, store), the unfinished run's checkpoint when it fits, the bench table
-OUT_FILES = ("shift.log", "shift.tgz", "checkpoint.tgz", "bench.md")
 
 
 def run_shift(args, shifts, raw) -> int:

@@ -66,6 +66,21 @@ def test_lr_search_on_cuda_without_cuda_is_refused(fresh_store, tmp_path, capsys
 LONG = TINY.replace("length: 2, drops: [0.5]", "length: 400, drops: [0.5]")
 
 
+def _runner(tmp_path, name, *args):
+    """A runner process of the LONG spec ``name`` on its own store: (process, checkpoint
+    folder, store URI, environment, spec path)."""
+    spec = _write(tmp_path, name, LONG.format(name=name))
+    ckpt_dir = tmp_path / "ckpt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CONVNETS_CHECKPOINTS=str(ckpt_dir),
+               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke",
+         "--variant", "base", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, ckpt_dir, uri, env, spec
+
+
 def _wait_for(predicate, proc, timeout=240.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -80,15 +95,7 @@ def _wait_for(predicate, proc, timeout=240.0):
 
 @pytest.mark.slow  # a runner process signalled mid-run: about 25-50 s
 def test_sigterm_marks_the_run_killed_and_keeps_its_checkpoint(tmp_path):
-    spec = _write(tmp_path, "term", LONG.format(name="term"))
-    ckpt_dir = tmp_path / "ckpt"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CONVNETS_CHECKPOINTS=str(ckpt_dir),
-               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke",
-         "--variant", "base", "--seeds", "1"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, ckpt_dir, uri, env, spec = _runner(tmp_path, "term", "--seeds", "1")
     try:
         _wait_for(lambda: any(ckpt_dir.glob("*.pt")), proc)
         proc.send_signal(signal.SIGTERM)
@@ -133,15 +140,7 @@ def test_a_terminated_worker_starts_no_queued_job(monkeypatch):
 
 @pytest.mark.slow  # two spawned workers importing torch: about 30 s
 def test_sigterm_to_a_parallel_runner_stops_every_run_and_starts_none(tmp_path):
-    spec = _write(tmp_path, "pterm", LONG.format(name="pterm"))
-    ckpt_dir = tmp_path / "ckpt"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CONVNETS_CHECKPOINTS=str(ckpt_dir),
-               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke",
-         "--variant", "base", "--seeds", "4", "--parallel", "2"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, ckpt_dir, uri, env, spec = _runner(tmp_path, "pterm", "--seeds", "4", "--parallel", "2")
     try:
         _wait_for(lambda: len(list(ckpt_dir.glob("*.pt"))) >= 2, proc)
         proc.send_signal(signal.SIGTERM)
@@ -172,15 +171,7 @@ def _children(pid: int) -> list[int]:
 def test_workers_of_a_parallel_runner_killed_with_9_end_and_mark_their_runs(tmp_path):
     """Failed on the main of 2026-12-07: kill -9 of a --parallel runner left its workers
     training on, unowned, indefinitely."""
-    spec = _write(tmp_path, "orphanpool", LONG.format(name="orphanpool"))
-    ckpt_dir = tmp_path / "ckpt"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CONVNETS_CHECKPOINTS=str(ckpt_dir),
-               CONVNETS_ARTIFACTS=(tmp_path / "art").as_uri(), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments", "run", spec, "--profile", "smoke",
-         "--variant", "base", "--seeds", "2", "--parallel", "2"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, ckpt_dir, uri, env, spec = _runner(tmp_path, "orphanpool", "--seeds", "2", "--parallel", "2")
     try:
         _wait_for(lambda: len(list(ckpt_dir.glob("*.pt"))) >= 2, proc)
         workers = [c for c in _children(proc.pid)

@@ -83,6 +83,13 @@ def test_two_runners_on_one_fresh_store_train_each_run_once(tmp_path):
     assert sorted(r.info.status for r in runs) == ["FAILED"] * 2 + ["FINISHED"] * 4
 
 
+def _left_running(cl, exp_id, job, name):
+    """A RUNNING run of ``job`` as a process killed with -9 leaves it."""
+    return tracking.TrackedRun.start(cl, exp_id, run_name=name,
+                                     tags=dict(job.tags, config_hash=job.config_hash),
+                                     config=job.config)
+
+
 def test_an_orphaned_running_run_is_closed_by_the_next_start(mlflow_store, tmp_path):
     """Failed on the main of 2026-12-02: a run killed before its first checkpoint stayed
     RUNNING for ever and the rerun opened a new run beside it."""
@@ -90,9 +97,7 @@ def test_an_orphaned_running_run_is_closed_by_the_next_start(mlflow_store, tmp_p
     job = next(j for j in expand(load_spec(spec), "smoke") if j.variant == "base")
     cl = MlflowClient(tracking_uri())
     exp_id = tracking.experiment_id(cl, "orphan")
-    orphan = tracking.TrackedRun.start(cl, exp_id, run_name="killed early",
-                                       tags=dict(job.tags, config_hash=job.config_hash),
-                                       config=job.config)
+    orphan = _left_running(cl, exp_id, job, "killed early")
     assert not claim_path(job).exists()
     assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
     runs = cl.search_runs([exp_id])
@@ -113,9 +118,7 @@ def test_a_running_rerun_killed_beside_a_finished_run_is_closed_by_the_next_star
     job = next(j for j in expand(load_spec(spec), "smoke") if j.variant == "base")
     cl = MlflowClient(tracking_uri())
     exp_id = tracking.experiment_id(cl, "forced")
-    forced = tracking.TrackedRun.start(cl, exp_id, run_name="--force rerun, killed -9",
-                                       tags=dict(job.tags, config_hash=job.config_hash),
-                                       config=job.config)
+    forced = _left_running(cl, exp_id, job, "--force rerun, killed -9")
     assert main(["run", spec, "--profile", "smoke", "--variant", "base", "--seeds", "1"]) == 0
     closed = cl.get_run(forced.run_id)
     assert closed.info.status == "KILLED" and closed.data.tags["failure_kind"] == "orphaned"
