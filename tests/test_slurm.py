@@ -158,7 +158,7 @@ def test_a_cancelled_task_ends_killed_and_resubmitting_resumes_it(cluster, tmp_p
     local, remote = _store(tmp_path / "local"), _store(tmp_path / "slurm")
     out, array = _submit(remote, str(spec), *one)
     assert array, out
-    ckpts = Path(remote["CONVNETS_CHECKPOINTS"]) / "slurmlong"
+    ckpts = Path(remote["CONVNETS_CHECKPOINTS"])  # <hash>-<profile>-seed<S>.pt, one folder
     t0 = time.monotonic()
     while not any(ckpts.glob("*.pt")):
         assert time.monotonic() - t0 < 1800, "no checkpoint within 1800 s"
