@@ -12,7 +12,7 @@ from convnets.config import eval_split
 from convnets.names import tracking_uri
 from experiments.deadline import parse_deadline
 from experiments.locks import StoreBroken, first_use_lock, ready_store
-from experiments.preflight import check_jobs_data, check_stored_results
+from experiments.preflight import check_jobs_data, check_stored_results, check_writable_folders
 from experiments.runner import Terminated, report, run_jobs, summary_table
 from experiments.slurm import status, submit
 from experiments.slurm_options import check_slurm_args
@@ -127,6 +127,7 @@ def _run(args) -> int:
     try:
         tracking.check_store()
         checksums = check_jobs_data(jobs)  # every data set read and checked before any run
+        check_writable_folders()  # where checkpoints and claims go, before a run needs them
         ready_store(tracking_uri())  # whole, or created aside and moved into place
     except (tracking.StoreUnreachable, StoreBroken, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)

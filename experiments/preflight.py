@@ -15,6 +15,8 @@ would otherwise be answered with that old result.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ from convnets.data import DatasetError, load_dataset
 from convnets.models import build_on_meta
 from convnets.names import DIVERGED, FAILURE_KIND
 from convnets.optim import plan_iterations
-from experiments.runner import checkpoint_path
+from experiments.runner import checkpoint_dir, checkpoint_path, claims_dir
 from experiments.spec import Job, SpecError
 
 
@@ -126,3 +128,20 @@ def _check_checkpoint(job: Job, checksum: str) -> None:
             f"{job.config['data']['name']} data with checksum {was[:12]}, but that data set now "
             f"has checksum {checksum[:12]}: resuming would train one run on two data sets. Point "
             "--data-dir at the data it started on, or use --force to start it again on these")
+
+
+def check_writable_folders() -> None:
+    """The checkpoint folder and the runners' claims folder exist (created here if missing) and
+    take a file: a read-only or misplaced ``CONVNETS_CHECKPOINTS`` is one line before any run
+    opens, not a FAILED run with a traceback at its first checkpoint."""
+    for what, folder in (("checkpoint folder", checkpoint_dir()), ("claims folder", claims_dir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            hint = ("set CONVNETS_CHECKPOINTS to a folder this user can write"
+                    if what.startswith("checkpoint") else "the store's folder must be writable")
+            raise SpecError(f"the {what} {folder} cannot be written "
+                            f"({err.strerror or err}); {hint}") from None

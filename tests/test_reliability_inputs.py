@@ -167,3 +167,34 @@ def test_ctrl_c_during_the_preflight_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["run", "degradation", "--profile", "smoke", "--seeds", "1"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["interrupted before any run started; nothing was changed"]
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+def test_a_checkpoint_folder_that_cannot_be_written_is_one_line_before_any_run(
+        tmp_path, monkeypatch, capsys, where):
+    """Failed on the main of 2026-12-07: the run opened, trained to its first checkpoint and
+    ended FAILED with a traceback. (Root writes into a mode-0500 folder regardless, so the
+    read-only case is a folder whose writes the kernel refuses to anyone: /proc.)"""
+    import os
+
+    import torch
+
+    from experiments.__main__ import main
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    folder = {"a file": blocker, "under a file": blocker / "ckpt"}.get(where)
+    if folder is None:
+        folder = tmp_path / "ro"
+        if os.geteuid() == 0:
+            folder = "/proc/self/convnets-ckpt"
+        else:
+            folder.mkdir(mode=0o500)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(folder))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["run", "degradation", "--profile", "smoke", "--seeds", "1", "--variant",
+                 "resnet20"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the checkpoint folder {folder} cannot be written" in err[0], err
+    assert not (tmp_path / "mlflow.db").exists()  # no store, so no run, was opened
