@@ -90,3 +90,23 @@ def test_bench_timing_uses_cuda_events():
     t.start()
     torch.ones(1 << 20, device="cuda").sum()
     assert 0 < t.stop() < 10
+
+
+def test_device_resident_data_and_augmentation_equal_the_cpus():
+    """The images live on the GPU as uint8 and one epoch's permutation and crop/flip are drawn
+    on the CPU and applied there: the same generator state gives the same bytes as on the
+    CPU (integer gathers, no rounding)."""
+    from convnets.config import resolve_config
+    from convnets.device_data import epoch_data, prepare_data
+
+    cfg = resolve_config(CFG)
+    cpu, gpu = prepare_data(cfg, torch.device("cpu")), prepare_data(cfg, torch.device("cuda"))
+    assert gpu.train_x.is_cuda and gpu.train_x.dtype == torch.uint8 and gpu.eval_x.is_cuda
+    assert torch.equal(gpu.train_x.cpu(), cpu.train_x)
+    draws = []
+    for data in (cpu, gpu):
+        g = torch.Generator().manual_seed(7)
+        x, y = epoch_data(data.train_x, data.train_y, 384, 4, True, g, data.pad_fill)
+        assert x.device == data.train_x.device and x.dtype == torch.uint8
+        draws.append((x.cpu(), y.cpu()))
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
