@@ -46,7 +46,8 @@ def add_plan_arguments(p) -> None:
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: the spec's runtime.device, auto)")
     p.add_argument("--lr", choices=["spec", "tuned"], default="spec",
-                   help="tuned: use experiments/tuned/NAME.yaml from lr-search")
+                   help="tuned: the lrs lr-search recorded (tuned/NAME.yaml, else a committed "
+                   "experiments/tuned/NAME.yaml)")
     p.add_argument("--allow-tuned-mismatch", action="store_true",
                    help="with --lr tuned: accept lrs searched for another profile or data")
 
@@ -123,7 +124,7 @@ def add_lr_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--no-record", action="store_true",
-                   help="do not write experiments/tuned/NAME.yaml")
+                   help="do not write tuned/NAME.yaml")
     p.add_argument("--overwrite", action="store_true",
                    help="replace tuned entries recorded by a bigger profile")
     return p

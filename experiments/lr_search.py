@@ -36,7 +36,8 @@ is logged at step = epoch. Search runs carry **no** ``variant`` / ``group`` / ``
 tags, so the analysis never mistakes them for final runs.
 
 The best lr per variant goes to the parent run (tags ``best_lr``, ``best_val_error``) and to
-``experiments/tuned/<NAME>.yaml``; ``python -m experiments run NAME --lr tuned`` reads it.
+``tuned/<NAME>.yaml`` (git-ignored; ``experiments.tuned``); ``python -m experiments run NAME
+--lr tuned`` reads it.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ from experiments.search_settings import (
     trial_config,
 )
 from experiments.spec import SpecError, expand, load_spec, parse_set, require_devices
-from experiments.tuned import dataset_id, record_best
+from experiments.tuned import dataset_id, record_best, shown
 
 DIVERGED_ERROR = 100.0  # objective of a trial whose loss became non-finite
 
@@ -348,7 +349,8 @@ def lr_search(
     if record and any(r["best_lr"] is not None for r in rows):
         out = record_best(spec["name"], rows, profile=profile, budget_epochs=s.budget_epochs,
                           storage=storage, overwrite=overwrite)
-        print(f"best learning rates recorded in {out}", flush=True)
+        print(f"best learning rates recorded in {shown(out)} (git-ignored; copy it to "
+              f"experiments/tuned/ to commit it)", flush=True)
     return rows
 
 

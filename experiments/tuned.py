@@ -1,8 +1,12 @@
-"""The tuned-learning-rate files ``experiments/tuned/<NAME>.yaml``: written by ``lr-search``,
-read by ``run NAME --lr tuned``.
+"""The tuned-learning-rate files ``<NAME>.yaml``: written by ``lr-search``, read by ``run NAME
+--lr tuned``.
 
-The best lr per variant goes to ``experiments/tuned/<NAME>.yaml`` (``$CONVNETS_TUNED_DIR``
-overrides the folder), merged with the entries already there. An entry from a bigger profile
+The best lr per variant goes to the user's ``tuned/<NAME>.yaml`` at the repository root, beside
+the default stores (``mlflow.db``, ``optuna.db``) and like them git-ignored;
+``$CONVNETS_TUNED_DIR`` names another folder. A search never writes into the source tree:
+``experiments/tuned/<NAME>.yaml`` holds values committed on purpose (copied there), read when the
+user has none of their own. The file records the study and its storage without a machine path.
+Entries are merged with those already there. An entry from a bigger profile
 (paper > quick > smoke) is not replaced by a smaller one unless ``--overwrite``. Each entry
 records its profile, data set (``dataset_id``: name and content options, plus the data's
 checksum) and budget; ``run --lr tuned`` refuses an entry searched for another profile or data
@@ -19,27 +23,61 @@ from pathlib import Path
 
 import yaml
 
+from convnets.names import REPO_ROOT
 from experiments.search_settings import public_storage
 from experiments.spec_check import SpecError
 
-TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+#: tuned values committed on purpose (read when the user has no file of their own)
+COMMITTED_DIR = Path(__file__).resolve().parent / "tuned"
 PROFILE_RANK = {"smoke": 0, "cpu": 1, "quick": 2, "paper": 3}
 
 
 def tuned_dir() -> Path:
-    """Where best learning rates are recorded ($CONVNETS_TUNED_DIR overrides)."""
-    return Path(os.environ.get("CONVNETS_TUNED_DIR") or TUNED_DIR)
+    """Where ``lr-search`` records best learning rates: ``$CONVNETS_TUNED_DIR``, else ``tuned/``
+    at the repository root (git-ignored, with the default stores)."""
+    return Path(os.environ.get("CONVNETS_TUNED_DIR") or REPO_ROOT / "tuned")
 
 
 def tuned_file(name: str) -> Path:
-    return tuned_dir() / f"{Path(name).stem}.yaml"
+    """The file ``--lr tuned`` reads: the user's own, else one committed on purpose, else
+    (neither exists) the user's path, for the message."""
+    stem = f"{Path(name).stem}.yaml"
+    own, committed = tuned_dir() / stem, COMMITTED_DIR / stem
+    return committed if committed.exists() and not own.exists() else own
+
+
+def shown(path: Path) -> str:
+    """A path as a message or a record shows it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def portable_storage(url: str) -> str:
+    """The storage URL as a tuned file records it: no password, and no machine path (a local
+    SQLite file or journal is named relative to the repository, or by its file name with the
+    folder elided), so a committed file does not carry the searcher's home folder."""
+    url = public_storage(url)
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix) and url[len(prefix):] not in ("", ":memory:"):
+            path = Path(url[len(prefix):])
+            if not path.is_absolute():
+                return url
+            try:
+                return prefix + str(path.resolve().relative_to(REPO_ROOT))
+            except ValueError:
+                return f"{prefix}.../{path.name}"
+    return url
 
 
 def tuned_lrs(name: str) -> dict[str, float]:
     """The recorded best lr per ``group/variant`` of claim ``name``."""
     path = tuned_file(name)
     if not path.exists():
-        raise SpecError(f"--lr tuned: no {path}; run `python -m experiments lr-search {name}` first")
+        raise SpecError(f"--lr tuned: no {shown(path)} (nor a committed "
+                        f"{shown(COMMITTED_DIR / path.name)}); run `python -m experiments "
+                        f"lr-search {Path(name).stem}` first")
     data = yaml.safe_load(path.read_text()) or {}
     return {k: float(v["lr"]) for k, v in data.get("best", {}).items()}
 
@@ -56,12 +94,14 @@ def dataset_id(cfg: dict) -> str:
 def check_tuned(name: str, jobs: list, *, allow_mismatch: bool = False) -> None:
     """Refuse tuned learning rates searched for another profile or data set than the job's
     (a smoke search on synthetic data says nothing about CIFAR-10), unless ``allow_mismatch``;
-    an allowed mismatch is tagged on the run (``tuned_from``)."""
-    path = tuned_dir() / f"{Path(name).stem}.yaml"
+    an allowed mismatch is tagged on the run (``tuned_from``). Every job records which file
+    and study its lr came from (``tuned_file``: a file outside git leaves ``git_dirty`` false)."""
+    path = tuned_file(name)
     best = (yaml.safe_load(path.read_text()) or {}).get("best") or {}
     bad = []
     for job in jobs:
         entry = best.get(f"{job.group}/{job.variant}") or {}
+        job.tags["tuned_file"] = f"{shown(path)} (study {entry.get('study')})"
         have = (entry.get("profile"), entry.get("dataset"))
         want = (job.tags.get("profile"), dataset_id(job.config))
         if have != want:
@@ -70,7 +110,7 @@ def check_tuned(name: str, jobs: list, *, allow_mismatch: bool = False) -> None:
                        f"{have[1]!r}, this run is profile {want[0]!r} on {want[1]!r}")
     if bad and not allow_mismatch:
         lines = "\n  ".join(dict.fromkeys(bad))
-        raise SpecError(f"--lr tuned: {path} was searched for other runs:\n  {lines}\n"
+        raise SpecError(f"--lr tuned: {shown(path)} was searched for other runs:\n  {lines}\n"
                         f"run `lr-search {Path(name).stem} --profile {jobs[0].tags['profile']}`"
                         " first, or pass --allow-tuned-mismatch to use these values anyway")
 
@@ -116,7 +156,7 @@ def _merge_best(path: Path, experiment: str, rows: list[dict], *, profile: str,
             "study": r["study"],
             "profile": profile,
             "budget_epochs": int(budget_epochs),
-            "storage": public_storage(storage),
+            "storage": portable_storage(storage),
         }
     head = (f"# Best learning rates found by `python -m experiments lr-search {experiment}`\n"
             f"# (validation error after a short budget); `run {experiment} --lr tuned` uses them.\n")

@@ -94,6 +94,45 @@ def test_mismatch_is_allowed_explicitly_and_tagged(tuned, monkeypatch):
     (job,) = seen
     assert job.config["optim"]["lr"] == 0.0421 and job.tags["lr_source"] == "tuned"
     assert job.tags["tuned_from"] == f"profile smoke, dataset {SMOKE_DATA}"
+    assert job.tags["tuned_file"].endswith("tune.yaml (study lr-tune-g/a-smoke)")
+
+
+def test_a_search_records_outside_the_source_tree_where_git_ignores_it(monkeypatch):
+    """Failed on the main of 2026-12-07: lr-search wrote experiments/tuned/NAME.yaml, a file in
+    the source tree, and a later --lr tuned run was tagged git_dirty=false all the same."""
+    from experiments.tuned import COMMITTED_DIR, tuned_dir
+
+    monkeypatch.delenv("CONVNETS_TUNED_DIR", raising=False)
+    assert tuned_dir() == REPO / "tuned" and tuned_dir() != COMMITTED_DIR
+    if (REPO / ".git").exists():
+        ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q",
+                                  "tuned/degradation.yaml"])
+        assert ignored.returncode == 0, "tuned/ is not git-ignored"
+
+
+@pytest.mark.parametrize("storage, recorded", [
+    ("sqlite:////home/someone/work/optuna.db", "sqlite:///.../optuna.db"),
+    (f"sqlite:///{REPO / 'optuna.db'}", "sqlite:///optuna.db"),
+    ("journal:/scratch/someone/optuna.journal", "journal:.../optuna.journal"),
+    ("postgresql://user:secret@db:5432/optuna", "postgresql://user@db:5432/optuna"),
+])
+def test_a_tuned_file_records_its_storage_without_a_machine_path(tmp_path, monkeypatch,
+                                                                 storage, recorded):
+    """Failed on the main of 2026-12-07: the file said sqlite:////<the user's path>/optuna.db."""
+    monkeypatch.setenv("CONVNETS_TUNED_DIR", str(tmp_path))
+    row = {"variant": "g/a", "best_lr": 0.05, "best_val_error": 40.0, "trials": 2,
+           "study": "s", "dataset": "synthetic", "dataset_checksum": "abc"}
+    out = search.record_best("tune", [row], profile="smoke", budget_epochs=1, storage=storage)
+    assert yaml.safe_load(out.read_text())["best"]["g/a"]["storage"] == recorded
+
+
+def test_no_tuned_file_names_where_it_was_looked_for(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONVNETS_TUNED_DIR", str(tmp_path / "none"))
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(SPEC)
+    assert main(["run", str(spec), "--profile", "smoke", "--lr", "tuned", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "tune.yaml" in err and "experiments/tuned/tune.yaml" in err and "lr-search" in err
 
 
 WORKER = textwrap.dedent(
