@@ -1,4 +1,7 @@
-"""`python -m convnets info NAME [--option value ...]`: per-stage shapes, parameters and MACs."""
+"""`python -m convnets info NAME [--option value ...]`: per-stage shapes, parameters and MACs;
+`python -m convnets list`: the registered models; `python -m convnets data NAME ...`: fetch and
+check a data set once (torchvision downloads it where missing and verifies its MD5s), so later
+runs start offline."""
 
 from __future__ import annotations
 
@@ -65,7 +68,27 @@ def model_table() -> str:
                                    "follows"], tablefmt="github")
 
 
-def main(argv: list[str] | None = None) -> int:
+def fetch(names: list[str], data_dir: str | None) -> int:
+    """Load each data set (downloading where missing); one line each, 2 on the first failure."""
+    from convnets.data import DatasetError, load_dataset
+    from convnets.data.paths import default_data_dir
+
+    where = data_dir or default_data_dir()
+    for name in names:
+        try:
+            ds = load_dataset(name, data_dir)
+        except DatasetError as err:
+            print(f"error: {name}: {err}", file=sys.stderr)
+            return 2
+        c, h, w = ds.train.images.shape[1:]
+        at = "" if name.strip().lower().startswith("imagefolder:") else f"; in {where}"
+        print(f"{ds.name}: {len(ds.train):,} train / {len(ds.test):,} test images, "
+              f"{len(ds.classes)} classes, {c}x{h}x{w}, checksum {ds.checksum} "
+              f"({ds.label}{at})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m convnets")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_info = sub.add_parser("info", help="per-stage table of a registered model")
@@ -74,7 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("list", help="registered models")
     p_list.add_argument("--markdown", action="store_true",
                         help="a Markdown table with parameters and MACs (for the README)")
+    p_data = sub.add_parser(
+        "data", help="download (torchvision, MD5-checked) and check data sets, once",
+        description="Fetch each data set through torchvision where it is missing (the MD5s "
+                    "of the files are verified), decode and check it, and print its size and "
+                    "content checksum, the one every run records. Names: cifar10, cifar100, "
+                    "mnist, fashion_mnist, or imagefolder:PATH (checked only).")
+    p_data.add_argument("names", nargs="+", metavar="NAME")
+    p_data.add_argument("--data-dir", default=None,
+                        help="where the data live or go (default $CONVNETS_DATA, else "
+                             "~/.cache/convnets/data)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.cmd == "data":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return fetch(args.names, args.data_dir)
     if args.cmd == "list":
         print(model_table() if args.markdown else "\n".join(
             f"{n:24s} {get_entry(n).family:18s} {get_entry(n).citation}" for n in list_models()))

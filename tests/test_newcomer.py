@@ -60,6 +60,7 @@ def test_every_readme_command_names_a_subcommand_and_options_the_cli_has():
     import argparse
 
     from analysis.__main__ import _parser as analysis_parser
+    from convnets.__main__ import build_parser as convnets_parser
     from experiments.cli_args import build_parser
 
     def subparsers(parser: argparse.ArgumentParser) -> dict:
@@ -67,7 +68,8 @@ def test_every_readme_command_names_a_subcommand_and_options_the_cli_has():
                     if isinstance(a, argparse._SubParsersAction)).choices
 
     checked = 0
-    for prog, parser in (("experiments", build_parser()), ("analysis", analysis_parser())):
+    for prog, parser in (("experiments", build_parser()), ("analysis", analysis_parser()),
+                         ("convnets", convnets_parser())):
         subs = subparsers(parser)
         for words in _readme_commands(prog):
             if not words or words[0] == "...":
@@ -75,9 +77,32 @@ def test_every_readme_command_names_a_subcommand_and_options_the_cli_has():
             assert words[0] in subs or "|" in words[0], (prog, words)
             if words[0] not in subs:
                 continue
+            if (prog, words[0]) == ("convnets", "info"):  # --OPTION VALUE: the model's own
+                checked += 1
+                continue
             flags = {o for a in subs[words[0]]._actions for o in a.option_strings}
             unknown = [w for w in words[1:] if w.startswith("--") and w.split("=")[0]
                        not in flags and w != "..."]
             assert not unknown, (prog, words, unknown)
             checked += 1
     assert checked >= 20  # the README's commands were found
+
+
+def test_one_command_fetches_and_checks_a_data_set(tmp_path, capsys):
+    """Issue 45 item 2: `python -m convnets data NAME` loads (downloading where missing) and
+    prints the content checksum every run records; offline with nothing there, one line naming
+    the ways out."""
+    from convnets.__main__ import main
+    from convnets.data import load_dataset
+    from tests.data_formats import write_cifar10
+
+    write_cifar10(tmp_path / "here")
+    assert main(["data", "cifar10", "--data-dir", str(tmp_path / "here")]) == 0
+    out = capsys.readouterr().out.strip()
+    checksum = load_dataset("cifar10", tmp_path / "here").checksum
+    assert out.startswith("cifar10: 50 train / 10 test images, 10 classes, 3x32x32, ")
+    assert f"checksum {checksum} (CIFAR-10; in {tmp_path / 'here'})" in out
+    (tmp_path / "blocker").write_text("")  # a folder that cannot be made: no download tried
+    assert main(["data", "cifar10", "--data-dir", str(tmp_path / "blocker" / "data")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cifar10: ") and "Ways out" in err[0]
