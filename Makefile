@@ -100,7 +100,7 @@ bench: ## training throughput, side by side -> paper_tables/bench-gpu.md (GPU) o
 
 # One worker and no background job consumers (MLflow 3 starts 4 workers and a huey consumer).
 mlflow-ui: ## MLflow UI on 127.0.0.1:PORT (default 5000), one worker, over the local store
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow server --host 127.0.0.1 \
 	  --port $(PORT) --workers 1 \
 	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  --default-artifact-root "file://$(CURDIR)/mlartifacts"

@@ -38,9 +38,12 @@ The tag, metric and artifact names are those of :mod:`convnets.names`, which ana
 from __future__ import annotations
 
 import csv
+import getpass
 import json
 import os
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -198,6 +201,25 @@ def environment_tags() -> dict[str, str]:
     values = (commit, "unknown" if dirty is None else str(dirty).lower(), torch.__version__,
               str(torch.version.cuda))
     return dict(zip(names.ENVIRONMENT_TAGS, values, strict=True))
+
+
+def source_tags(env: dict) -> dict[str, str]:
+    """MLflow's own provenance tags, which its UI shows as *Source*, *Created by* and the
+    commit (a client-created run has none of them): the command line that started the run
+    (``python -m experiments run degradation --profile paper ...``; a worker process carries
+    its runner's), the user, the git commit."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "unknown"
+    prog = Path(sys.argv[0] or "python")
+    command = (["python", "-m", prog.parent.name] if prog.name == "__main__.py"
+               else [prog.name])
+    out = {"mlflow.source.type": "LOCAL", "mlflow.user": user,
+           "mlflow.source.name": shlex.join([*command, *sys.argv[1:]])[:1000]}
+    if env.get("git_commit") not in (None, "", "unknown"):
+        out["mlflow.source.git.commit"] = env["git_commit"]
+    return out
 
 
 def _git(*args: str) -> str:
@@ -394,8 +416,9 @@ class TrackedRun:
             cl.update_run(run_id, status=names.RunStatus.RUNNING)
             return cls(cl, run_id, resumed=True)
         tags = {k: str(v) for k, v in (tags or {}).items()}
+        env = environment_tags()
         run = cls(cl, cl.create_run(exp_id, run_name=run_name,
-                                    tags={**tags, **environment_tags()}).info.run_id)
+                                    tags={**tags, **env, **source_tags(env)}).info.run_id)
         # where the run stops is its ``horizon`` tag (it moves when the run is extended)
         flat = flatten({k: v for k, v in config.items() if k != names.HORIZON}) if config else {}
         run.logger.log_params({**flat, **(params or {})})

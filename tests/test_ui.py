@@ -113,3 +113,30 @@ def test_screenshots_of_a_smoke_store(tmp_path):
     assert shots == ["experiments.png", "run_charts.png", "run_overview.png",
                      "runs_compared.png", "runs_table.png"]
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
+
+
+def test_a_run_says_its_source_user_and_commit(mlflow_store, monkeypatch):
+    """Issue 45 item 5: MLflow's Source and Created by columns were empty (a client-created
+    run gets none of its provenance tags)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["/somewhere/experiments/__main__.py", "run",
+                                      "degradation", "--profile", "paper"])
+    monkeypatch.setenv("USER", "ada")
+    monkeypatch.setenv("LOGNAME", "ada")
+    cl = tracking.client()
+    run = tracking.TrackedRun.start(cl, tracking.experiment_id(cl, "source-tags"),
+                                    run_name="r", tags={"variant": "a"})
+    tags = cl.get_run(run.run_id).data.tags
+    assert tags["mlflow.source.name"] == "python -m experiments run degradation --profile paper"
+    assert tags["mlflow.user"] == "ada" and tags["mlflow.source.type"] == "LOCAL"
+    commit = tags["git_commit"]
+    assert tags.get("mlflow.source.git.commit") == (None if commit == "unknown" else commit)
+
+
+def test_make_mlflow_ui_runs_with_telemetry_off():
+    from pathlib import Path
+
+    make = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = make.split("\nmlflow-ui:", 1)[1].split("\n\n", 1)[0]
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in recipe and "mlflow server" in recipe
