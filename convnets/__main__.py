@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
 import yaml
 from tabulate import tabulate
 
@@ -38,6 +39,8 @@ def _parse_options(pairs: list[str]) -> dict:
 def info(name: str, options: dict, num_classes: int | None = None) -> str:
     entry = get_entry(name)
     classes = num_classes or entry.default_classes
+    # one model on the CPU: a meta-device pass imports torch._dynamo (its shape checks), which
+    # costs more than building and running one example here
     model = build_model(name, num_classes=classes, **options)
     rows = stage_table(model, entry.input_size)
     table = [
@@ -61,7 +64,9 @@ def model_table() -> str:
     rows = []
     for n in list_models():
         e = get_entry(n)
-        c = complexity(build_model(n, num_classes=e.default_classes), e.input_size)
+        with torch.device("meta"):  # every model: shapes only, no weight initialised
+            model = build_model(n, num_classes=e.default_classes)
+        c = complexity(model, e.input_size)
         rows.append((f"`{n}`", e.family, "x".join(map(str, e.input_size)), e.default_classes,
                      f"{c['params']:,}", f"{c['macs'] / 1e6:,.2f}", e.citation))
     return tabulate(rows, headers=["name", "family", "input", "classes", "params", "MMACs",

@@ -1,9 +1,10 @@
 """Parameter and multiply-accumulate counts.
 
-MACs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per
-multiply-accumulate for convolutions and matrix products (and nothing for BN, ReLU, pooling
-or additions), so MACs = FLOPs / 2. This is the convention of the papers' "multiply-adds"
-(He et al. 2015, Table 1) and of torchvision's "GFLOPS" column.
+MACs are those of the convolutions and linear layers (nothing for BN, ReLU, pooling or
+additions), read off each layer's output shape in one forward pass: the convention of the
+papers' "multiply-adds" (He et al. 2015, Table 1) and of torchvision's "GFLOPS" column. The
+tests hold them equal, stage by stage, to ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs
+per multiply-accumulate) for every registered model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from convnets.models.registry import build_on_meta
 
@@ -61,22 +61,41 @@ def _registered(name: str, options: str, input_size: tuple[int, ...]) -> tuple:
 
 def layer_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
     """MACs of one example's forward pass, summed over the model's Conv2d and Linear layers
-    from their output shapes: a convolution's output element costs (in / groups) * kh * kw
-    multiply-adds, a linear one's ``in_features``. It skips the flop counter's dispatch of
-    every operator, several times faster on meta; functional matrix products in a
-    ``forward`` would be missed, which the tests rule out model by model."""
-    total = 0
+    (``_forward_counts``)."""
+    return sum(_forward_counts(model, input_size)[0].values())
 
-    def count(m, _inp, out):
-        nonlocal total
-        per = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-               if isinstance(m, nn.Conv2d) else m.in_features)
-        total += out[0].numel() * per
 
-    handles = [m.register_forward_hook(count) for m in model.modules()
+def _forward_counts(model: nn.Module, input_size: tuple[int, ...]
+                    ) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """One forward pass of a single zero example (no grad, eval mode, the model left as it
+    was): the MACs of each Conv2d and Linear layer by qualified name, from its output shape (a
+    convolution's output element costs (in / groups) * kh * kw multiply-adds, a linear one's
+    ``in_features``), and each top-level child's output shape (C, H, W).
+
+    Counting layers skips the flop counter's dispatch of every operator (and its import of
+    torch._dynamo, seconds at start-up); functional matrix products in a ``forward`` would be
+    missed, which the tests rule out model by model. Batch norm keeps its input's shape and
+    has no MACs; on meta it runs PyTorch's Python decomposition, nine tenths of the pass, so
+    the count passes its input through instead."""
+    macs: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def count(name):
+        def hook(m, _inp, out):
+            per = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                   if isinstance(m, nn.Conv2d) else m.in_features)
+            macs[name] = macs.get(name, 0) + out[0].numel() * per
+        return hook
+
+    def shape(name):
+        def hook(_m, _inp, out):
+            if isinstance(out, torch.Tensor):
+                shapes[name] = tuple(out.shape[1:])
+        return hook
+
+    handles = [m.register_forward_hook(count(n)) for n, m in model.named_modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
-    # batch norm keeps its input's shape and has no MACs; on meta it runs PyTorch's Python
-    # decomposition, nine tenths of the pass: the count passes its input through instead
+    handles += [c.register_forward_hook(shape(n)) for n, c in model.named_children()]
     norms = [m for m in model.modules()
              if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
     for m in norms:
@@ -93,7 +112,7 @@ def layer_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
         for m in norms:
             del m.forward
         model.train(was_training)
-    return total
+    return macs, shapes
 
 
 def _same(x: torch.Tensor) -> torch.Tensor:
@@ -104,41 +123,14 @@ def stage_table(model: nn.Module, input_size: tuple[int, ...]) -> list[StageRow]
     """Per top-level child: output shape, parameters and MACs for one example.
 
     Model families are written so that their top-level children are the stages in forward
-    order; MACs outside any child (a functional op in ``forward``) are reported as a row
-    named ``(other)``.
+    order; parameters outside any child are reported as a row named ``(other)``.
     """
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    children = list(model.named_children())
-    for name, child in children:
-
-        def hook(_m, _inp, out, name=name):
-            if isinstance(out, torch.Tensor):
-                shapes[name] = tuple(out.shape[1:])
-
-        handles.append(child.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    x = torch.zeros(1, *input_size, device=device)
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    counts = counter.get_flop_counts()
-    root = type(model).__name__
-    total = sum(counts.get("Global", {}).values()) // 2
+    macs, shapes = _forward_counts(model, input_size)
     rows = []
-    for name, child in children:
-        macs = sum(counts.get(f"{root}.{name}", {}).values()) // 2
-        rows.append(StageRow(name, shapes.get(name, ()), count_params(child), macs))
-    other = total - sum(r.macs for r in rows)
+    for name, child in model.named_children():
+        own = sum(v for k, v in macs.items() if k.split(".")[0] == name)
+        rows.append(StageRow(name, shapes.get(name, ()), count_params(child), own))
     own_params = count_params(model) - sum(r.params for r in rows)
-    if other or own_params:
-        rows.append(StageRow("(other)", (), own_params, other))
+    if own_params:
+        rows.append(StageRow("(other)", (), own_params, 0))
     return rows

@@ -84,13 +84,23 @@ def test_registered_complexity_counts_on_meta_what_a_cpu_pass_counts():
 
 @pytest.mark.parametrize("name", _models())
 def test_layer_macs_equal_the_flop_counter_for_every_registered_model(name):
-    """``layer_macs`` counts Conv2d and Linear layers only; a model whose forward has other
-    multiply-adds (a functional matmul, a transposed convolution) would fail here."""
+    """The counts read off Conv2d and Linear layers equal PyTorch's flop counter (2 FLOPs per
+    multiply-add), in total and stage by stage; a model whose forward has other multiply-adds
+    (a functional matmul, a transposed convolution) would fail here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     entry = get_entry(name)
     with torch.device("meta"):
         model = build_model(name, num_classes=entry.default_classes)
-    flop_counter = sum(r.macs for r in stage_table(model, entry.input_size))
-    assert layer_macs(model, entry.input_size) == flop_counter > 0
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, *entry.input_size, device="meta"))
+    counts, root = counter.get_flop_counts(), type(model).__name__
+    rows = stage_table(model, entry.input_size)
+    assert [r.macs for r in rows if r.name != "(other)"] == [
+        sum(counts.get(f"{root}.{n}", {}).values()) // 2 for n, _ in model.named_children()]
+    total = sum(counts["Global"].values()) // 2
+    assert layer_macs(model, entry.input_size) == sum(r.macs for r in rows) == total > 0
 
 
 def test_info_cli_prints_the_stage_table(capsys):
