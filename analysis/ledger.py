@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from convnets.names import SMOKE_PROFILES, RunStatus
+from convnets.names import SMOKE_PROFILES, RunStatus, data_identity_of
 
 from .runs import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
 
@@ -150,9 +150,8 @@ def _portable_runs(runs: pd.DataFrame) -> pd.DataFrame:
     would name one machine) and an image folder by its content checksum, not its path (as the
     config hash already does)."""
     runs = runs.assign(curve_uri="", predictions_uri="")
-    folder = runs["dataset"].astype(str).str.startswith("imagefolder:")
-    runs.loc[folder, "dataset"] = "imagefolder:" + runs.loc[folder, "dataset_checksum"].astype(str)
-    return runs
+    return runs.assign(dataset=[data_identity_of(n, c) if isinstance(n, str) else n for n, c in
+                                zip(runs["dataset"], runs["dataset_checksum"], strict=True)])
 
 
 def write_part(data: RunData, ledger: Path = LEDGER_DIR, **manifest_args) -> Path:

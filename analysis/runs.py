@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from convnets import names
-from convnets.names import REPO_ROOT, RunStatus, tracking_uri
+from convnets.names import REPO_ROOT, RunStatus, data_identity_of, tracking_uri
 
 # mlflow is imported inside the functions that use it: it takes over a second to import, and
 # commands that never open a store (list, --dry-run, shifts, tables from the ledger) skip it.
@@ -176,11 +176,9 @@ def load_mlflow(uri: str | None = None) -> RunData:
 def portable_config(cfg: dict, run) -> dict:
     """A run's resolved config with nothing of the machine it ran on: no data folder, and an
     image folder named by its content checksum instead of its path."""
-    cfg = dict(cfg, data=dict(cfg.get("data") or {}, data_dir=None))
-    name = str(cfg["data"].get("name", ""))
-    if name.startswith("imagefolder:"):
-        cfg["data"]["name"] = f"imagefolder:{run.dataset_checksum}"
-    return cfg
+    data = cfg.get("data") or {}
+    name = data_identity_of(data.get("name", ""), run.dataset_checksum)
+    return dict(cfg, data=dict(data, data_dir=None, name=name))
 
 
 def _target_key(run) -> str:

@@ -107,6 +107,18 @@ FINAL_METRICS = ("final_train_error", "final_train_loss", "wall_time_s",
 CURVE_ARTIFACT, PREDICTIONS_ARTIFACT, CONFIG_ARTIFACT = "curve.csv", "predictions.npz", "config.yaml"
 
 
+IMAGEFOLDER = "imagefolder:"
+
+
+def data_identity_of(name: str, checksum: str) -> str:
+    """What identifies a run's data wherever a machine path may not appear (config hash,
+    ledger, tables): a named data set's name (``cifar10``), an image folder's content checksum
+    (``imagefolder:<checksum>``: the same images under another path or on another machine
+    identify alike). The one place the rule is written."""
+    name = str(name).strip()
+    return IMAGEFOLDER + str(checksum) if name.lower().startswith(IMAGEFOLDER) else name
+
+
 def eval_error(split: str) -> str:
     """The per-epoch error metric of evaluation split ``split`` (``test_error``)."""
     return f"{split}_error"

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from convnets.names import data_identity_of
+
 from .cifar import _load_cifar
 from .dataset import Dataset, DatasetError
 from .imagefolder import _IMAGEFOLDER_OPTIONS, _load_imagefolder
@@ -153,5 +155,5 @@ def data_identity(name: str, data_dir: str | Path | None = None,
     if isinstance(name, str) and _is_imagefolder(name.strip()):
         opts = tuple(sorted((k, v) for k, v in (options or {}).items() if k != "label"))
         dd = None if data_dir in (None, "") else str(data_dir)
-        return "imagefolder:" + _content_checksum(name.strip(), dd, opts)
+        return data_identity_of(name, _content_checksum(name.strip(), dd, opts))
     return _canonical(name) if isinstance(name, str) and name.strip() else name
