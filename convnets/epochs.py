@@ -32,7 +32,7 @@ from convnets.names import CLEAN_TRAIN_ERROR, HORIZON, eval_error
 from convnets.optim import plan_iterations
 from convnets.progress import Progress
 from convnets.results import DeadlineReached, check_finite
-from convnets.runtime import Runtime, World, data_seed, resolve_runtime
+from convnets.runtime import Runtime, World, data_seed, resolve_device, resolve_runtime
 
 
 def evaluate(model, data: DeviceData, rt: Runtime, cfg: dict) -> tuple[float, torch.Tensor]:
@@ -63,18 +63,17 @@ def _error_on(model, x_all, y_all, data: DeviceData, rt: Runtime,
 
 def prepare_run(cfg: dict, placed: dict, dataset=None, *,
                 by_length: bool = True) -> tuple[Runtime, DeviceData]:
-    """The runtime and the data of a run: the device first (the data go to it), then every
-    ``auto`` switch decided for this model and, with ``by_length``, for the run's length
+    """The runtime and the data of a run: the device first (the data go to it), then, once,
+    every ``auto`` switch decided for this model and, with ``by_length``, for the run's length
     (``compile: auto`` depends on it). ``placed``: the ``runtime`` config, placed on this
     rank's device."""
     name = cfg["model"]["name"]
-    family = get_entry(name).family
-    rt = resolve_runtime(placed, model=name, family=family)
-    data = prepare_data(cfg, rt.device, dataset)
+    data = prepare_data(cfg, resolve_device(placed), dataset)
+    total = None
     if by_length:  # the iterations this call trains at most: to its horizon
         total = plan_iterations(cfg, data.train_x.shape[0], cfg["batch_size"])[1].total
         total = min(total, cfg["horizon"] or total)
-        rt = resolve_runtime(placed, model=name, iterations=total, family=family)
+    rt = resolve_runtime(placed, model=name, iterations=total, family=get_entry(name).family)
     return rt, data
 
 

@@ -152,17 +152,23 @@ def auto_switches(cuda: bool, model: str | None = None, iterations: int | None =
             "compile": "default" if compiles else None}
 
 
-def resolve_runtime(rt: dict, model: str | None = None, iterations: int | None = None,
-                    family: str | None = None) -> Runtime:
-    """The ``runtime`` config resolved for this machine; ``auto`` switches as ``auto_switches``
-    decides for ``model`` (a registry name, of registry ``family``) trained for
-    ``iterations`` steps."""
+def resolve_device(rt: dict) -> torch.device:
+    """The ``runtime.device`` of config ``rt`` on this machine (``auto``: CUDA when visible)."""
     dev = rt["device"]
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(dev)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"'runtime.device' is {dev!r} but no CUDA device is visible")
+    return device
+
+
+def resolve_runtime(rt: dict, model: str | None = None, iterations: int | None = None,
+                    family: str | None = None) -> Runtime:
+    """The ``runtime`` config resolved for this machine; ``auto`` switches as ``auto_switches``
+    decides for ``model`` (a registry name, of registry ``family``) trained for
+    ``iterations`` steps."""
+    device = resolve_device(rt)
     cuda = device.type == "cuda"
     auto = auto_switches(cuda, model, iterations, family)
 
