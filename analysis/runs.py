@@ -26,26 +26,14 @@ from convnets.names import REPO_ROOT, RunStatus, data_identity_of, tracking_uri
 
 SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
 
-# job tags (the spec's), then the names tracking writes
-TAG_COLS = list(dict.fromkeys([
-    "experiment", "claim", "citation", "group", "variant", "baseline", "profile", "paper_error",
-    "expected", "config_hash", "differences", *names.RESULT_TAGS,
-    *(t for t in names.ENVIRONMENT_TAGS if t != "git_dirty"),  # git_dirty: a bool column
-    names.FAILURE_REASON, names.FAILURE_KIND, names.SERVES, "overrides", "lr_source"]))
-STR_COLS = TAG_COLS + ["run_id", "run_name", "status", "start_time", "curve_uri",
-                       "predictions_uri", "total_iterations"]
-FLOAT_COLS = ["final_error", "final_train_error", "final_train_loss", "wall_time_s",
-              "final_clean_train_error"]
-# horizon: the iteration the run reached (empty: a run made before horizons, which ran to its
-# schedule's end)
-RUN_COLUMNS = (["experiment", "group", "variant", "baseline", "seed", "status", "final_error",
-                "eval_split", "final_train_error", "final_train_loss", "wall_time_s",
-                "horizon", "total_iterations", "final_clean_train_error",
-                "paper_error", "expected", "claim", "citation", "profile", "dataset",
-                "dataset_label", "config_hash", "git_commit", "git_dirty", "device",
-                "failure_reason", "failure_kind", "run_id", "run_name", "start_time", "curve_uri",
-                "predictions_uri", "dataset_checksum", "precision", "torch_version",
-                "cuda_version", "differences", "serves", "overrides", "lr_source"])
+# the columns of runs.csv, from the one run record (``convnets.names.RUN_RECORD``): the tags a
+# row reads from its run, then the columns of each type
+RUN_COLUMNS = [f.name for f in names.RUN_RECORD]
+TAG_COLS = [f.name for f in names.RUN_RECORD if f.name in names.RECORD_TAGS and f.kind == "str"]
+STR_COLS = [f.name for f in names.RUN_RECORD if f.kind == "str"]
+FLOAT_COLS = [f.name for f in names.RUN_RECORD if f.kind == "float"]
+INT_COLS = [f.name for f in names.RUN_RECORD if f.kind == "int"]
+BOOL_COLS = [f.name for f in names.RUN_RECORD if f.kind == "bool"]
 CURVE_COLUMNS = ["run_id", *names.CURVE_COLUMNS]
 
 
@@ -71,8 +59,10 @@ def normalise_runs(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = df[c].astype(object).fillna("").astype(str)
     for c in FLOAT_COLS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
-    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
-    df["git_dirty"] = df["git_dirty"].astype(str).str.lower().isin(["true", "1"])
+    for c in INT_COLS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    for c in BOOL_COLS:
+        df[c] = df[c].astype(str).str.lower().isin(["true", "1"])
     return df.sort_values(["experiment", "start_time", "run_id"], ignore_index=True)
 
 

@@ -8,6 +8,7 @@ layering "analysis imports nothing of training" still holds.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -31,9 +32,6 @@ def tracking_uri() -> str:
 # --- tags a run carries (besides the spec's job tags) -------------------------------------------
 #: where the code came from and what ran it (``tracking.environment_tags``)
 ENVIRONMENT_TAGS = ("git_commit", "git_dirty", "torch_version", "cuda_version")
-#: what the trainer reports about the finished run (``RunResult.info``), set as tags
-RESULT_TAGS = ("dataset", "dataset_label", "dataset_checksum", "eval_split", "device",
-               "precision", "horizon")
 #: the tag of the iteration a run reached (its horizon; the schedule's length when it ran to
 #: the end; runs made before horizons existed have none and ran to the end)
 HORIZON = "horizon"
@@ -86,6 +84,53 @@ def outcome_of(status: RunStatus, kind: str) -> Outcome:
     if status is RunStatus.KILLED:
         return Outcome.LEFT
     return Outcome.DIVERGED if kind == DIVERGED else Outcome.CRASHED
+
+
+# --- the run record: one row of a ledger part's runs.csv ----------------------------------------
+@dataclass(frozen=True)
+class RunField:
+    """One column of the run record: what a run states about itself from spec to table.
+
+    ``kind``: the column's type in ``runs.csv`` (``str``, ``float``, ``int``, ``bool``);
+    ``origin``: who states it: ``spec`` (the job's tags, from its spec and command line),
+    ``result`` (the trainer, about the run that trained: tags on the finished run),
+    ``environment`` (the code and machine: tags at start), ``store`` (MLflow's own run
+    attributes, metrics and artifacts), ``failure`` (tags on a run that did not finish).
+    Tags are written under the field's name; the tag lists below derive from this table."""
+
+    name: str
+    kind: str = "str"
+    origin: str = "spec"
+
+
+#: the columns of ``runs.csv``, in its order. A field added here reaches the ledger and the
+#: tables (``analysis.runs`` derives its column lists from it); one stated by the trainer is
+#: also a tag of every finished run
+RUN_RECORD = (
+    RunField("experiment"), RunField("group"), RunField("variant"), RunField("baseline"),
+    RunField("seed", "int"), RunField("status", origin="store"),
+    RunField("final_error", "float", "store"), RunField("eval_split", origin="result"),
+    RunField("final_train_error", "float", "store"), RunField("final_train_loss", "float", "store"),
+    RunField("wall_time_s", "float", "store"), RunField("horizon", origin="result"),
+    RunField("total_iterations", origin="store"),
+    RunField("final_clean_train_error", "float", "store"),
+    RunField("paper_error"), RunField("expected"), RunField("claim"), RunField("citation"),
+    RunField("profile"), RunField("dataset", origin="result"),
+    RunField("dataset_label", origin="result"), RunField("config_hash"),
+    RunField("git_commit", origin="environment"), RunField("git_dirty", "bool", "environment"),
+    RunField("device", origin="result"), RunField("failure_reason", origin="failure"),
+    RunField("failure_kind", origin="failure"), RunField("run_id", origin="store"),
+    RunField("run_name", origin="store"), RunField("start_time", origin="store"),
+    RunField("curve_uri", origin="store"), RunField("predictions_uri", origin="store"),
+    RunField("dataset_checksum", origin="result"), RunField("precision", origin="result"),
+    RunField("torch_version", origin="environment"),
+    RunField("cuda_version", origin="environment"), RunField("differences"),
+    RunField("serves"), RunField("overrides"), RunField("lr_source"),
+)
+#: the record's fields that runs carry as MLflow tags (every origin but the store's)
+RECORD_TAGS = tuple(f.name for f in RUN_RECORD if f.origin != "store")
+#: what the trainer reports about the finished run (``RunResult.info``), set as tags
+RESULT_TAGS = tuple(f.name for f in RUN_RECORD if f.origin == "result")
 
 
 # --- metrics and artifacts ---------------------------------------------------------------------
