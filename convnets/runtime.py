@@ -61,8 +61,8 @@ def cuda_has_bf16(device: str | torch.device) -> bool:
 
 def check_precision(rt: dict, device: torch.device | str) -> None:
     """Refuse ``precision: bf16`` on a CPU without native bf16 unless ``allow_slow_bf16``:
-    there autocast is emulated, 6-7x slower than fp32 (measured on an AVX2-only AMD EPYC:
-    MNIST ResNet 529-533 vs 3,081-3,368 images/s), and ``auto`` would have chosen fp32."""
+    there autocast is emulated, 6-7x slower than fp32 (docs/measurements.md), and ``auto``
+    would have chosen fp32."""
     if (rt["precision"] == "bf16" and torch.device(device).type == "cpu"
             and not rt.get("allow_slow_bf16") and not cpu_has_bf16()):
         raise ConfigError(
@@ -113,33 +113,21 @@ def auto_switches(cuda: bool, model: str | None = None, iterations: int | None =
     registry family) lasting ``iterations`` steps. None for any of them: not known, and the
     choice is then the one that is right without it.
 
-    The CPU choices are what `make bench` measured, the trainer's bf16 step side by side in
-    one run, on two 2-core machines: an Intel Xeon with AMX (2026-12-02, kept as
-    ``paper_tables/bench-cpu-xeon.md``) and an AMD EPYC with AVX512-BF16
-    (``paper_tables/bench-cpu.md``). images/s, Xeon / EPYC:
+    The CPU choices follow what `make bench` measured, the trainer's step side by side in one
+    run (the figures: ``paper_tables/bench-cpu.md``, ``paper_tables/bench-cpu-xeon.md``; the
+    ones measured outside the bench: ``docs/measurements.md``):
 
-    * fused SGD, against the plain foreach SGD: ResNet-20 813 / 787 vs 685 / 796, ResNet-56
-      275 / 260 vs 267 / 229, MNIST Inception 2,251 / 2,344 vs 1,908 / 2,335, d2l DenseNet
-      122 / 172 vs 144 / 153. Faster or level in 6 of 8 pairs, the two losses within what
-      the repeated rows vary by: on. It changes only the order of floating-point operations
-      (tests/test_fastpath.py).
-    * channels_last: slower for the CIFAR ResNets (ResNet-20 520 / 604 vs 813 / 787,
-      ResNet-56 248 / 222 vs 275 / 260: 16-64 channels favour oneDNN's blocked NCHW path),
-      faster for the MNIST Inception net (3,120 / 2,938 vs 2,251 / 2,344) and the d2l
-      DenseNet at 96x96 (161 / 218 vs 122 / 172): ``CPU_CHANNELS_LAST_MODELS``; models the
-      bench does not measure stay NCHW.
-    * compile (inductor, default mode): ResNet-56 305 vs 260 eager (EPYC; first step 49 s,
-      paid back after about 700 steps); ResNet-20 1,037 vs 813 (Xeon, first step 69 s, paid
-      back after about 2,000 steps) but 739 vs 787 (EPYC). Slower for the Inception net (2,056
-      vs 2,344 NCHW, 2,587 vs 2,938 channels_last) and, in its channels_last layout, for the
-      d2l DenseNet (165 vs 218). So: the CIFAR ResNet family (``CPU_COMPILE_FAMILIES``)
-      compiles in runs of at least ``AUTO_COMPILE_CPU_MIN_ITERATIONS`` steps (4x the longer
-      payback, so compilation costs at most a quarter of what it saves; the papers' 64,000
-      qualify), every other run stays eager, as do runs of unknown length. On an AVX2-only
-      EPYC compiling made ResNet-20 slower (222 vs 321 images/s through the runner), so for
-      those runs ``auto`` is only a candidate: ``convnets.train.CompileTrial`` times compiled
-      and eager steps at the start of the run, on the machine that runs it, and keeps the
-      faster (recorded on the run and in its checkpoint).
+    * fused SGD: on (faster or level against the foreach SGD in 6 of 8 model-machine pairs;
+      it changes only the order of floating-point operations, tests/test_fastpath.py).
+    * channels_last: only for ``CPU_CHANNELS_LAST_MODELS`` (the MNIST Inception net and the
+      d2l DenseNet gain; the CIFAR ResNets' 16-64 channels favour oneDNN's blocked NCHW path);
+      models the bench does not measure stay NCHW.
+    * compile (inductor, default mode): the CIFAR ResNet family (``CPU_COMPILE_FAMILIES``)
+      in runs of at least ``AUTO_COMPILE_CPU_MIN_ITERATIONS`` steps (4x the longer payback
+      measured, so compilation costs at most a quarter of what it saves); every other run,
+      and runs of unknown length, stay eager. Where compiling was slower (an AVX2-only EPYC)
+      ``auto`` is only a candidate: ``convnets.train.CompileTrial`` times both on the machine
+      that runs and keeps the faster.
 
     CUDA: channels_last and fused SGD on (the usual Tensor Core layout and the fused
     kernel); compile ``AUTO_COMPILE_CUDA`` until a GPU bench decides.
@@ -176,10 +164,8 @@ def resolve_runtime(rt: dict, model: str | None = None, iterations: int | None =
         v = rt[key]
         return auto[key] if v == "auto" else bool(v)
 
-    # CPU, measured by `make bench` (paper_tables/bench-cpu.md, 2-core Xeon with AMX): bf16
-    # autocast takes the trainer's ResNet-20 step from 469 to 685 images/s, ResNet-56 from 163
-    # to 267, the d2l DenseNet from 84 to 144. `precision: fp32` stays available: the
-    # deterministic mode in which resume is bitwise on every CPU.
+    # bf16 autocast where the CPU has it natively (faster in every bench row); `precision:
+    # fp32` stays available: the deterministic mode in which resume is bitwise on every CPU
     check_precision(rt, device)
     bf16 = resolved_precision(dict(rt, device=str(device))) == "bf16"
     comp = rt["compile"]

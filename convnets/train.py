@@ -219,8 +219,8 @@ def _train_epochs(run: RunState, step, logger, progress: bool, deadline,
 
 class CompileTrial:
     """``compile: auto`` on a CPU, timed on the machine that runs instead of taken from the
-    CPUs a bench once saw (on an AVX2-only EPYC compiling made ResNet-20 slower: 222 vs 321
-    images/s; on two others it was faster). The first ``WARMUP`` steps run compiled (the
+    CPUs a bench once saw (on an AVX2-only EPYC compiling made ResNet-20 slower, on two other
+    CPUs faster: docs/measurements.md). The first ``WARMUP`` steps run compiled (the
     compilation itself is not timed), then compiled and eager steps alternate until each has
     ``STEPS`` timings, and the faster median trains the rest of the run. Both steps update the
     same weights with the same arithmetic (only its order may differ), so the trial's steps

@@ -78,8 +78,8 @@ def stop_on_sigterm() -> None:
 def worker_threads(parallel: int) -> int | None:
     """torch threads for each of ``parallel`` CPU worker processes: the cores shared out
     (at least 1), unless ``$OMP_NUM_THREADS`` says otherwise (None: leave torch's default).
-    Each worker otherwise takes every core: on the 2-core EPYC, 2 workers x 2 threads trained
-    the seed004 MNIST ResNet at 300-500 images/s each, 3 workers x 1 thread at 2,400-3,000."""
+    Each worker otherwise takes every core, and oversubscribed workers crawl
+    (docs/measurements.md)."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     return thread_share(parallel)
