@@ -9,6 +9,7 @@ from pathlib import Path
 
 from convnets import tracking
 from convnets.config import eval_split
+from convnets.data import DatasetError
 from convnets.names import tracking_uri
 from experiments.deadline import parse_deadline
 from experiments.locks import StoreBroken, first_use_lock, ready_store
@@ -118,11 +119,15 @@ def _run(args) -> int:
         return 2
     at = f", to horizon {args.horizon}" if args.horizon else ""
     print(f"{spec['name']}: {len(jobs)} runs, profile {args.profile}{at}", flush=True)
-    if args.launcher == "slurm" and args.dry_run:
-        return submit(args, spec, jobs)
     if args.dry_run:
-        for job in jobs:
-            print(f"  {job.key} config {job.config_hash}")
+        try:  # an image folder's config key is its content: the folder is read to plan
+            if args.launcher == "slurm":
+                return submit(args, spec, jobs)
+            for job in jobs:
+                print(f"  {job.key} config {job.config_hash}")
+        except DatasetError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     try:
         tracking.check_store()

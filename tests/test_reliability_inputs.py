@@ -198,3 +198,17 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_one_line_before_any_run(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"the checkpoint folder {folder} cannot be written" in err[0], err
     assert not (tmp_path / "mlflow.db").exists()  # no store, so no run, was opened
+
+
+def test_a_dry_run_on_a_missing_image_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    """Failed on the main of 2026-12-07: `run ... --dataset imagefolder:/missing --dry-run`
+    printed a DatasetError traceback (an image folder's config key is its content)."""
+    from experiments.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for launcher in ("local", "slurm"):
+        assert main(["run", "degradation", "--profile", "smoke", "--seeds", "1", "--dataset",
+                     f"imagefolder:{tmp_path / 'missing'}", "--launcher", launcher,
+                     "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "image folder" in err[0] and "does not exist" in err[0], err
