@@ -117,7 +117,6 @@ def test_the_readmes_run_status_list_and_validate_commands_work_as_written(tmp_p
     import os
 
     from experiments.__main__ import main
-
     from tests.data_formats import write_imagefolder
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
