@@ -117,6 +117,56 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
     return _save(fig, stem)
 
 
+def variant_curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, stem: Path,
+                          smoke: bool = False, conditions: str = "") -> list[Path]:
+    """One panel per variant (a row per group), one line per seed: training error (dashed)
+    and evaluation error (solid) against iterations, each seed in its own colour; for
+    ablations with many variants, where one panel per group would stack them all."""
+    ok = runs[runs["status"] == RunStatus.FINISHED]
+    c = curves.merge(ok[["run_id", "group", "variant", "seed", "eval_split"]], on="run_id")
+    if c.empty:
+        return []
+    split = c["eval_split"].iloc[0]
+    groups = list(dict.fromkeys(ok["group"]))
+    variants = {g: list(dict.fromkeys(ok.loc[ok["group"] == g, "variant"])) for g in groups}
+    cols = min(5, max(len(v) for v in variants.values()))
+    # each group starts a row of its own and wraps after ``cols`` panels
+    place = [(g, v) for g in groups for v in variants[g]
+             + [None] * (-len(variants[g]) % cols)]
+    rows = len(place) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False,
+                             sharex=True, sharey=True)
+    seeds = sorted({int(s) for s in c["seed"].dropna()})
+    colour = {s: f"C{i % 10}" for i, s in enumerate(seeds)}
+    top = min(100.0, 1.05 * float(np.nanmax(c[["train_error", "eval_error"]].to_numpy())))
+    for i, (group, variant) in enumerate(place):
+        ax = axes[i // cols][i % cols]
+        if variant is None:
+            ax.set_visible(False)
+            continue
+        v = c[(c["group"] == group) & (c["variant"] == variant)]
+        for (seed, _), r in v.sort_values("iteration").groupby(["seed", "run_id"]):
+            ax.plot(r["iteration"], r["eval_error"], color=colour[int(seed)], lw=0.9)
+            ax.plot(r["iteration"], r["train_error"], color=colour[int(seed)], lw=0.9,
+                    ls=(0, (4, 2)))
+        ax.set_title(f"{group} / {variant} (n = {v['run_id'].nunique()})", fontsize=8)
+        ax.set_ylim(0, top)
+        ax.tick_params(labelsize=7, labelbottom=True)
+        if i % cols == 0:
+            ax.set_ylabel("error (%)", fontsize=8)
+        ax.set_xlabel("iteration", fontsize=8)
+    handles = [Line2D([], [], color=colour[s], label=f"seed {s}") for s in seeds]
+    handles += [Line2D([], [], color="k", label=split),
+                Line2D([], [], color="k", ls=(0, (4, 2)), label="train (running)")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7,
+               bbox_to_anchor=(0.5, -0.02))
+    text = f"training (dashed) and {split} (solid) error per variant, one line per seed"
+    fig.suptitle(_title(f"{conditions}\n{text}" if conditions else text, smoke), fontsize=9,
+                 y=1.02)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, stem)
+
+
 def paper_vs_ours_figure(table: pd.DataFrame, stem: Path, title: str, split: str = "test",
                          smoke: bool = False) -> list[Path]:
     """One row per variant: the paper's error (red X; 'fail' drawn at 20% with an arrow) beside

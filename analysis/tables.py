@@ -476,8 +476,10 @@ def write_claim(data: RunData, experiment: str, out: Path, profile: str | None,
             curves = data.curves
             if sec.horizon is not None:
                 curves = curves[curves["iteration"] <= sec.horizon]
-            figs += figures.curves_figure(sec.sel, curves, out / "figures" / stem, smoke,
-                                          b["cond"].title.split(":")[0])
+            draw_curves = (figures.variant_curves_figure
+                           if spec["tables"]["curves"] == "per_variant" else figures.curves_figure)
+            figs += draw_curves(sec.sel, curves, out / "figures" / stem, smoke,
+                                b["cond"].title.split(":")[0])
     entry = dict(name=name, experiment=experiment, built=built, figures=figs, smoke=smoke,
                  parts=data.parts)
     return entry, files + figs

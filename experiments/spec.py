@@ -59,7 +59,8 @@ SPEC_KEYS = {
 TABLE_KEYS = {
     "training_error": "true: also compare the training error (clean, and running), for claims "
                       "about trainability",
-    "curves": "true: draw the runs' training and test curves against iterations",
+    "curves": "true: draw the runs' training and test curves against iterations, a panel per "
+              "group; per_variant: a panel per variant, one line per seed (many variants)",
     "interactions": "list of {name, plus: [variants], minus: [variants], expect: higher | "
                     "lower}: a contrast of variant means, e.g. (a1 - a0) - (b1 - b0)",
     "comparisons": "list of {variant, reference, expect}: a variant against one outside its "
@@ -232,9 +233,11 @@ def _check_tables(where: str, tables: Any, groups: list) -> None:
     require_mapping(where, tables)
     check_keys(where, tables, TABLE_KEYS)
     variants = {v for g in groups for v in g["variants"]}
-    for key in ("training_error", "curves"):
-        if not isinstance(tables.get(key, False), bool):
-            raise SpecError(f"{where}.{key}: must be true or false")
+    if not isinstance(tables.get("training_error", False), bool):
+        raise SpecError(f"{where}.training_error: must be true or false")
+    curves = tables.get("curves", False)
+    if not (isinstance(curves, bool) or curves == "per_variant"):
+        raise SpecError(f"{where}.curves: must be true, false or per_variant")
     entries = [("interactions", e, ("plus", "minus")) for e in tables.get("interactions") or []]
     entries += [("comparisons", e, ("variant", "reference")) for e in
                 tables.get("comparisons") or []]

@@ -85,6 +85,35 @@ def test_curves_show_seeds_when_few_and_bands_when_enough(monkeypatch, seeds, ba
     assert ("one line per seed" in figs[0]._suptitle.get_text()) != bands
 
 
+def test_variant_curves_draw_a_panel_per_variant_and_a_line_per_seed(monkeypatch):
+    """curves: per_variant (the Identity Mappings ablations): each variant its own panel,
+    each seed its own train (dashed) and eval (solid) line, every point of its curve."""
+    spec = NOISY + [(g, v, "base", "", "", 7.0, "FINISHED") for g, v in
+                    [("G", "a"), ("G", "b"), ("G", "c"), ("G", "d"), ("H", "h")]]
+    runs = make_runs(spec, seeds=(0, 1, 2))
+    figs = _capture(monkeypatch)
+    figures.variant_curves_figure(runs, _curves(runs), "unused")
+    shown = [ax for ax in figs[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == [
+        f"{g} / {v} (n = 3)" for g, v in [("G", "base"), ("G", "close"), ("G", "a"), ("G", "b"),
+                                          ("G", "c"), ("G", "d"), ("H", "h")]]
+    # 7 variants: G wraps after 5 panels, H starts a row of its own (3 rows of 5)
+    assert len(figs[0].axes) == 15
+    for ax in shown:
+        lines = [ln for ln in ax.lines if len(ln.get_xdata()) == 3]
+        assert len(lines) == 3 * 2  # seeds x (train, eval)
+        assert sorted(str(ln.get_linestyle()) for ln in lines).count("-") == 3
+    assert "one line per seed" in figs[0]._suptitle.get_text()
+
+
+def test_a_tables_curves_value_is_checked():
+    from experiments.spec import SpecError, _check_tables
+
+    _check_tables("t", {"curves": "per_variant"}, [{"variants": {"a": {}}}])
+    with pytest.raises(SpecError, match="curves: must be true, false or per_variant"):
+        _check_tables("t", {"curves": "yes"}, [{"variants": {"a": {}}}])
+
+
 def test_paper_vs_ours_draws_paper_and_our_interval_per_variant(monkeypatch):
     spec = NOISY + [("G", "gone", "base", "fail", "", 30.0, "FINISHED"),
                     ("G", "free", "base", "", "", 6.0, "FINISHED")]
