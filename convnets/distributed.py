@@ -93,7 +93,7 @@ def _spawned(local_rank: int, nprocs: int, port: int, cfg: dict, run_id: str | N
         logger = tracking.RunLogger(tracking.client(), run_id)
     try:
         result = fit(cfg, logger=logger, checkpoint=checkpoint, progress=progress,
-                         checkpoint_meta={"run_id": run_id} if run_id else None)
+                     checkpoint_meta={"run_id": run_id} if run_id else None, resolved=True)
         payload: dict[str, Any] = {"result": result}
     except DivergedError as err:
         payload = {"diverged": str(err)}
@@ -104,7 +104,8 @@ def _spawned(local_rank: int, nprocs: int, port: int, cfg: dict, run_id: str | N
 
 
 def launch(cfg: dict, nprocs: int, *, run_id: str | None = None,
-           checkpoint: str | Path | None = None, progress: bool = True) -> RunResult:
+           checkpoint: str | Path | None = None, progress: bool = True,
+           resolved: bool = False) -> RunResult:
     """Train ``cfg`` on ``nprocs`` local processes (one per GPU on CUDA); rank 0 logs epochs into
     MLflow run ``run_id`` if given. Returns rank 0's result; raises ``DivergedError`` as ``fit``.
     The caller logs the final result and ends the run (as the experiment runner does)."""
@@ -114,7 +115,7 @@ def launch(cfg: dict, nprocs: int, *, run_id: str | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.pt")
         mp.spawn(_spawned, nprocs=nprocs, join=True,
-                 args=(nprocs, free_port(), resolve_config(cfg), run_id,
+                 args=(nprocs, free_port(), cfg if resolved else resolve_config(cfg), run_id,
                        str(checkpoint) if checkpoint else None, progress, out))
         # our own result file in a private temp dir (a RunResult dataclass), never a
         # checkpoint from a shared disk: the full unpickler is safe here
@@ -163,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     result, code = None, 0
     try:
         result = fit(cfg, logger=run.logger if run else None, checkpoint=args.checkpoint,
-                         progress=not args.no_progress, trace=trace,
-                         checkpoint_meta={"run_id": run.run_id} if run else None)
+                     progress=not args.no_progress, trace=trace,
+                     checkpoint_meta={"run_id": run.run_id} if run else None, resolved=True)
     except BaseException as err:  # diverged (on every rank: the loss is all-reduced), or not
         if run:
             run.fail_with(err)

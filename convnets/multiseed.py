@@ -153,10 +153,10 @@ def build_stack(cfg: dict, seeds: list[int], rt, data) -> SeedStack:
     return SeedStack(models, cfg, rt, data.mean, data.std)
 
 
-def unsupported(cfg: dict) -> str | None:
+def unsupported(cfg: dict, *, resolved: bool = False) -> str | None:
     """Why ``fit_seeds`` would refuse ``cfg``, or None: the runner checks it before opening
-    any run."""
-    cfg = resolve_config(cfg)
+    any run. ``resolved``: ``cfg`` is ``resolve_config``'s (as ``fit``'s)."""
+    cfg = cfg if resolved else resolve_config(cfg)
     try:
         _refuse_unsupported(cfg)
     except ValueError as err:
@@ -190,7 +190,7 @@ def _refuse_unsupported(cfg: dict) -> None:
 
 def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
               checkpoint_metas=None, dataset=None, on_epoch_end=None,
-              progress: bool = False) -> list:
+              progress: bool = False, resolved: bool = False) -> list:
     """Train ``cfg`` once per seed, all seeds in one batched network.
 
     Returns one entry per seed: its ``RunResult`` (as ``fit(dict(cfg, seed=s))`` would return,
@@ -199,9 +199,10 @@ def fit_seeds(cfg: dict, seeds: list[int], *, loggers=None, checkpoints=None,
     ``on_epoch_end`` is called per seed with its metrics and ``seed_index``.
     ``progress``: one bar (or plain lines) for the batched step: iterations, images/s of all
     seeds together, ETA; at each epoch end the mean loss and error over the seeds still alive.
+    ``resolved``: ``cfg`` is ``resolve_config``'s (as ``fit``'s).
     Raises ``MixedProgressError`` if existing checkpoints stand at different points.
     """
-    cfg = resolve_config(cfg)
+    cfg = cfg if resolved else resolve_config(cfg)
     _refuse_unsupported(cfg)
     k_seeds = len(seeds)
     loggers = loggers or [NullLogger() for _ in seeds]

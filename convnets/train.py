@@ -123,11 +123,14 @@ def fit(
     deadline: float | Callable[[], bool] | None = None,
     world: World | None = None,
     trace: list | None = None,
+    resolved: bool = False,
 ) -> RunResult | None:
     """Train one run as ``cfg`` says and return its curve, final metrics and predictions.
 
     Args:
-        cfg: config (see ``convnets.config.DEFAULTS``); resolved and validated here. Its
+        cfg: config (see ``convnets.config.DEFAULTS``); resolved and validated here unless
+            ``resolved`` says ``resolve_config`` made it (a runner's job: resolved once, by
+            ``experiments.spec.expand``, and never changed since). Its
             ``horizon`` stops the run at that iteration of the schedule (evaluated and
             checkpointed there); a later call with a larger one goes on from that checkpoint.
         logger: receives ``log_epoch(step, metrics)`` once per epoch (batched, one call).
@@ -155,7 +158,7 @@ def fit(
         DivergedError: the training loss became non-finite (the checkpoint is kept).
         DeadlineReached: ``deadline`` passed (the checkpoint resumes the run exactly).
     """
-    cfg = resolve_config(cfg)
+    cfg = cfg if resolved else resolve_config(cfg)
     world = world or World.current()
     per_rank = world.per_rank(cfg, deadline)
     logger = logger if logger is not None and world.main else NullLogger()

@@ -352,11 +352,11 @@ def _train(o: _Opened, *, progress: bool, ddp: int, deadline: Deadline | None) -
     try:
         if ddp > 1:  # data-parallel over `ddp` processes; rank 0 logs and checkpoints
             result = launch(o.job.config, ddp, run_id=o.run.run_id, checkpoint=o.ckpt,
-                            progress=progress)
+                            progress=progress, resolved=True)
         else:
             result = fit(o.job.config, logger=o.run.logger, checkpoint=o.ckpt,
                          progress=progress, checkpoint_meta={"run_id": o.run.run_id},
-                         deadline=deadline.passed if deadline else None)
+                         deadline=deadline.passed if deadline else None, resolved=True)
         return _finished(o, result)
     except BaseException as err:  # diverged, deadline, Ctrl-C/SIGTERM, or a crash: recorded
         return _failed(o, err)
@@ -420,7 +420,7 @@ def _train_seed_batch(rows: list[dict], opened: list[_Opened], *, progress: bool
                              loggers=[o.run.logger for o in opened],
                              checkpoints=[o.ckpt for o in opened],
                              checkpoint_metas=[{"run_id": o.run.run_id} for o in opened],
-                             progress=progress)
+                             progress=progress, resolved=True)
     except MixedProgressError as err:  # e.g. one seed went on alone earlier
         print(f"  {err}: these seeds train one at a time", flush=True)
         return rows + [_train(o, progress=progress, ddp=0, deadline=None) for o in opened]
@@ -448,7 +448,7 @@ def _run_batched(jobs: list[Job], k: int, *, force: bool, progress: bool,
         why = None
         if len(chunk) > 1:
             why = ("--deadline stops single runs only" if deadline is not None
-                   else multiseed.unsupported(job.config))
+                   else multiseed.unsupported(job.config, resolved=True))
         if why:
             print(f"[{job.experiment}] {job.group}/{job.variant}: seeds one at a time ({why})",
                   flush=True)

@@ -35,3 +35,24 @@ def test_the_ledgers_columns_are_the_records_fields_typed_as_declared():
     # every field but the store's own is a tag of the run; the trainer's are set at its end
     assert set(names.RESULT_TAGS) <= set(names.RECORD_TAGS)
     assert {"horizon", "precision", "dataset_checksum", "eval_split"} <= set(names.RESULT_TAGS)
+
+
+def test_a_runners_job_is_resolved_once_by_expand_not_again_by_the_trainer(monkeypatch,
+                                                                          tmp_path):
+    """Issue 44: resolve_config has one caller in the run path (the spec's expand); fit and
+    fit_seeds take the job's config as it is."""
+    import convnets.multiseed
+    import convnets.train
+    from experiments.__main__ import main
+
+    def again(cfg):
+        raise AssertionError("the trainer resolved a job's config again")
+
+    monkeypatch.setattr(convnets.train, "resolve_config", again)
+    monkeypatch.setattr(convnets.multiseed, "resolve_config", again)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    base = ["run", "degradation", "--profile", "smoke", "--variant", "resnet20",
+            "--set", "runtime.precision=fp32"]
+    assert main(base + ["--seeds", "1"]) == 0
+    assert main(base + ["--seeds", "3", "--seed", "1", "--seed", "2",
+                        "--batch-seeds", "2"]) == 0
