@@ -19,12 +19,12 @@ import pandas as pd
 import yaml
 
 from convnets import names
-from convnets.names import REPO_ROOT, RunStatus, data_identity_of, tracking_uri
+from convnets.names import RunStatus, data_identity_of, tracking_uri
 
 # mlflow is imported inside the functions that use it: it takes over a second to import, and
 # commands that never open a store (list, --dry-run, shifts, tables from the ledger) skip it.
 
-SNAPSHOT_DIR = REPO_ROOT / "paper_tables" / "data"
+SNAPSHOT_DIR = names.LEDGER_DIR
 
 # the columns of runs.csv, from the one run record (``convnets.names.RUN_RECORD``): the tags a
 # row reads from its run, then the columns of each type

@@ -19,6 +19,8 @@ SMOKE_PROFILES = ("smoke",)
 
 # --- the store ---------------------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the ledger: one folder per part (``analysis.ledger``), the evidence the tables are built from
+LEDGER_DIR = REPO_ROOT / "paper_tables" / "data"
 #: environment variable naming the MLflow store; unset: SQLite ``mlflow.db`` at the repo root
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_STORE = "mlflow.db"

@@ -31,10 +31,10 @@ from pathlib import Path
 import pandas as pd
 
 from convnets.config import hash_of_resolved, identified_hash
-from convnets.names import REPO_ROOT
+from convnets.names import LEDGER_DIR, REPO_ROOT
 from experiments.spec import SpecError, expand, load_spec
 
-LEDGER = REPO_ROOT / "paper_tables" / "data"
+LEDGER = LEDGER_DIR
 REKEY_FILE = LEDGER / "rekey.csv"
 COLUMNS = ["part", "experiment", "group", "variant", "profile", "precision", "old_hash",
            "new_hash", "how"]
