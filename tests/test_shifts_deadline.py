@@ -151,3 +151,66 @@ def test_a_shift_whose_runs_crash_exports_what_finished_and_fails(tmp_path, monk
 
     part = ledger.add_part(tmp_path / "OUT" / "shift.tgz", tmp_path / "ledger")
     assert ledger.validate_part(part)["n_runs"] == 1  # the finished run exported
+
+
+class _StopAfter(Deadline):
+    """A deadline that passes after ``n`` of fit's per-step checks (the lease's clock made
+    deterministic); far away for the runner's start check."""
+
+    def __init__(self, n: int):
+        super().__init__(time.time() + 3600)
+        object.__setattr__(self, "calls", [n])
+
+    def passed(self) -> bool:
+        self.calls[0] -= 1
+        return self.calls[0] < 0
+
+
+@pytest.mark.slow  # three smoke runs through two shifts: about 12 s idle, 25 s loaded
+def test_a_deadline_stop_brings_its_checkpoint_back_and_the_next_lease_finishes_it(
+        tmp_path, monkeypatch):
+    """Issue 42: a shift stopped by its deadline returns the stopped run's checkpoint
+    (checkpoint.tgz beside shift.tgz, within the device's limits); the next lease, on a bare
+    machine, carries both back, resumes that MLflow run from its checkpoint and ends with the
+    uninterrupted run's numbers (fp32, CPU: bitwise)."""
+    import argparse
+
+    from analysis import ledger
+    from experiments import shifts
+    from experiments.rehearsal import check_out
+    from experiments.spec import expand, load_spec
+
+    spec = _write(tmp_path, "leased", own=True)
+    jobs = expand(load_spec(spec), "smoke", seeds=1, only=["base"],
+                  sets=[("runtime.precision", "fp32")])
+    real = shifts.run_jobs
+    monkeypatch.setattr(shifts, "shift_jobs", lambda *a, **k: jobs)
+    monkeypatch.setattr(shifts, "shakedown", lambda js: js)
+    for key in ("MLFLOW_TRACKING_URI", "CONVNETS_ARTIFACTS", "CONVNETS_CHECKPOINTS"):
+        monkeypatch.delenv(key, raising=False)  # run_shift sets them under --store
+    queue, raw = shifts.load_queue()
+
+    def lease(out, carry, stop_after):  # a bare store each time (the device keeps nothing)
+        store = tmp_path / f"store-{out.name}"
+        monkeypatch.setattr(shifts, "run_jobs", lambda js, **kw: real(
+            js, **dict(kw, deadline=_StopAfter(stop_after) if stop_after else None)))
+        args = argparse.Namespace(out=out, id=queue[0].id, profile="smoke", data_dir=None,
+                                  deadline="10m", store=store, resume=carry)
+        shifts.run_shift(args, queue, raw)
+        return ledger.add_part(out / "shift.tgz", tmp_path / f"ledger-{out.name}")
+
+    part1 = lease(tmp_path / "OUT1", None, stop_after=3)  # 4 steps an epoch: inside epoch 1
+    assert sorted(p.name for p in (tmp_path / "OUT1").iterdir()) == ["checkpoint.tgz",
+                                                                     "shift.tgz"]
+    assert check_out(tmp_path / "OUT1") == []
+    (stopped,) = ledger.load_ledger(part1.parent).runs.itertuples()
+    assert stopped.status == "KILLED" and stopped.failure_kind == "deadline"
+    part2 = lease(tmp_path / "OUT2", tmp_path / "OUT1" / "shift.tgz", stop_after=0)
+    assert not (tmp_path / "OUT2" / "checkpoint.tgz").exists()
+    (done,) = ledger.load_ledger(part2.parent).runs.itertuples()
+    assert done.status == "FINISHED" and done.run_id == stopped.run_id
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'straight.db'}")
+    monkeypatch.setenv("CONVNETS_CHECKPOINTS", str(tmp_path / "straight-ckpt"))
+    (straight,) = real(jobs)
+    assert straight["error"] == done.final_error
