@@ -38,21 +38,22 @@ def test_the_ledgers_columns_are_the_records_fields_typed_as_declared():
 
 
 def test_a_runners_job_is_resolved_once_by_expand_not_again_by_the_trainer(monkeypatch,
+                                                                          mlflow_store,
                                                                           tmp_path):
     """Issue 44: resolve_config has one caller in the run path (the spec's expand); fit and
     fit_seeds take the job's config as it is."""
     import convnets.multiseed
     import convnets.train
-    from experiments.__main__ import main
+    from experiments.runner import run_jobs
+    from tests.test_experiments import _write
 
     def again(cfg):
         raise AssertionError("the trainer resolved a job's config again")
 
+    spec = load_spec(_write(tmp_path, "resolved-once", own=True))
+    jobs = expand(spec, "smoke", seeds=3, only=["base"], sets=[("runtime.precision", "fp32")])
     monkeypatch.setattr(convnets.train, "resolve_config", again)
     monkeypatch.setattr(convnets.multiseed, "resolve_config", again)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    base = ["run", "degradation", "--profile", "smoke", "--variant", "resnet20",
-            "--set", "runtime.precision=fp32"]
-    assert main(base + ["--seeds", "1"]) == 0
-    assert main(base + ["--seeds", "3", "--seed", "1", "--seed", "2",
-                        "--batch-seeds", "2"]) == 0
+    rows = run_jobs(jobs[:1], progress=False)  # one run: fit
+    rows += run_jobs(jobs[1:], progress=False, batch_seeds=2)  # two seeds batched: fit_seeds
+    assert [r["status"] for r in rows] == ["FINISHED"] * 3, rows
