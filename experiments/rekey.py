@@ -68,22 +68,40 @@ def _new_key(spec_path: Path, row) -> str | None:
     return None
 
 
-def _rows_from_configs(part: Path) -> list[dict]:
+def _configs_by_key(ledger: Path) -> dict[str, tuple[str, dict]]:
+    """Every part's configs, by each key they give under the rules of their time (today's and
+    "spelled"): a run whose own part lacks its config (a run resumed from a checkpoint made
+    before configs were kept) is re-keyed from a config of another part that gives the same
+    recorded key, since a key names one config."""
+    out: dict[str, tuple[str, dict]] = {}
+    for path in sorted(Path(ledger).glob("*/configs.json")):
+        for cfg in json.loads(path.read_text()).values():
+            for rule in ("spelled", "identity"):
+                out.setdefault(identified_hash(cfg, rule=rule), (path.parent.name, cfg))
+    return out
+
+
+def _rows_from_configs(part: Path, elsewhere: dict[str, tuple[str, dict]]) -> list[dict]:
     """Rows of a part that holds its configs (``configs.json``): each key recomputed from its
     resolved config, once the config is shown to give the recorded key under a rule of its
-    time ("spelled" or today's); a key its config does not give is left as it is, saying so."""
+    time ("spelled" or today's); a key missing from the part's configs from another part's
+    config that gives it (``elsewhere``); a key no config gives is left as it is, saying so."""
     configs = json.loads((part / "configs.json").read_text())
     runs = pd.read_csv(part / "runs.csv", dtype=str, keep_default_na=False)
     keys = runs[["experiment", "group", "variant", "profile", "precision", "config_hash"]]
     rows = []
     for row in keys.drop_duplicates().itertuples(index=False):
         cfg, new, how = configs.get(row.config_hash), row.config_hash, "no config in the part"
+        source = "the part's configs.json"
+        if cfg is None and row.config_hash in elsewhere:
+            other, cfg = elsewhere[row.config_hash]
+            source = f"the configs.json of {other} (a config giving the same key)"
         if cfg is not None:
             made = {rule: identified_hash(cfg, rule=rule) for rule in ("spelled", "identity")}
             if row.config_hash in made.values():
-                new, how = made["identity"], "recomputed from the part's configs.json"
+                new, how = made["identity"], f"recomputed from {source}"
             else:
-                how = "not reproduced from the part's configs.json: kept as it is"
+                how = f"not reproduced from {source}: kept as it is"
         rows.append(dict(part=part.name, experiment=row.experiment, group=row.group,
                          variant=row.variant, profile=row.profile, precision=row.precision,
                          old_hash=row.config_hash, new_hash=new, how=how))
@@ -94,11 +112,12 @@ def rekey_rows(ledger: Path = LEDGER) -> pd.DataFrame:
     """One row per (part, old key) of every part: from the specs' history for a part without
     ``configs.json``, from its configs for one with them."""
     rows = []
+    elsewhere = _configs_by_key(Path(ledger))
     with tempfile.TemporaryDirectory() as tmp:
         for manifest in sorted(Path(ledger).glob("*/MANIFEST.json")):
             part = manifest.parent
             if (part / "configs.json").exists():
-                rows += _rows_from_configs(part)
+                rows += _rows_from_configs(part, elsewhere)
                 continue
             runs = pd.read_csv(part / "runs.csv", dtype=str, keep_default_na=False)
             keys = runs[["experiment", "group", "variant", "profile", "precision",
