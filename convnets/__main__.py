@@ -14,6 +14,7 @@ from tabulate import tabulate
 
 from convnets.complexity import complexity, stage_table
 from convnets.models import build_model, get_entry, list_models
+from convnets.names import IMAGEFOLDER
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -86,7 +87,7 @@ def fetch(names: list[str], data_dir: str | None) -> int:
             print(f"error: {name}: {err}", file=sys.stderr)
             return 2
         c, h, w = ds.train.images.shape[1:]
-        at = "" if name.strip().lower().startswith("imagefolder:") else f"; in {where}"
+        at = "" if name.strip().lower().startswith(IMAGEFOLDER) else f"; in {where}"
         print(f"{ds.name}: {len(ds.train):,} train / {len(ds.test):,} test images, "
               f"{len(ds.classes)} classes, {c}x{h}x{w}, checksum {ds.checksum} "
               f"({ds.label}{at})")

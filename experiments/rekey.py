@@ -34,8 +34,7 @@ from convnets.config import hash_of_resolved, identified_hash
 from convnets.names import LEDGER_DIR, REPO_ROOT
 from experiments.spec import SpecError, expand, load_spec
 
-LEDGER = LEDGER_DIR
-REKEY_FILE = LEDGER / "rekey.csv"
+REKEY_FILE = LEDGER_DIR / "rekey.csv"
 COLUMNS = ["part", "experiment", "group", "variant", "profile", "precision", "old_hash",
            "new_hash", "how"]
 
@@ -108,7 +107,7 @@ def _rows_from_configs(part: Path, elsewhere: dict[str, tuple[str, dict]]) -> li
     return rows
 
 
-def rekey_rows(ledger: Path = LEDGER) -> pd.DataFrame:
+def rekey_rows(ledger: Path = LEDGER_DIR) -> pd.DataFrame:
     """One row per (part, old key) of every part: from the specs' history for a part without
     ``configs.json``, from its configs for one with them."""
     rows = []
@@ -141,7 +140,7 @@ def rekey_rows(ledger: Path = LEDGER) -> pd.DataFrame:
                            ignore_index=True)
 
 
-def write_rekey(ledger: Path = LEDGER) -> Path:
+def write_rekey(ledger: Path = LEDGER_DIR) -> Path:
     """Write ``rekey.csv`` beside the parts; returns its path."""
     path = Path(ledger) / REKEY_FILE.name
     rekey_rows(ledger).to_csv(path, index=False)

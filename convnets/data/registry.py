@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from convnets.names import data_identity_of
+from convnets.names import IMAGEFOLDER, data_identity_of
 
 from .cifar import _load_cifar
 from .dataset import Dataset, DatasetError
@@ -49,7 +49,7 @@ def _stripped_name(name: Any) -> str:
 
 
 def _is_imagefolder(raw: str) -> bool:
-    return raw.lower().startswith("imagefolder:")
+    return raw.lower().startswith(IMAGEFOLDER)
 
 
 def _loader_key(raw: str) -> str:
