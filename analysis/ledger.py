@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from convnets.names import SMOKE_PROFILES, RunStatus, data_identity_of
+from convnets.names import DIVERGED, SMOKE_PROFILES, RunStatus, data_identity_of
 
 from .runs import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
 
@@ -374,6 +375,37 @@ def rekeyed(runs: pd.DataFrame, ledger: Path) -> pd.DataFrame:
                                                                    runs["config_hash"],
                                                                    strict=True)]
     return runs
+
+
+def reach(ledger: Path = LEDGER_DIR) -> dict[tuple[str, int], float]:
+    """How far the ledger answers each (config key, seed): the horizon of its furthest
+    finished run, ``inf`` for one that ran to its schedule's end or diverged (a diverged run
+    is a result at every later horizon too). Killed and crashed runs answer nothing. Every
+    part is validated first (a corrupt part is a ``PartError``, never a silent answer);
+    empty when the ledger has no part."""
+    try:
+        with warnings.catch_warnings():  # a run counted once from two parts: the tables say so
+            warnings.simplefilter("ignore")
+            runs = load_ledger(ledger).runs
+    except FileNotFoundError:
+        return {}
+    finished = runs["status"] == RunStatus.FINISHED
+    diverged = (runs["status"] == RunStatus.FAILED) & runs["failure_kind"].isin(["", DIVERGED])
+    far = pd.to_numeric(runs["horizon"], errors="coerce").where(finished).fillna(math.inf)
+    out: dict[tuple[str, int], float] = {}
+    for key, seed, h in zip(runs["config_hash"][finished | diverged],
+                            runs["seed"][finished | diverged], far[finished | diverged],
+                            strict=True):
+        k = (str(key), int(seed))
+        out[k] = max(out.get(k, -math.inf), float(h))
+    return out
+
+
+def holds(reached: dict[tuple[str, int], float], key: str, seed: int,
+          horizon: int | None) -> bool:
+    """Whether ``reached`` (``reach``) answers config ``key``, ``seed`` at ``horizon`` (None:
+    the schedule's end): a run that got at least that far."""
+    return reached.get((key, int(seed)), -math.inf) >= (math.inf if horizon is None else horizon)
 
 
 def _same_result(a, b) -> bool:

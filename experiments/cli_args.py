@@ -26,7 +26,10 @@ def add_plan_arguments(p) -> None:
     p.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
     p.add_argument("--seed", type=int, action="append", default=[], metavar="S",
                    help="only seed S of those (0-based; repeatable), e.g. the seeds that no "
-                        "ledger part holds yet")
+                        "ledger part holds yet (or --missing)")
+    p.add_argument("--missing", action="store_true",
+                   help="only the runs the committed ledger (paper_tables/data) does not hold "
+                        "yet at this horizon: a campaign goes on from its parts on any machine")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run, e.g. --set optim.lr=0.05")
     p.add_argument("--variant", action="append", default=[],

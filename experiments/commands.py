@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from analysis import ledger
 from convnets import tracking
 from convnets.config import eval_split
 from convnets.data import DatasetError
@@ -36,15 +37,32 @@ def _jobs(args):
         horizon=args.horizon,
         tuned_lr=tuned_lrs(args.name) if args.lr == "tuned" else None,
     )
-    if not args.seed:
-        return spec, jobs
-    have = sorted({job.seed for job in jobs})
-    wrong = [s for s in args.seed if s not in have]
-    if wrong or len(set(args.seed)) < len(args.seed):
-        what = (f"seed {wrong[0]} is not among the run's seeds {have[0]}-{have[-1]} (raise "
-                "--seeds to reach it)" if wrong else "a seed is given twice")
-        raise SpecError(f"--seed: {what}")
-    return spec, [job for job in jobs if job.seed in args.seed]
+    if args.seed:
+        have = sorted({job.seed for job in jobs})
+        wrong = [s for s in args.seed if s not in have]
+        if wrong or len(set(args.seed)) < len(args.seed):
+            what = (f"seed {wrong[0]} is not among the run's seeds {have[0]}-{have[-1]} (raise "
+                    "--seeds to reach it)" if wrong else "a seed is given twice")
+            raise SpecError(f"--seed: {what}")
+        jobs = [job for job in jobs if job.seed in args.seed]
+    return spec, _missing(jobs, args.horizon) if args.missing else jobs
+
+
+def _missing(jobs, horizon):
+    """``--missing``: the jobs no ledger part answers at ``horizon``; says which it drops."""
+    try:
+        reached = ledger.reach()
+        held = [j for j in jobs if ledger.holds(reached, j.config_hash, j.seed, horizon)]
+    except (ledger.PartError, DatasetError) as err:  # the keys of an image folder read it
+        raise SpecError(f"--missing: {err}") from None
+    seeds: dict[str, list[int]] = {}
+    for j in held:
+        seeds.setdefault(f"{j.group}/{j.variant}", []).append(j.seed)
+    where = f"at horizon {horizon}" if horizon else "to the schedule's end"
+    print(f"--missing: the ledger holds {len(held)} of {len(jobs)} runs {where}"
+          + "".join(f"\n  held: {v} seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}"
+                    for v, s in seeds.items()), flush=True)
+    return [j for j in jobs if all(j is not h for h in held)]
 
 
 def _checked_jobs(args):

@@ -105,14 +105,15 @@ def _key(experiment, group, variant, seed, profile) -> tuple:
 
 
 def done_keys(ledger_dir: Path | None = None) -> set[tuple]:
-    """(experiment, group, variant, seed, profile) of every result in the ledger."""
+    """(experiment, group, variant, seed, profile) of every result in the ledger that a shift's
+    run (to its schedule's end) would give: a run stopped at a horizon is not one."""
     try:
         data = ledger.load_ledger(ledger_dir or ledger.LEDGER_DIR, validate=False)
     except FileNotFoundError:
         return set()
     r = data.runs
-    ok = (r["status"] == RunStatus.FINISHED) | ((r["status"] == RunStatus.FAILED)
-                                                & (r["failure_kind"].isin(["", DIVERGED])))
+    ok = (((r["status"] == RunStatus.FINISHED) & (r["horizon"].astype(str) == ""))
+          | ((r["status"] == RunStatus.FAILED) & (r["failure_kind"].isin(["", DIVERGED]))))
     return {_key(x.experiment, x.group, x.variant, x.seed, x.profile)
             for x in r[ok].itertuples()}
 
