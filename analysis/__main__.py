@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--device-seconds", type=float, default=None,
                     help="device time the campaign used (default: sum of run wall times)")
     ex.add_argument("--part-id", default=None)
+    ex.add_argument("--new", action="store_true",
+                    help="only the runs no part of --ledger holds as they are now (a run "
+                         "finished or extended to a later horizon since is new): a store "
+                         "that outlived its last export gives a part of its new runs only")
     ad = sub.add_parser("add-part", help="validate a part (or a campaign OUT folder holding "
                         "one) and copy it into the ledger")
     ad.add_argument("src", type=Path)
@@ -77,7 +81,11 @@ def _run(args, uri: str) -> None:
     if args.cmd == "collect":
         print(f"{uri}\n{_summary(runs.collect(uri))}")
     elif args.cmd == "export":
-        data = runs.load_mlflow(uri)
+        keep = (lambda r: ledger.new_to(r, args.ledger)) if args.new else None
+        data = runs.load_mlflow(uri, keep=keep)
+        if args.new and data.runs.empty:
+            raise FileNotFoundError(f"nothing new in {uri}: {args.ledger} holds every ended "
+                                    "run of the store as it is; no part written")
         if args.part or args.out is None:
             path = ledger.write_part(data, args.ledger, device=args.device, started=args.started,
                                      ended=args.ended, device_seconds=args.device_seconds,

@@ -401,6 +401,22 @@ def reach(ledger: Path = LEDGER_DIR) -> dict[tuple[str, int], float]:
     return out
 
 
+def new_to(runs: pd.DataFrame, ledger: Path = LEDGER_DIR) -> pd.Series:
+    """Which of ``runs`` (a store's) no part of ``ledger`` holds as they are now: a run id no
+    part has, or one a part holds as it was before it finished or went to a later horizon.
+    Every part is validated first."""
+    have = set()
+    for path in list_parts(ledger):
+        validate_part(path)
+        r = load_snapshot(path).runs
+        have |= set(zip(r["run_id"].astype(str), r["status"].astype(str),
+                        r["horizon"].astype(str), strict=True))
+    return pd.Series([k not in have for k in zip(runs["run_id"].astype(str),
+                                                 runs["status"].astype(str),
+                                                 runs["horizon"].astype(str), strict=True)],
+                     index=runs.index, dtype=bool)
+
+
 def holds(reached: dict[tuple[str, int], float], key: str, seed: int,
           horizon: int | None) -> bool:
     """Whether ``reached`` (``reach``) answers config ``key``, ``seed`` at ``horizon`` (None:

@@ -137,10 +137,12 @@ def _curve(path: Path, run_id: str) -> pd.DataFrame:
     return df.assign(run_id=run_id).reindex(columns=CURVE_COLUMNS)
 
 
-def load_mlflow(uri: str | None = None) -> RunData:
-    """Runs, their curves and their test-set predictions, straight from the store."""
+def load_mlflow(uri: str | None = None, keep=None) -> RunData:
+    """Runs, their curves and their test-set predictions, straight from the store; ``keep``
+    (runs -> boolean mask) picks the runs before any artifact is read."""
     uri = uri or tracking_uri()
-    data = RunData(collect(uri))
+    runs = collect(uri)
+    data = RunData(runs if keep is None else runs[keep(runs)].reset_index(drop=True))
     curves = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, r in enumerate(data.runs.itertuples()):

@@ -173,3 +173,34 @@ def test_a_part_holds_each_config_and_no_path_of_the_machine(store, tmp_path):
     text = (part / "runs.csv").read_text()
     assert "file://" not in text and "/home/someone" not in (part / "configs.json").read_text()
     assert ledger.load_ledger(tmp_path).configs == configs
+
+
+def test_export_new_writes_only_what_the_ledger_lacks(tmp_path, capsys):
+    """A store outlives its export: ``export --part --new`` writes the runs no part holds as they
+    are (new runs, and a run extended to a later horizon since), and nothing when nothing is
+    new."""
+    from mlflow import MlflowClient
+
+    from analysis import ledger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("degradation", artifact_location=(tmp_path / "art").as_uri())
+    first = [_log_run(client, exp, tmp_path, *VARIANTS[0], seed, "FINISHED") for seed in (0, 1)]
+    client.set_tag(first[0], "horizon", "1600")
+    parts = tmp_path / "ledger"
+    export = ["--tracking-uri", uri, "export", "--part", "--ledger", str(parts), "--device",
+              "test CPU"]
+    main([*export, "--part-id", "p1"])
+    with pytest.raises(SystemExit):
+        main([*export, "--new", "--part-id", "p2"])
+    assert "nothing new" in capsys.readouterr().err and not (parts / "p2").exists()
+    client.set_tag(first[0], "horizon", "3200")  # extended since
+    later = _log_run(client, exp, tmp_path, *VARIANTS[2], 0, "FINISHED")
+    main([*export, "--new", "--part-id", "p3"])
+    p3 = ledger.validate_part(parts / "p3")
+    assert p3["n_runs"] == 2
+    assert set(pd.read_csv(parts / "p3" / "runs.csv")["run_id"]) == {first[0], later}
+    with pytest.warns(UserWarning, match="counted once, from p3"):  # the extended run
+        held = ledger.load_ledger(parts).runs.set_index("run_id")
+    assert len(held) == 3 and str(held.loc[first[0], "horizon"]) == "3200"
