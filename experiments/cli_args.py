@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"ISO 8601; default ${ENV}. Runs that cannot finish are not "
                             "started; the running one is checkpointed and marked KILLED; "
                             "rerunning resumes. Exit 0.")
+    p_run.add_argument("--partial", action="store_true",
+                       help="with --deadline: start runs that cannot finish by then too; they "
+                            "stop there with an exact checkpoint and the next call resumes "
+                            "them (for a machine whose disk outlives the deadline)")
     add_slurm_arguments(p_run)
     p_status = sub.add_parser("status", help="where each run of a spec stands: pending, running, "
                               "finished, failed, killed, with its Slurm job and MLflow run")

@@ -4,6 +4,7 @@ for them: it imports torch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -85,6 +86,11 @@ def _checked_jobs(args):
         deadline = parse_deadline(args.deadline)
     except ValueError as err:
         raise SpecError(f"--deadline: {err}") from None
+    if args.partial:
+        if deadline is None or args.launcher == "slurm":
+            raise SpecError("--partial: needs --deadline (and a local run: a Slurm task's "
+                            "deadline is its time limit, where it requeues itself)")
+        deadline = dataclasses.replace(deadline, partial=True)
     spec, jobs = _jobs(args)
     require_devices(jobs)
     if args.lr == "tuned":

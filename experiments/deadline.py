@@ -3,8 +3,9 @@
 ``--deadline`` (or ``$CONVNETS_DEADLINE``) is a number of seconds from now (``480``, ``8m``,
 ``2h``), a clock time today, UTC (``21:30``), or an ISO 8601 time (``2026-12-01T21:30:00Z``).
 Before a job starts, its time is estimated from the wall time of a finished run of the same
-config (another seed); a job that would end after the deadline is not started. A started job
-stops at the first iteration boundary past the deadline with an exact checkpoint.
+config (another seed); a job that would end after the deadline is not started (``run
+--partial`` starts it anyway). A started job stops at the first iteration boundary past the
+deadline with an exact checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ START_OVERHEAD_S = 15.0
 @dataclass(frozen=True)
 class Deadline:
     at: float  # time.time() value
+    #: start runs that cannot finish by ``at`` too (``run --partial``): on a machine whose disk
+    #: outlives the deadline, their checkpoints carry the work to the next call
+    partial: bool = False
 
     def left(self) -> float:
         return self.at - time.time()
@@ -38,6 +42,8 @@ class Deadline:
         left = self.left()
         if left <= 0:
             return "deadline passed"
+        if self.partial:
+            return ""
         est = estimate_seconds(client, exp_id, config_hash, iterations)
         if est is None:
             return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -45,6 +46,25 @@ def test_parse_deadline_forms():
     assert now < at <= now + 86400 and at % 86400 == 0
     with pytest.raises(ValueError, match="'soon'"):
         parse_deadline("soon")
+
+
+class _StoreWithOneFinishedRun:
+    """What ``Deadline.refuse`` asks the MLflow client: a finished run of the config that took
+    100 s."""
+
+    def search_runs(self, *args, **kwargs):
+        return [SimpleNamespace(data=SimpleNamespace(metrics={"wall_time_s": 100.0}, tags={}))]
+
+
+def test_partial_starts_a_run_that_cannot_finish_and_only_with_a_deadline(tmp_path, capsys):
+    store, ckpt = _StoreWithOneFinishedRun(), tmp_path / "none.pt"
+    soon = time.time() + 60
+    assert Deadline(soon).refuse(store, "1", "cfg", ckpt).startswith("needs about 115 s")
+    assert Deadline(soon, partial=True).refuse(store, "1", "cfg", ckpt) == ""
+    assert Deadline(time.time() - 1, partial=True).refuse(store, "1", "cfg", ckpt) == \
+        "deadline passed"
+    assert main(["run", "degradation", "--partial", "--dry-run"]) == 2
+    assert "--partial: needs --deadline" in capsys.readouterr().err
 
 
 def test_deadline_stops_resumes_and_skips(mlflow_store, tmp_path, monkeypatch, capsys):
