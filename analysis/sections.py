@@ -242,6 +242,20 @@ def conditions(sec: Section, configs: dict, spec: dict) -> Conditions:
                       f"({sec.profile} profile, not the paper's schedule)", False)
 
 
+def not_run(sec: Section, spec: dict) -> list[str]:
+    """The variants the spec plans for the section's profile with no run in the section, as
+    'group: variant, variant' (their rows are absent from its tables)."""
+    only = ((spec.get("profiles") or {}).get(sec.profile) or {}).get("variants")
+    have = set(zip(sec.sel["group"], sec.sel["variant"], strict=True))
+    out: dict[str, list[str]] = {}
+    for g in spec.get("groups") or []:
+        for v in g.get("variants") or {}:
+            planned = only is None or v in only or f"{g['name']}/{v}" in only
+            if planned and (g["name"], v) not in have:
+                out.setdefault(g["name"], []).append(v)
+    return [f"{g}: {', '.join(vs)}" for g, vs in out.items()]
+
+
 ACCOUNT_HEADER = "Runs: planned / finished / failed / killed / crashed / never started"
 
 

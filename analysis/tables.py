@@ -20,6 +20,7 @@ from .sections import (
     account,
     conditions,
     crashed,
+    not_run,
     paper_schedule,
     read_spec,
     sections,
@@ -345,6 +346,8 @@ def build_section(sec: Section, data: RunData, experiment: str, spec: dict) -> d
               "trained once and counted in both tables"
               for (g, v, src), x in served.groupby(["group", "variant", "served_from"],
                                                    sort=False)]
+    if absent := not_run(sec, spec):
+        notes.append("Planned, with no run here (no rows below): " + "; ".join(absent))
     dups = [d for d in data.duplicates if d.startswith(f"run {experiment}/")]
     notes += [f"Duplicates across parts: {len(dups)} run(s) counted once "
               "(a finished run over an unfinished one, then the part that ended last)"] \

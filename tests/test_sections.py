@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from analysis import runs as io
 from analysis import stats, tables
-from analysis.sections import account, sections
+from analysis.sections import account, not_run, read_spec, sections
 from tests.test_analysis_tables import make_runs
 
 A1 = np.array([20.1, 21.3, 19.7, 20.8])
@@ -121,6 +121,11 @@ def test_every_planned_run_is_accounted_for():
     acc = account(sec, spec)
     assert acc[("residual", "resnet20")] == "5 / 4 / 0 / 0 / 0 / 1 (seed 4)"
     assert acc[("residual", "resnet56")] == "5 / 2 / 0 / 1 / 0 / 2 (seeds 3, 4)"
+    # a planned group with no run in the section (ResNet-164 before a GPU runs it) is named
+    groups = read_spec("degradation")["groups"]
+    assert not_run(sec, dict(spec, groups=groups)) == ["plain: plain20, plain56"]
+    only = {"paper": {"seeds": 5, "variants": ["resnet20", "residual/resnet56", "plain20"]}}
+    assert not_run(sec, {"profiles": only, "groups": groups}) == ["plain: plain20"]
 
 
 def test_a_live_store_never_writes_over_the_ledgers_tables(tmp_path, capsys):
