@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from convnets.names import DIVERGED, SMOKE_PROFILES, RunStatus, data_identity_of
+from convnets.names import SMOKE_PROFILES, RunStatus, data_identity_of
 
 from .runs import SNAPSHOT_DIR, RunData, export_snapshot, load_snapshot
+from .sections import reached_end, results
 
 LEDGER_DIR = SNAPSHOT_DIR  # paper_tables/data
 MANIFEST = "MANIFEST.json"
@@ -389,13 +390,11 @@ def reach(ledger: Path = LEDGER_DIR) -> dict[tuple[str, int], float]:
             runs = load_ledger(ledger).runs
     except FileNotFoundError:
         return {}
-    finished = runs["status"] == RunStatus.FINISHED
-    diverged = (runs["status"] == RunStatus.FAILED) & runs["failure_kind"].isin(["", DIVERGED])
-    far = pd.to_numeric(runs["horizon"], errors="coerce").where(finished).fillna(math.inf)
+    ok = results(runs)  # finished, or diverged
+    stopped = (runs["status"] == RunStatus.FINISHED) & ~reached_end(runs)  # at a horizon
+    far = pd.to_numeric(runs["horizon"], errors="coerce").where(stopped).fillna(math.inf)
     out: dict[tuple[str, int], float] = {}
-    for key, seed, h in zip(runs["config_hash"][finished | diverged],
-                            runs["seed"][finished | diverged], far[finished | diverged],
-                            strict=True):
+    for key, seed, h in zip(runs["config_hash"][ok], runs["seed"][ok], far[ok], strict=True):
         k = (str(key), int(seed))
         out[k] = max(out.get(k, -math.inf), float(h))
     return out

@@ -30,9 +30,10 @@ import yaml
 from analysis import ledger
 from analysis import runs as run_store
 from analysis.ledger import local_device
+from analysis.sections import reached_end, results
 from convnets.complexity import registered_complexity
 from convnets.models import get_entry
-from convnets.names import DIVERGED, RunStatus, tracking_uri
+from convnets.names import RunStatus, tracking_uri
 from convnets.optim import plan_iterations
 from convnets.runtime import Runtime, resolve_runtime
 from convnets.train import fit
@@ -112,8 +113,7 @@ def done_keys(ledger_dir: Path | None = None) -> set[tuple]:
     except FileNotFoundError:
         return set()
     r = data.runs
-    ok = (((r["status"] == RunStatus.FINISHED) & (r["horizon"].astype(str) == ""))
-          | ((r["status"] == RunStatus.FAILED) & (r["failure_kind"].isin(["", DIVERGED]))))
+    ok = results(r) & ((r["status"] != RunStatus.FINISHED) | reached_end(r))
     return {_key(x.experiment, x.group, x.variant, x.seed, x.profile)
             for x in r[ok].itertuples()}
 

@@ -23,6 +23,7 @@ def _ledger_with_fates(root: Path) -> dict[str, tuple[str, int]]:
     runs = data.runs[data.runs["experiment"] == "degradation"].reset_index(drop=True)
     fates = {"horizon800": 0, "killed": 2, "crashed": 4, "diverged": 6}  # seed 0 of each net
     runs.loc[fates["horizon800"], "horizon"] = "800"
+    runs.loc[1, ["horizon", "total_iterations"]] = "64"  # a run to its end names it (since 12-07)
     runs.loc[fates["killed"], ["status", "failure_kind"]] = [RunStatus.KILLED, "interrupted"]
     runs.loc[fates["crashed"], ["status", "failure_kind"]] = [RunStatus.FAILED, "error"]
     runs.loc[fates["diverged"], ["status", "failure_kind"]] = [RunStatus.FAILED, DIVERGED]
