@@ -136,6 +136,7 @@ GROUPS = {"optim": {"lr_mult": [["head.fc", 0.5]], "bias_lr_mult": 2.0, "bias_de
           "schedule": {"unit": "epochs", "length": 2, "drops": [0.5]}}
 
 
+@pytest.mark.slow  # batched parameter groups (per-group lr and decay); make test has option A
 def test_parameter_groups_train_as_in_fit_in_float64(float64):
     """The batched SGD is fit's own (``make_optimizer`` over the stacked tensors), so recipes
     with parameter groups train as K single runs do, bit for bit in float64."""
