@@ -378,17 +378,25 @@ def rekeyed(runs: pd.DataFrame, ledger: Path) -> pd.DataFrame:
     return runs
 
 
+def _quiet_runs(ledger: Path) -> pd.DataFrame | None:
+    """The validated ledger's runs without the duplicate warnings (the tables report those);
+    None when it has no part."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_ledger(ledger).runs
+    except FileNotFoundError:
+        return None
+
+
 def reach(ledger: Path = LEDGER_DIR) -> dict[tuple[str, int], float]:
     """How far the ledger answers each (config key, seed): the horizon of its furthest
     finished run, ``inf`` for one that ran to its schedule's end or diverged (a diverged run
     is a result at every later horizon too). Killed and crashed runs answer nothing. Every
     part is validated first (a corrupt part is a ``PartError``, never a silent answer);
     empty when the ledger has no part."""
-    try:
-        with warnings.catch_warnings():  # a run counted once from two parts: the tables say so
-            warnings.simplefilter("ignore")
-            runs = load_ledger(ledger).runs
-    except FileNotFoundError:
+    runs = _quiet_runs(ledger)
+    if runs is None:
         return {}
     ok = results(runs)  # finished, or diverged
     stopped = (runs["status"] == RunStatus.FINISHED) & ~reached_end(runs)  # at a horizon
@@ -404,12 +412,9 @@ def new_to(runs: pd.DataFrame, ledger: Path = LEDGER_DIR) -> pd.Series:
     """Which of ``runs`` (a store's) no part of ``ledger`` holds as they are now: a run id no
     part has, or one a part holds as it was before it finished or went to a later horizon.
     Every part is validated first."""
-    have = set()
-    for path in list_parts(ledger):
-        validate_part(path)
-        r = load_snapshot(path).runs
-        have |= set(zip(r["run_id"].astype(str), r["status"].astype(str),
-                        r["horizon"].astype(str), strict=True))
+    r = _quiet_runs(ledger)  # a run held twice: the further, finished copy is the one kept
+    have = set() if r is None else set(zip(r["run_id"].astype(str), r["status"].astype(str),
+                                           r["horizon"].astype(str), strict=True))
     return pd.Series([k not in have for k in zip(runs["run_id"].astype(str),
                                                  runs["status"].astype(str),
                                                  runs["horizon"].astype(str), strict=True)],

@@ -53,9 +53,10 @@ def _missing(jobs, horizon):
     """``--missing``: the jobs no ledger part answers at ``horizon``; says which it drops."""
     try:
         reached = ledger.reach()
-        held = [j for j in jobs if ledger.holds(reached, j.config_hash, j.seed, horizon)]
+        answered = [ledger.holds(reached, j.config_hash, j.seed, horizon) for j in jobs]
     except (ledger.PartError, DatasetError) as err:  # the keys of an image folder read it
         raise SpecError(f"--missing: {err}") from None
+    held = [j for j, a in zip(jobs, answered, strict=True) if a]
     seeds: dict[str, list[int]] = {}
     for j in held:
         seeds.setdefault(f"{j.group}/{j.variant}", []).append(j.seed)
@@ -63,7 +64,7 @@ def _missing(jobs, horizon):
     print(f"--missing: the ledger holds {len(held)} of {len(jobs)} runs {where}"
           + "".join(f"\n  held: {v} seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}"
                     for v, s in seeds.items()), flush=True)
-    return [j for j in jobs if all(j is not h for h in held)]
+    return [j for j, a in zip(jobs, answered, strict=True) if not a]
 
 
 def _checked_jobs(args):
